@@ -1,0 +1,35 @@
+# quantpipe: train a ResNet18 on CIFAR-10, quantize it to INT8, benchmark FP32 (GPU, CPU) against
+# INT8 (CPU), and merge every measurement into results/report.csv. Every stage runs through
+# submitit: locally by default, on Slurm with `snakemake --profile slurm` (see README.md).
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/prepare_data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/quantize.smk"
+include: "workflow/rules/benchmark.smk"
+include: "workflow/rules/report.smk"
+
+
+# Output paths, with RUN = {model}-w{width}-s{seed}:
+#   resources/cifar-10-batches-py/                     prepare_data (verified CIFAR-10)
+#   results/prepare_data/cifar10.json                  prepare_data record
+#   results/train/RUN/{model.pt,metrics.json}          FP32 weights (+ checkpoints/ for resume)
+#   results/quantize/RUN/{method}-c{calibration_size}/{int8.pt,metrics.json}
+#   results/benchmark/RUN/{variant}/{metrics.json,predictions.pt}
+#       variant = fp32-cpu | fp32-gpu | int8-cpu-{method}-c{calibration_size}
+#   results/report.csv                                 one row per measurement
+#   logs/<stage>/...                                   each job's log and submitit files
+rule all:
+    input:
+        "results/report.csv",

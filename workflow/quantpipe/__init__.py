@@ -1,0 +1,1 @@
+"""quantpipe: what INT8 post-training quantization buys a CNN, measured on your own machines."""

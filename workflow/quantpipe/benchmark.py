@@ -1,0 +1,153 @@
+"""The benchmark stage: accuracy, throughput, latency and size of one model variant.
+
+Variants: `fp32-cpu` (eager, the study's baseline, and torch.compile), `fp32-gpu` (the same on CUDA,
+or rows marked skipped with the reason where CUDA is absent) and `int8-cpu` (a quantize artifact).
+Every measurement follows a warm-up and runs with the thread count set to the CPUs the job was given.
+Throughput is the timed pass over all 10,000 test images at the large batch (the study's "time over
+the test set"); latency is per batch-1 call. Per-image predictions are stored for paired tests.
+"""
+
+import io
+import os
+import statistics
+import time
+
+import torch
+
+from quantpipe import provenance
+from quantpipe.artifacts import atomic_path, write_json
+from quantpipe.datasets import load_splits, normalize
+
+VARIANTS = ("fp32-cpu", "fp32-gpu", "int8-cpu")
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(module, test_images, test_labels, device, config: dict, log=print) -> dict:
+    """Warm up, time the full test pass at config['batch_size'], then batch-1 latency."""
+    batch_size = config["batch_size"]
+    # Every shape the timed loops use, the last partial batch included: a compiled module
+    # recompiles for each new shape, and that must not be timed.
+    shapes = {min(batch_size, len(test_images)), len(test_images) % batch_size, 1} - {0}
+    with torch.inference_mode():
+        for shape in sorted(shapes, reverse=True):
+            for _ in range(config["warmup"]):
+                module(test_images[:shape].to(device))
+        _synchronize(device)
+        predictions = []
+        started = time.perf_counter()
+        for step, start in enumerate(range(0, len(test_images), batch_size), 1):
+            output = module(test_images[start : start + batch_size].to(device))
+            predictions.append(output.argmax(1).cpu())
+            if step % 10 == 0:
+                log(f"benchmark: test pass {start + batch_size}/{len(test_images)} images")
+        _synchronize(device)
+        test_seconds = time.perf_counter() - started
+        predictions = torch.cat(predictions)
+        latencies = []
+        for index in range(config["latency_iterations"]):
+            image = test_images[index % len(test_images)][None].to(device)
+            _synchronize(device)
+            tick = time.perf_counter()
+            module(image)
+            _synchronize(device)
+            latencies.append((time.perf_counter() - tick) * 1e3)
+    cut = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {
+        "accuracy": (predictions == test_labels).float().mean().item(),
+        "test_set_seconds": test_seconds,
+        "images_per_s": len(test_images) / test_seconds,
+        "batch_size": batch_size,
+        "latency_ms_p50": statistics.median(latencies),
+        "latency_ms_p90": cut[89],
+        "latency_ms_p99": cut[98],
+        "latency_iterations": len(latencies),
+        "predictions": predictions.to(torch.uint8),
+    }
+
+
+def state_dict_bytes(module: torch.nn.Module) -> int:
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+def _implementations(variant: str, model: str, artifact: str | None, method: str | None):
+    """(method label, device, callable module, size in bytes) for each row of this variant."""
+    from quantpipe.train import load_trained
+
+    if variant == "int8-cpu":
+        from quantpipe.quantize import load_for_cpu
+
+        yield method, torch.device("cpu"), load_for_cpu(method, artifact), os.path.getsize(artifact)
+        return
+    device = torch.device("cuda" if variant == "fp32-gpu" else "cpu")
+    net, _ = load_trained(model)
+    net = net.to(device)
+    if device.type == "cuda":
+        net = net.to(memory_format=torch.channels_last)
+    size = state_dict_bytes(net)
+    yield "eager", device, net, size
+    yield "compiled", device, torch.compile(net), size
+
+
+def run(
+    model: str,
+    data: str,
+    metrics: str,
+    predictions: str,
+    config: dict,
+    artifact: str | None = None,
+    log=print,
+) -> dict:
+    """Benchmark `config['variant']`; write rows to `metrics`, per-image predictions to `predictions`."""
+    variant = config["variant"]
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+    threads = provenance.set_threads()
+    base = {
+        "variant": variant,
+        "device": "cuda" if variant == "fp32-gpu" else "cpu",
+        "precision": variant.split("-")[0],
+        "calibration_size": config.get("calibration_size"),
+        **{key: config[key] for key in ("model", "width", "seed")},
+    }
+    rows, kept_predictions = [], {}
+    if variant == "fp32-gpu" and not torch.cuda.is_available():
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        reason = (
+            f"CUDA cannot use the allocated GPU (CUDA_VISIBLE_DEVICES={visible})"
+            if visible
+            else "no CUDA device on this node"
+        )
+        log(f"benchmark: fp32-gpu skipped: {reason}")
+        rows = [
+            {**base, "method": label, "status": "skipped", "reason": reason}
+            for label in ("eager", "compiled")
+        ]
+    else:
+        test_images, test_labels = load_splits(data, config["val_size"])["test"]
+        test_images = normalize(test_images)
+        for label, device, module, size in _implementations(
+            variant, model, artifact, config.get("method")
+        ):
+            log(f"benchmark: {variant} {label} on {device}, {threads} threads")
+            if device.type == "cuda":
+                test_images = test_images.contiguous(memory_format=torch.channels_last)
+            result = measure(module, test_images, test_labels, device, config, log)
+            kept_predictions[label] = result.pop("predictions")
+            rows.append({**base, "method": label, "status": "ok", "reason": "", **result,
+                         "size_bytes": size})
+            log(
+                f"benchmark: {variant} {label}: accuracy {result['accuracy']:.4f}, "
+                f"{result['images_per_s']:.0f} img/s, p50 {result['latency_ms_p50']:.2f} ms"
+            )
+    with atomic_path(predictions) as tmp:
+        torch.save(kept_predictions, tmp)
+    record = {"stage": "benchmark", "config": config, "rows": rows,
+              "provenance": provenance.collect()}
+    write_json(metrics, record)
+    return record

@@ -1,0 +1,103 @@
+"""PT2E static INT8 quantization: torch.export, torchao's X86InductorQuantizer, Inductor kernels.
+
+Works on any eval-mode CNN written in plain PyTorch: it needs nothing from the model but a forward
+that torch.export can trace. The artifact is a `torch.export.save` file holding only the tensors the
+quantized graph uses (INT8 weights and their scales), so its size is the deployable size.
+"""
+
+import os
+import warnings
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+# torchao and torch.ao print deprecation notices on import that say nothing about this flow.
+warnings.filterwarnings("ignore", message=".*register_constant.*")
+
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  # noqa: E402
+from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq  # noqa: E402
+
+MAX_BATCH = 65536
+
+
+def _batch_dim(example: torch.Tensor):
+    return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+
+
+def _split_reused_module_calls(graph_module: torch.fx.GraphModule) -> None:
+    """Give each call of a reused module its own partition name.
+
+    torch.export already tells calls apart in nn_module_stack keys ("layer1.0.relu@1") but not in
+    the module path the quantizer groups by, so a module called twice (torchvision's BasicBlock uses
+    one ReLU for two activations) looks like one partition with two outputs and annotation fails
+    ("Input partition has more than one output node").
+    """
+    for node in graph_module.graph.nodes:
+        stack = node.meta.get("nn_module_stack")
+        if not stack:
+            continue
+        key, (path, module_type) = next(reversed(stack.items()))
+        if "@" in key and "@" not in path:
+            stack = dict(stack)
+            stack[key] = (f"{path}@{key.rsplit('@', 1)[1]}", module_type)
+            node.meta["nn_module_stack"] = stack
+
+
+def quantizer() -> xiq.X86InductorQuantizer:
+    """Histogram observers on activations (uint8), per-channel min-max on weights (int8)."""
+    config = xiq.get_default_x86_inductor_quantization_config()
+    return xiq.X86InductorQuantizer().set_global(config)
+
+
+def quantize(
+    model: nn.Module,
+    calibration_batches: Iterable[torch.Tensor],
+    example: torch.Tensor,
+    log=print,
+) -> torch.fx.GraphModule:
+    """Export `model`, insert observers, run the calibration batches, convert to INT8 (Q/DQ graph)."""
+    if example.shape[0] < 2:
+        raise ValueError("the example batch needs at least 2 images so the batch size stays dynamic")
+    model = model.eval()
+    with torch.no_grad():
+        graph_module = torch.export.export(
+            model, (example,), dynamic_shapes=_batch_dim(example)
+        ).module()
+        _split_reused_module_calls(graph_module)
+        prepared = prepare_pt2e(graph_module, quantizer())
+        seen = 0
+        for step, batch in enumerate(calibration_batches, 1):
+            prepared(batch)
+            seen += batch.shape[0]
+            log(f"calibrate step {step}: {seen} images")
+        if seen == 0:
+            raise ValueError("calibration needs at least one batch of images")
+        return convert_pt2e(prepared)
+
+
+def _drop_unused_tensors(graph_module: torch.fx.GraphModule) -> None:
+    """convert_pt2e keeps the FP32 originals beside the INT8 copies; drop what the graph never reads."""
+    used = {node.target for node in graph_module.graph.nodes if node.op == "get_attr"}
+    for name, _ in list(graph_module.named_parameters()) + list(graph_module.named_buffers()):
+        if name not in used:
+            owner_name, _, attr = name.rpartition(".")
+            owner = graph_module.get_submodule(owner_name) if owner_name else graph_module
+            delattr(owner, attr)
+    graph_module.delete_all_unused_submodules()
+
+
+def save(quantized: torch.fx.GraphModule, path: str | os.PathLike, example: torch.Tensor) -> None:
+    _drop_unused_tensors(quantized)
+    program = torch.export.export(quantized, (example,), dynamic_shapes=_batch_dim(example))
+    torch.export.save(program, path)
+
+
+def load(path: str | os.PathLike) -> nn.Module:
+    return torch.export.load(path).module()
+
+
+def compile_for_cpu(module: nn.Module) -> nn.Module:
+    """Inductor with freezing folds the Q/DQ pattern into oneDNN INT8 convolutions and matmuls."""
+    torch._inductor.config.freezing = True
+    return torch.compile(module)

@@ -1,0 +1,61 @@
+"""The report stage: merge every benchmark metrics file into one tidy CSV, one row per measurement."""
+
+import pandas as pd
+
+from quantpipe.artifacts import atomic_path, read_json
+
+RUN_KEYS = ["model", "width", "seed"]
+COLUMNS = [
+    "model", "width", "seed", "calibration_size", "variant", "method", "device", "precision",
+    "status", "reason", "accuracy", "accuracy_delta", "val_accuracy_fp32", "images_per_s",
+    "test_set_seconds", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
+    "speedup_vs_fp32_cpu_eager", "speedup_vs_best_fp32_cpu", "size_mb", "size_ratio",
+    "batch_size", "threads", "cpu_model", "cpu_int8_flags", "gpu_name", "host", "slurm_job_id",
+    "slurm_partition", "torch", "torchvision", "torchao", "python", "git_commit", "date",
+]  # fmt: skip
+
+
+def _rows(metrics_path: str) -> list[dict]:
+    record = read_json(metrics_path)
+    where = record["provenance"]
+    context = {
+        **{key: where.get(key) for key in ("threads", "cpu_model", "cpu_int8_flags", "gpu_name",
+                                             "host", "slurm_job_id", "slurm_partition",
+                                             "git_commit", "date")},
+        **{key: where["versions"].get(key) for key in ("torch", "torchvision", "torchao", "python")},
+    }  # fmt: skip
+    return [{**row, **context} for row in record["rows"]]
+
+
+def build(benchmark_metrics: list[str], train_metrics: list[str]) -> pd.DataFrame:
+    table = pd.DataFrame([row for path in benchmark_metrics for row in _rows(path)])
+    trained = pd.DataFrame(
+        [
+            {**{key: record["config"][key] for key in RUN_KEYS},
+             "val_accuracy_fp32": record["val_accuracy"]}
+            for record in map(read_json, train_metrics)
+        ]
+    )  # fmt: skip
+    table = table.merge(trained, on=RUN_KEYS, how="left")
+    table["size_mb"] = table["size_bytes"] / 1e6
+    fp32 = table[(table["variant"] == "fp32-cpu") & (table["status"] == "ok")]
+    baseline = fp32[fp32["method"] == "eager"].set_index(RUN_KEYS)
+    best = fp32.groupby(RUN_KEYS)["images_per_s"].max()
+    keys = pd.MultiIndex.from_frame(table[RUN_KEYS])
+    table["accuracy_delta"] = table["accuracy"] - baseline["accuracy"].reindex(keys).to_numpy()
+    table["speedup_vs_fp32_cpu_eager"] = (
+        table["images_per_s"] / baseline["images_per_s"].reindex(keys).to_numpy()
+    )
+    table["speedup_vs_best_fp32_cpu"] = table["images_per_s"] / best.reindex(keys).to_numpy()
+    table["size_ratio"] = baseline["size_bytes"].reindex(keys).to_numpy() / table["size_bytes"]
+    table = table.reindex(columns=COLUMNS)
+    order = ["model", "width", "seed", "variant", "calibration_size", "method"]
+    return table.sort_values(order, na_position="first").reset_index(drop=True)
+
+
+def run(benchmark_metrics: list[str], train_metrics: list[str], report: str, log=print) -> dict:
+    table = build(benchmark_metrics, train_metrics)
+    with atomic_path(report) as tmp:
+        table.to_csv(tmp, index=False)
+    log(f"report: {len(table)} rows from {len(benchmark_metrics)} benchmark files -> {report}")
+    return {"stage": "report", "rows": len(table), "report": report}

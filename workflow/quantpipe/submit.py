@@ -1,0 +1,165 @@
+"""The one module that talks to submitit: every stage's work runs as a submitit job.
+
+With Slurm resources (`slurm_partition` set, as profiles/slurm does) the job goes to Slurm;
+without, to submitit's local executor on this machine. The submitting process waits for the
+job, streams where its logs are, cancels it if it is itself stopped (Ctrl-C, SIGTERM), and turns a
+failed job into a non-zero exit that carries the job's own traceback.
+"""
+
+import contextlib
+import glob
+import importlib
+import math
+import re
+import signal
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import submitit
+
+STAGES = ("prepare_data", "train", "quantize", "benchmark", "report")
+# Slurm accepts more, but these survive every shell, log file name and sacct format.
+SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+RESOURCE_KEYS = {
+    "slurm_partition": "slurm_partition",
+    "slurm_account": "slurm_account",
+    "slurm_qos": "slurm_qos",
+    "constraint": "slurm_constraint",
+    "cpus_per_task": "cpus_per_task",
+    "gpus": "gpus_per_node",
+    "runtime": "timeout_min",
+}
+
+
+class StageCall(submitit.helpers.Checkpointable):
+    """A stage's `run(**kwargs)`, importable by reference in the job.
+
+    As a Checkpointable it is requeued on a time limit or preemption; the stage itself resumes
+    from its own checkpoints (training writes one per epoch), so requeueing the same call is right.
+    """
+
+    def __init__(self, stage: str, kwargs: dict) -> None:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
+        self.stage = stage
+        self.kwargs = kwargs
+
+    def __call__(self) -> dict:
+        module = importlib.import_module(f"quantpipe.{self.stage}")
+        return module.run(**self.kwargs, log=log)
+
+
+def log(line: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
+
+
+def _check_name(key: str, value: str) -> str:
+    if not SLURM_NAME.match(value):
+        raise ValueError(
+            f"{key} {value!r} is not a valid Slurm name: use letters, digits, '_', '.' or '-' "
+            f"(at most 128 characters, starting with a letter or digit)"
+        )
+    return value
+
+
+def executor_parameters(resources: Mapping, job_name: str) -> tuple[str, dict]:
+    """Map a rule's resources to (submitit cluster, submitit parameters).
+
+    Snakemake's standard `runtime` (minutes) and `mem_mb` become the time limit and memory; the
+    Slurm keys (partition, account, QoS, constraint) come from the profile. No partition: local.
+    """
+    cluster = "slurm" if resources.get("slurm_partition") else "local"
+    parameters = {"name": _check_name("job name", job_name)}
+    for key, parameter in RESOURCE_KEYS.items():
+        value = resources.get(key)
+        if value in (None, "", 0) or (cluster == "local" and parameter.startswith("slurm_")):
+            continue
+        if parameter in ("slurm_partition", "slurm_account", "slurm_qos"):
+            value = _check_name(key, str(value))
+        parameters[parameter] = value
+    if cluster == "slurm":
+        if resources.get("mem_mb"):
+            parameters["slurm_mem"] = f"{int(resources['mem_mb'])}M"
+        # Warn the job before its time limit so submitit can requeue it (Checkpointable).
+        parameters["slurm_signal_delay_s"] = int(resources.get("signal_delay_s", 60))
+    else:
+        parameters["gpus_per_node"] = min(int(resources.get("gpus", 0)), _local_gpu_count())
+        parameters.setdefault("timeout_min", 7 * 24 * 60)
+    if "timeout_min" in parameters:
+        parameters["timeout_min"] = math.ceil(float(parameters["timeout_min"]))
+    return cluster, parameters
+
+
+def _local_gpu_count() -> int:
+    return len(glob.glob("/dev/nvidia[0-9]*"))
+
+
+@contextlib.contextmanager
+def _cancel_on_signal(job: submitit.Job):
+    """If this waiting process is stopped, take its job down with it: no orphans on the cluster."""
+
+    def cancel(signum, _frame):
+        log(f"received {signal.Signals(signum).name}: cancelling job {job.job_id}")
+        with contextlib.suppress(Exception):
+            job.cancel(check=False)
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, cancel) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def submit(stage: str, kwargs: dict, resources: Mapping, job_name: str, folder: str) -> dict:
+    """Run `stage` as a submitit job and wait for it; raise SystemExit(1) if it failed."""
+    cluster, parameters = executor_parameters(resources, job_name)
+    executor = submitit.AutoExecutor(
+        folder=folder, cluster=cluster, slurm_max_num_timeout=int(resources.get("requeues", 3))
+    )
+    executor.update_parameters(**parameters)
+    job = executor.submit(StageCall(stage, kwargs))
+    with _cancel_on_signal(job):
+        log(f"{stage}: submitted job {job.job_id} to {cluster} with {parameters}")
+        log(f"{stage}: job stdout {job.paths.stdout}")
+        log(f"{stage}: job stderr {job.paths.stderr}")
+        try:
+            result = job.result()
+        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as error:
+            log(f"{stage}: job {job.job_id} failed (state {job.state}):")
+            print(str(error), file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
+    log(f"{stage}: job {job.job_id} finished (state {job.state})")
+    return result
+
+
+def from_snakemake(smk) -> None:
+    """Entry point of workflow/scripts/submit_stage.py: a rule's files and params become kwargs."""
+    kwargs = {}
+    for files in (smk.input, smk.output):
+        for name, value in files.items():
+            kwargs[name] = str(value) if isinstance(value, str) else [str(v) for v in value]
+    if "config" in smk.params.keys():
+        kwargs["config"] = dict(smk.params.config)
+    stage = smk.params.stage
+    name = "-".join([stage, *(str(v) for v in smk.wildcards)])
+    log_path = Path(smk.log[0])
+    with open(log_path, "a") as stream, contextlib.redirect_stdout(_Tee(sys.stdout, stream)):
+        submit(stage, kwargs, dict(smk.resources.items()), name, str(log_path.parent / "submitit"))
+
+
+class _Tee:
+    def __init__(self, *streams) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> None:
+        for stream in self.streams:
+            stream.write(text)
+            stream.flush()
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()

@@ -1,0 +1,181 @@
+"""Train a ResNet18 on CIFAR-10: SGD + Nesterov momentum, one-cycle schedule, label smoothing.
+
+Requeue-safe: every epoch ends in an atomic checkpoint (model, optimizer, scheduler, RNG state,
+epoch, history); a restarted job resumes from it when the training config is unchanged. Each
+epoch's shuffling and augmentation draw from a generator seeded by (seed, epoch), so a resumed run
+ends with the same weights as an uninterrupted one. The model is chosen by nothing: the last epoch
+is kept, and the validation split (held out of the training set) is reported, never the test set.
+"""
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from quantpipe import provenance
+from quantpipe.artifacts import atomic_path, write_json
+from quantpipe.datasets import augment, batches, load_splits, normalize
+from quantpipe.models import build_model
+
+CHECKPOINT_NAME = "last.pt"
+
+
+def architecture(config: dict) -> dict:
+    return {"name": config["model"], "width": config["width"], "num_classes": config["num_classes"]}
+
+
+def choose_device(config: dict) -> tuple[torch.device, str]:
+    if torch.cuda.is_available():
+        return torch.device("cuda"), f"CUDA device {torch.cuda.get_device_name(0)}"
+    visible = provenance.collect()["cuda_visible_devices"]
+    reason = (
+        f"a GPU was allocated (CUDA_VISIBLE_DEVICES={visible}) but CUDA cannot use it"
+        if visible
+        else "no CUDA device on this node"
+    )
+    if config["device"] == "cuda":
+        raise RuntimeError(f"config demands device 'cuda' but {reason}; set device: auto to allow CPU")
+    return torch.device("cpu"), f"running on the CPU: {reason}"
+
+
+def evaluate(model: nn.Module, images, labels, device, batch_size: int = 1000) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = normalize(images[start : start + batch_size].to(device))
+            correct += (model(x).argmax(1).cpu() == labels[start : start + batch_size]).sum().item()
+    return correct / max(len(images), 1)
+
+
+def _rng_states() -> dict:
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def run(data: str, model: str, metrics: str, config: dict, log=print) -> dict:
+    """Train per `config`; write the final weights to `model` and the run's record to `metrics`."""
+    threads = provenance.set_threads()
+    device, device_reason = choose_device(config)
+    log(f"train: {device_reason}; {threads} CPU threads")
+    torch.manual_seed(config["seed"])
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    splits = load_splits(data, config["val_size"])
+    train_images, train_labels = splits["train"]
+    net = build_model(**architecture(config)).to(device)
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        net = net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        net.parameters(),
+        lr=config["lr"],
+        momentum=config["momentum"],
+        nesterov=True,
+        weight_decay=config["weight_decay"],
+    )
+    steps_per_epoch = math.ceil(len(train_images) / config["batch_size"])
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config["lr"], total_steps=config["epochs"] * steps_per_epoch, pct_start=0.25
+    )
+    criterion = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
+
+    checkpoint_path = Path(model).parent / "checkpoints" / CHECKPOINT_NAME
+    start_epoch, history = 0, []
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, weights_only=True, map_location=device)
+        if state["config"] == config:
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            start_epoch, history = state["epoch"], state["history"]
+            log(f"train: resuming from {checkpoint_path} after epoch {start_epoch}")
+        else:
+            log(f"train: ignoring {checkpoint_path}: it was made with another training config")
+
+    started = time.perf_counter()
+    for epoch in range(start_epoch, config["epochs"]):
+        net.train()
+        generator = torch.Generator().manual_seed(config["seed"] * 100_003 + epoch)
+        order = torch.randperm(len(train_images), generator=generator)
+        epoch_start, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
+        for step, index in enumerate(batches(order, config["batch_size"]), 1):
+            x = normalize(augment(train_images[index], generator).to(device, non_blocking=True))
+            y = train_labels[index].to(device, non_blocking=True)
+            if on_gpu:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
+                output = net(x)
+                loss = criterion(output, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            seen += len(index)
+            loss_sum += loss.item() * len(index)
+            correct += (output.argmax(1) == y).sum().item()
+            if step % config["log_every"] == 0 or step == steps_per_epoch:
+                rate = seen / (time.perf_counter() - epoch_start)
+                remaining = (config["epochs"] - epoch) * len(train_images) - seen
+                log(
+                    f"train: epoch {epoch + 1}/{config['epochs']} step {step}/{steps_per_epoch} "
+                    f"loss {loss_sum / seen:.4f} {rate:.0f} img/s ETA {remaining / rate:.0f} s"
+                )
+        val_accuracy = evaluate(net, *splits["val"], device)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "val_accuracy": val_accuracy,
+            "images_per_s": seen / (time.perf_counter() - epoch_start),
+        }
+        history.append(record)
+        log(
+            f"train: epoch {epoch + 1} done: loss {record['train_loss']:.4f} "
+            f"train acc {record['train_accuracy']:.4f} val acc {val_accuracy:.4f}"
+        )
+        with atomic_path(checkpoint_path) as tmp:
+            torch.save(
+                {
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": _rng_states(),
+                    "epoch": epoch + 1,
+                    "history": history,
+                    "config": config,
+                },
+                tmp,
+            )
+
+    result = {
+        "stage": "train",
+        "config": config,
+        "architecture": architecture(config),
+        "device": device.type,
+        "device_reason": device_reason,
+        "epochs_run_here": config["epochs"] - start_epoch,
+        "resumed_from_epoch": start_epoch,
+        "seconds": time.perf_counter() - started,
+        "history": history,
+        "val_accuracy": history[-1]["val_accuracy"] if history else None,
+        "provenance": provenance.collect(),
+    }
+    weights = {name: tensor.cpu() for name, tensor in net.state_dict().items()}
+    with atomic_path(model) as tmp:
+        torch.save({"architecture": result["architecture"], "state_dict": weights, "record": result}, tmp)
+    write_json(metrics, result)
+    return result
+
+
+def load_trained(path: str) -> tuple[nn.Module, dict]:
+    """The FP32 model in eval mode and the record it was saved with."""
+    checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    net = build_model(**checkpoint["architecture"])
+    net.load_state_dict(checkpoint["state_dict"])
+    return net.eval(), checkpoint["record"]

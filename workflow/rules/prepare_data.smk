@@ -1,0 +1,16 @@
+# Local: login nodes have the network, compute nodes often do not.
+localrules:
+    prepare_data,
+
+
+rule prepare_data:
+    output:
+        data=directory(DATA),
+        metrics="results/prepare_data/cifar10.json",
+    params:
+        stage="prepare_data",
+        config=config["data"],
+    log:
+        "logs/prepare_data/cifar10.log",
+    script:
+        SUBMIT

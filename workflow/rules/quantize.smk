@@ -1,0 +1,19 @@
+rule quantize:
+    input:
+        model=rules.train.output.model,
+        data=DATA,
+    output:
+        artifact=f"results/quantize/{RUN}/{{method}}-c{{calibration_size}}/int8.pt",
+        metrics=f"results/quantize/{RUN}/{{method}}-c{{calibration_size}}/metrics.json",
+    params:
+        stage="quantize",
+        config=lambda wildcards: {
+            **run_config(wildcards),
+            "method": wildcards.method,
+            "calibration_size": int(wildcards.calibration_size),
+            **config["quantize"],
+        },
+    log:
+        f"logs/quantize/{RUN}/{{method}}-c{{calibration_size}}.log",
+    script:
+        SUBMIT

@@ -1,0 +1,16 @@
+rule report:
+    input:
+        benchmark_metrics=[
+            f"results/benchmark/{RUN}/{variant}/metrics.json".format(**run)
+            for run in runs()
+            for variant in benchmark_variants()
+        ],
+        train_metrics=[rules.train.output.metrics.format(**run) for run in runs()],
+    output:
+        report="results/report.csv",
+    params:
+        stage="report",
+    log:
+        "logs/report/report.log",
+    script:
+        SUBMIT

@@ -1,0 +1,13 @@
+rule train:
+    input:
+        data=DATA,
+    output:
+        model=f"results/train/{RUN}/model.pt",
+        metrics=f"results/train/{RUN}/metrics.json",
+    params:
+        stage="train",
+        config=lambda wildcards: {**run_config(wildcards), **config["train"]},
+    log:
+        f"logs/train/{RUN}.log",
+    script:
+        SUBMIT

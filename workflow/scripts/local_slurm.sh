@@ -1,0 +1,610 @@
+#!/usr/bin/env bash
+# local_slurm.sh - a real single-node Slurm on localhost, for CI and for trying the pipeline.
+#
+#   local_slurm.sh start        install (if needed) and start munge, MariaDB, slurmdbd, slurmctld,
+#                               slurmd; idempotent: does nothing when the cluster is already healthy.
+#                               Waits until the node is idle and `sacct` answers.
+#   local_slurm.sh stop         cancel all jobs, stop every daemon it started (by pid file).
+#   local_slurm.sh status       show daemons, node and accounting; exit 0 only when healthy.
+#   local_slurm.sh stop-dbd | start-dbd | restart-dbd
+#                               stop/start only slurmdbd (fault injection: accounting goes away).
+#
+# Debian 12 packages (Slurm 22.05), runs as root, needs no systemd. Everything it writes lives under
+# QUANTPIPE_SLURM_DIR (default /var/tmp/quantpipe-slurm): conf files, pid files, logs, spool,
+# controller state, the MariaDB datadir, the munge key. The only things outside it:
+#   /etc/slurm/slurm.conf  a symlink to $DIR/etc/slurm.conf, so that sinfo/sbatch/sacct find it
+#                          (or export SLURM_CONF=$DIR/etc/slurm.conf yourself);
+#   /run/munge, /run/mysqld  the munge and MariaDB sockets (default paths the client libraries use).
+#
+# A start that finds slurmctld not running is a *fresh* start: the controller state AND the
+# accounting database are wiped together (job ids restart at 1; keeping only one of the two makes
+# `sacct -j 1` return an old job). A start that finds slurmctld running only starts what is missing.
+#
+# Environment:
+#   QUANTPIPE_SLURM_DIR     state directory (default /var/tmp/quantpipe-slurm)
+#   QUANTPIPE_SLURM_CPUS    CPUs the node advertises (default 8; more than the machine has, so a
+#                           sweep of small jobs runs concurrently; wrong for benchmarks)
+#   QUANTPIPE_SLURM_MEM_MB  RealMemory of the node in MB (default 16000)
+#   QUANTPIPE_SLURM_GPUS    fake GPUs (gres gpu, files are symlinks to /dev/null; default 2)
+#   QUANTPIPE_SLURM_MAXTIME partition MaxTime (default 2-00:00:00)
+#   QUANTPIPE_SLURM_TIMEOUT seconds to wait for each daemon (default 60)
+# Changing CPUS/MEM/GPUS/MAXTIME takes effect on the next fresh start (stop, then start).
+set -euo pipefail
+
+DIR=${QUANTPIPE_SLURM_DIR:-/var/tmp/quantpipe-slurm}
+CPUS=${QUANTPIPE_SLURM_CPUS:-8}
+MEM_MB=${QUANTPIPE_SLURM_MEM_MB:-16000}
+NGPUS=${QUANTPIPE_SLURM_GPUS:-2}
+MAXTIME=${QUANTPIPE_SLURM_MAXTIME:-2-00:00:00}
+TIMEOUT=${QUANTPIPE_SLURM_TIMEOUT:-60}
+CLUSTER=quantpipe
+NODE=$(hostname -s)
+
+ETC=$DIR/etc
+RUN=$DIR/run
+LOG=$DIR/log
+STATE=$DIR/state
+DATADIR=$DIR/mysql
+MUNGEDIR=$DIR/munge
+GPUDEV=$DIR/dev
+MUNGE_SOCKET=/run/munge/munge.socket.2
+MYSQL_SOCKET=/run/mysqld/mysqld.sock
+ACCT_DB=slurm_acct_db
+PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
+
+export SLURM_CONF=$ETC/slurm.conf
+T0=${EPOCHREALTIME/[.,]/}
+
+# say MESSAGE: a progress line with the seconds since this invocation began.
+say() {
+    local us=$((${EPOCHREALTIME/[.,]/} - T0))
+    printf '[local_slurm %3d.%01ds] %s\n' $((us / 1000000)) $((us % 1000000 / 100000)) "$*"
+}
+warn() { say "WARNING: $*" >&2; }
+
+# die MESSAGE [LOGFILE...]: print the message and the tail of each log, exit 1.
+die() {
+    local msg=$1
+    shift
+    say "ERROR: $msg" >&2
+    local f
+    for f in "$@"; do
+        if [[ -s $f ]]; then
+            echo "----- last 25 lines of $f -----" >&2
+            tail -n 25 "$f" >&2
+            echo "----- end of $f -----" >&2
+        fi
+    done
+    exit 1
+}
+
+# wait_for SECONDS WHAT CMD...: poll CMD every 0.2 s until it succeeds; on timeout print CMD's
+# last output and return 1.
+wait_for() {
+    local secs=$1 what=$2
+    shift 2
+    local deadline=$((SECONDS + secs)) out
+    until out=$("$@" 2>&1); do
+        if ((SECONDS >= deadline)); then
+            say "timed out after ${secs}s waiting for $what; last try of '$*' said:" >&2
+            printf '%s\n' "${out:-(nothing)}" | tail -n 5 | sed 's/^/    /' >&2
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# ---------------------------------------------------------------- processes and pid files
+
+# The daemons, their pid file, process name (/proc/PID/comm) and log.
+pidfile_of() {
+    case $1 in
+    munged) echo "$MUNGEDIR/munged.pid" ;;
+    mariadbd) echo "$DATADIR/mariadbd.pid" ;;
+    slurmdbd | slurmctld | slurmd) echo "$RUN/$1.pid" ;;
+    esac
+}
+log_of() {
+    case $1 in
+    munged) echo "$MUNGEDIR/munged.log" ;;
+    mariadbd) echo "$LOG/mariadb.log" ;;
+    slurmdbd | slurmctld | slurmd) echo "$LOG/$1.log" ;;
+    esac
+}
+
+# running PID: the process exists and is not a zombie (PID 1 here may be slow to reap them).
+running() {
+    local stat
+    stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    [[ ${stat:0:1} != [ZX] ]]
+}
+
+# pid_of NAME: print the pid if the pid file names a live process called NAME.
+pid_of() {
+    local f pid comm
+    f=$(pidfile_of "$1")
+    [[ -r $f ]] || return 1
+    pid=$(tr -dc '0-9' <"$f")
+    [[ -n $pid ]] || return 1
+    comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
+    running "$pid" || return 1
+    # mariadbd may show up as mysqld (older name); both are "our" server.
+    if [[ $comm == "$1" || ($1 == mariadbd && $comm == mysqld) ]]; then
+        echo "$pid"
+        return 0
+    fi
+    return 1
+}
+alive() { pid_of "$1" >/dev/null; }
+
+# stop_daemons NAME...: SIGTERM them all at once, wait up to 10 s, then SIGKILL what is left.
+stop_daemons() {
+    local name pid pids=() names=()
+    for name in "$@"; do
+        if pid=$(pid_of "$name"); then
+            say "stopping $name (pid $pid)"
+            kill -TERM "$pid" 2>/dev/null || true
+            pids+=("$pid")
+            names+=("$name")
+        fi
+    done
+    local i k left
+    for ((i = 0; i < 100; i++)); do
+        left=0
+        for pid in "${pids[@]}"; do running "$pid" && left=1; done
+        ((left)) || break
+        sleep 0.1
+    done
+    for k in "${!pids[@]}"; do
+        if running "${pids[k]}"; then
+            warn "${names[k]} (pid ${pids[k]}) ignored SIGTERM for 10 s: killing it"
+            kill -KILL "${pids[k]}" 2>/dev/null || true
+        fi
+    done
+    for name in "$@"; do rm -f "$(pidfile_of "$name")"; done
+}
+
+# spawn LOG CMD...: run CMD detached in its own session, with stdin from /dev/null, output to LOG
+# and every other inherited fd closed (our lock, and any pipe of whoever ran us: a CI step that
+# captures our output must not hang on the daemons' inherited pipes).
+spawn() {
+    local out=$1
+    shift
+    (
+        for fd in /proc/self/fd/*; do
+            fd=${fd##*/}
+            ((fd > 2)) && eval "exec $fd>&-" 2>/dev/null
+        done
+        exec setsid "$@"
+    ) </dev/null >>"$out" 2>&1 &
+    disown || true
+}
+
+# ---------------------------------------------------------------- installation
+
+packages_missing() {
+    local p missing=()
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    echo "${missing[*]}"
+}
+
+install_packages() {
+    local missing
+    missing=$(packages_missing)
+    [[ -z $missing ]] && return 0
+    [[ $EUID -eq 0 ]] || die "packages missing ($missing) and not root: cannot install them"
+    mkdir -p "$LOG"
+    local apt_log=$LOG/apt.log
+    say "installing Debian packages: $missing (log: $apt_log)"
+    # Package scripts must not start daemons (no systemd here; we start our own copies).
+    local policy=/usr/sbin/policy-rc.d backup=""
+    if [[ -e $policy ]]; then
+        backup=$(mktemp /usr/sbin/policy-rc.d.quantpipe.XXXXXX)
+        cp -p "$policy" "$backup"
+    fi
+    printf '#!/bin/sh\n# written by quantpipe local_slurm.sh during apt-get install\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    local rc=0
+    {
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get -o DPkg::Lock::Timeout=300 update &&
+            apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends $missing
+    } >"$apt_log" 2>&1 || rc=$?
+    if [[ -n $backup ]]; then mv -f "$backup" "$policy"; else rm -f "$policy"; fi
+    ((rc == 0)) || die "apt-get failed (exit $rc)" "$apt_log"
+    missing=$(packages_missing)
+    [[ -z $missing ]] || die "still missing after apt-get: $missing" "$apt_log"
+    say "packages installed"
+}
+
+mariadbd_bin() {
+    local b
+    for b in /usr/sbin/mariadbd /usr/sbin/mysqld; do
+        [[ -x $b ]] && { echo "$b"; return 0; }
+    done
+    die "no mariadbd/mysqld binary found"
+}
+
+# ---------------------------------------------------------------- configuration
+
+write_configs() {
+    mkdir -p "$ETC" "$RUN" "$LOG" "$STATE/slurmctld" "$STATE/slurmd" "$GPUDEV"
+    chmod 755 "$DIR" "$ETC" "$RUN" "$LOG"
+
+    local gpu_files=() i
+    for ((i = 0; i < NGPUS; i++)); do
+        ln -sfn /dev/null "$GPUDEV/gpu$i"
+        gpu_files+=("$GPUDEV/gpu$i")
+    done
+    local gres_node="" gres_types=""
+    if ((NGPUS > 0)); then
+        gres_node="Gres=gpu:$NGPUS"
+        gres_types="GresTypes=gpu"
+    fi
+
+    local new=$ETC/slurm.conf.new
+    cat >"$new" <<EOF
+# Written by workflow/scripts/local_slurm.sh - regenerated at each fresh start; do not edit.
+ClusterName=$CLUSTER
+SlurmctldHost=$NODE(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=cred_expire=10
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+ReturnToService=2
+MailProg=/bin/true
+SlurmctldPidFile=$RUN/slurmctld.pid
+SlurmdPidFile=$RUN/slurmd.pid
+SlurmctldLogFile=$LOG/slurmctld.log
+SlurmdLogFile=$LOG/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+StateSaveLocation=$STATE/slurmctld
+SlurmdSpoolDir=$STATE/slurmd
+SlurmctldPort=6817
+SlurmdPort=6818
+# scheduling: start jobs at once (defaults make 20 tiny jobs take 26 s instead of ~2 s)
+SchedulerType=sched/backfill
+SchedulerParameters=batch_sched_delay=0,sched_interval=2
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+DefMemPerCPU=1000
+# reject at submit time what can never run (unknown partition, too many GPUs/CPUs, too long)
+EnforcePartLimits=ALL
+# time limits: enforced exactly; requeue allowed; cancelled jobs do not block the node for 30 s
+OverTimeLimit=0
+KillWait=5
+JobRequeue=1
+MinJobAge=600
+InactiveLimit=0
+# the node advertises the configured CPUs/memory, not what the machine has
+SlurmdParameters=config_overrides
+$gres_types
+# accounting through slurmdbd, so that sacct (and submitit, snakemake) see finished jobs
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=6819
+AccountingStorageTRES=gres/gpu
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=30
+JobCompType=jobcomp/none
+
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB $gres_node State=UNKNOWN
+PartitionName=cpu Nodes=$NODE Default=YES MaxTime=$MAXTIME State=UP
+PartitionName=gpu Nodes=$NODE Default=NO MaxTime=$MAXTIME State=UP
+EOF
+    mv -f "$new" "$ETC/slurm.conf"
+
+    {
+        echo "# Written by workflow/scripts/local_slurm.sh: fake GPUs, each file a symlink to /dev/null"
+        echo "AutoDetect=off"
+        if ((NGPUS > 0)); then
+            local f
+            for f in "${gpu_files[@]}"; do echo "NodeName=$NODE Name=gpu File=$f"; done
+        fi
+    } >"$ETC/gres.conf"
+
+    # slurmdbd refuses a slurmdbd.conf readable by others.
+    (
+        umask 077
+        cat >"$ETC/slurmdbd.conf" <<EOF
+# Written by workflow/scripts/local_slurm.sh
+AuthType=auth/munge
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort=6819
+SlurmUser=root
+DebugLevel=info
+LogFile=$LOG/slurmdbd.log
+PidFile=$RUN/slurmdbd.pid
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=root
+StorageLoc=$ACCT_DB
+EOF
+    )
+    chmod 600 "$ETC/slurmdbd.conf"
+
+    link_client_conf
+}
+
+# Client commands read /etc/slurm/slurm.conf unless SLURM_CONF is set: point it at ours.
+link_client_conf() {
+    local sys=/etc/slurm/slurm.conf
+    if [[ -L $sys && $(readlink "$sys") == "$ETC/slurm.conf" ]]; then return 0; fi
+    mkdir -p /etc/slurm
+    if [[ -e $sys || -L $sys ]]; then
+        local bak
+        bak="$sys.before-quantpipe.$(date +%Y%m%d%H%M%S)"
+        warn "moving the existing $sys aside to $bak"
+        mv -f "$sys" "$bak"
+    fi
+    ln -s "$ETC/slurm.conf" "$sys"
+    say "linked $sys -> $ETC/slurm.conf"
+}
+
+# ---------------------------------------------------------------- the daemons, one by one
+
+start_munge() {
+    if alive munged; then return 0; fi
+    say "starting munged"
+    mkdir -p "$MUNGEDIR"
+    chown munge:munge "$MUNGEDIR"
+    chmod 700 "$MUNGEDIR"
+    local key=$MUNGEDIR/munge.key
+    if [[ ! -s $key ]]; then
+        dd if=/dev/urandom of="$key" bs=1024 count=1 status=none
+    fi
+    chown munge:munge "$key"
+    chmod 400 "$key"
+    rm -rf /run/munge
+    install -d -o munge -g munge -m 0755 /run/munge
+    spawn "$MUNGEDIR/munged.out" runuser -u munge -- /usr/sbin/munged \
+        --key-file="$key" --pid-file="$MUNGEDIR/munged.pid" --log-file="$MUNGEDIR/munged.log" \
+        --seed-file="$MUNGEDIR/munged.seed" --socket="$MUNGE_SOCKET"
+    wait_for "$TIMEOUT" munged bash -c 'munge -n -S "$1" | unmunge -S "$1"' _ "$MUNGE_SOCKET" ||
+        die "munged did not come up" "$MUNGEDIR/munged.log" "$MUNGEDIR/munged.out"
+    say "munged up (pid $(pid_of munged))"
+}
+
+mysql_q() { mariadb --no-defaults --protocol=socket -S "$MYSQL_SOCKET" -u root -N -B -e "$1"; }
+
+start_mariadb() {
+    if alive mariadbd; then return 0; fi
+    local bin
+    bin=$(mariadbd_bin)
+    local log=$LOG/mariadb.log
+    if [[ -S $MYSQL_SOCKET ]] && mysql_q 'SELECT 1' >/dev/null 2>&1; then
+        die "another MariaDB/MySQL server already answers on $MYSQL_SOCKET; stop it first"
+    fi
+    touch "$log"
+    chown mysql:mysql "$log"
+    if [[ ! -d $DATADIR/mysql ]]; then
+        say "initialising the MariaDB datadir $DATADIR"
+        rm -rf "$DATADIR"
+        install -d -o mysql -g mysql -m 0750 "$DATADIR"
+        mariadb-install-db --no-defaults --user=mysql --datadir="$DATADIR" \
+            --auth-root-authentication-method=socket --skip-test-db --skip-name-resolve \
+            >"$LOG/mariadb-install-db.log" 2>&1 ||
+            die "mariadb-install-db failed" "$LOG/mariadb-install-db.log"
+    fi
+    rm -rf /run/mysqld
+    install -d -o mysql -g mysql -m 0755 /run/mysqld
+    say "starting MariaDB (socket only: $MYSQL_SOCKET)"
+    spawn "$log" "$bin" --no-defaults --user=mysql --datadir="$DATADIR" \
+        --socket="$MYSQL_SOCKET" --pid-file="$DATADIR/mariadbd.pid" --log-error="$log" \
+        --skip-networking --skip-name-resolve \
+        --innodb-buffer-pool-size=128M --innodb-log-file-size=64M \
+        --innodb-lock-wait-timeout=900 --innodb-flush-log-at-trx-commit=2 \
+        --max-allowed-packet=64M
+    wait_for "$TIMEOUT" MariaDB mysql_q 'SELECT 1' || die "MariaDB did not come up" "$log"
+    wait_for 10 "MariaDB pid file" alive mariadbd || die "MariaDB pid file missing" "$log"
+    say "MariaDB up (pid $(pid_of mariadbd))"
+}
+
+dbd_answers() { sacctmgr -n -P list cluster format=cluster; }
+
+start_slurmdbd() {
+    if alive slurmdbd; then return 0; fi
+    say "starting slurmdbd"
+    spawn "$LOG/slurmdbd.out" /usr/sbin/slurmdbd
+    wait_for "$TIMEOUT" slurmdbd dbd_answers ||
+        die "slurmdbd did not come up" "$LOG/slurmdbd.log" "$LOG/slurmdbd.out" "$LOG/mariadb.log"
+    say "slurmdbd up (pid $(pid_of slurmdbd))"
+}
+
+register_cluster() {
+    if ! dbd_answers 2>/dev/null | grep -qx "$CLUSTER"; then
+        sacctmgr -i add cluster "$CLUSTER" >/dev/null ||
+            die "could not register cluster $CLUSTER in slurmdbd" "$LOG/slurmdbd.log"
+    fi
+}
+
+start_slurmctld() {
+    if alive slurmctld; then return 0; fi
+    say "starting slurmctld"
+    spawn "$LOG/slurmctld.out" /usr/sbin/slurmctld
+    wait_for "$TIMEOUT" slurmctld scontrol ping ||
+        die "slurmctld did not come up" "$LOG/slurmctld.log" "$LOG/slurmctld.out"
+    say "slurmctld up (pid $(pid_of slurmctld))"
+}
+
+start_slurmd() {
+    if alive slurmd; then return 0; fi
+    say "starting slurmd (node $NODE: $CPUS CPUs, ${MEM_MB} MB, $NGPUS fake GPUs)"
+    spawn "$LOG/slurmd.out" /usr/sbin/slurmd
+    wait_for "$TIMEOUT" slurmd alive slurmd ||
+        die "slurmd did not start" "$LOG/slurmd.log" "$LOG/slurmd.out"
+}
+
+node_state() { sinfo -h -N -n "$NODE" -o %t 2>/dev/null | head -n 1; }
+node_usable() { [[ $(node_state) =~ ^(idle|mix|alloc|comp)$ ]]; }
+node_idle() { [[ $(node_state) == idle ]]; }
+sacct_answers() { sacct -n -X -S now -E now; }
+
+# ---------------------------------------------------------------- subcommands
+
+all_daemons=(munged mariadbd slurmdbd slurmctld slurmd)
+
+healthy() {
+    local d
+    for d in "${all_daemons[@]}"; do alive "$d" || return 1; done
+    scontrol ping >/dev/null 2>&1 && node_usable && sacct_answers >/dev/null 2>&1
+}
+
+check_settings() {
+    local v
+    for v in CPUS MEM_MB NGPUS TIMEOUT; do
+        [[ ${!v} =~ ^[0-9]+$ ]] || die "QUANTPIPE_SLURM_$v must be a whole number, not '${!v}'"
+    done
+    ((CPUS >= 1 && MEM_MB >= 100)) || die "need QUANTPIPE_SLURM_CPUS >= 1 and QUANTPIPE_SLURM_MEM_MB >= 100"
+    [[ $MAXTIME =~ ^([0-9]+-)?[0-9:]+$|^UNLIMITED$ ]] ||
+        die "QUANTPIPE_SLURM_MAXTIME must look like 2-00:00:00, not '$MAXTIME'"
+}
+
+cmd_start() {
+    [[ $EUID -eq 0 ]] || die "must run as root (the daemons run as root/munge/mysql)"
+    check_settings
+    mkdir -p "$DIR"
+    if [[ -f $ETC/slurm.conf ]] && healthy; then
+        link_client_conf
+        say "already up and healthy: node $NODE $(node_state), accounting answers ($DIR)"
+        return 0
+    fi
+    install_packages
+    mkdir -p "$DIR"
+    chmod 755 "$DIR"
+
+    local fresh=0
+    if ! alive slurmctld; then
+        fresh=1
+        say "fresh start in $DIR: controller state and accounting database are cleared together"
+        stop_daemons slurmd slurmdbd
+        rm -rf "$STATE/slurmctld" "$STATE/slurmd"
+        write_configs
+    else
+        say "slurmctld is running: starting only what is missing"
+        [[ -f $ETC/slurm.conf ]] || die "slurmctld runs but $ETC/slurm.conf is missing; run stop first"
+        link_client_conf
+    fi
+
+    start_munge
+    start_mariadb
+    if ((fresh)); then
+        mysql_q "DROP DATABASE IF EXISTS $ACCT_DB" || die "could not clear the accounting database" "$LOG/mariadb.log"
+    fi
+    start_slurmdbd
+    register_cluster
+    start_slurmctld
+    start_slurmd
+
+    say "waiting for node $NODE to register"
+    if ((fresh)); then
+        wait_for "$TIMEOUT" "node $NODE idle" node_idle ||
+            die "node $NODE is '$(node_state)', not idle" "$LOG/slurmd.log" "$LOG/slurmctld.log"
+    else
+        if ! wait_for 10 "node $NODE usable" node_usable; then
+            say "node $NODE is '$(node_state)': resuming it"
+            scontrol update NodeName="$NODE" State=RESUME >/dev/null 2>&1 || true
+            wait_for "$TIMEOUT" "node $NODE usable" node_usable ||
+                die "node $NODE is '$(node_state)'" "$LOG/slurmd.log" "$LOG/slurmctld.log"
+        fi
+    fi
+    wait_for "$TIMEOUT" "sacct to answer" sacct_answers ||
+        die "sacct does not answer" "$LOG/slurmdbd.log" "$LOG/slurmctld.log"
+    say "ready: cluster $CLUSTER, node $NODE $(node_state), partitions cpu (default) and gpu; sacct answers"
+    say "client config: /etc/slurm/slurm.conf -> $ETC/slurm.conf (or SLURM_CONF=$ETC/slurm.conf)"
+}
+
+cmd_stop() {
+    if alive slurmctld; then
+        local jobs
+        jobs=$(squeue -h -o %A 2>/dev/null | tr '\n' ' ')
+        if [[ -n ${jobs// /} ]]; then
+            say "cancelling jobs: $jobs"
+            # shellcheck disable=SC2086
+            scancel $jobs 2>/dev/null || true
+            wait_for 15 "jobs to end" bash -c '[[ -z $(squeue -h -o %A 2>/dev/null) ]]' || true
+        fi
+    fi
+    # the Slurm daemons first (they still need munge and, for slurmdbd, MariaDB to shut down)
+    stop_daemons slurmd slurmctld slurmdbd
+    stop_daemons mariadbd munged
+    say "stopped (state kept in $DIR until the next start clears it)"
+}
+
+cmd_status() {
+    local d pid ok=0
+    echo "state directory: $DIR"
+    for d in "${all_daemons[@]}"; do
+        if pid=$(pid_of "$d"); then
+            printf '  %-10s running (pid %s)\n' "$d" "$pid"
+        else
+            printf '  %-10s NOT running\n' "$d"
+            ok=1
+        fi
+    done
+    if alive slurmctld && scontrol ping >/dev/null 2>&1; then
+        sinfo -o '%P %a %l %D %t %c %m %G %N' 2>&1 | sed 's/^/  /'
+        node_usable || { echo "  node $NODE is not usable: $(node_state)"; ok=1; }
+    else
+        echo "  slurmctld does not answer"
+        ok=1
+    fi
+    if sacct_answers >/dev/null 2>&1; then
+        echo "  sacct answers"
+    else
+        echo "  sacct does NOT answer"
+        ok=1
+    fi
+    if ((ok == 0)); then echo "healthy"; else echo "NOT healthy"; fi
+    return $ok
+}
+
+cmd_stop_dbd() { stop_daemons slurmdbd; }
+
+cmd_start_dbd() {
+    [[ -f $ETC/slurmdbd.conf ]] || die "no $ETC/slurmdbd.conf: run '$0 start' first"
+    start_munge
+    start_mariadb
+    start_slurmdbd
+    wait_for "$TIMEOUT" "sacct to answer" sacct_answers ||
+        die "sacct does not answer" "$LOG/slurmdbd.log"
+    say "slurmdbd up, sacct answers"
+}
+
+usage() {
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+main() {
+    local cmd=${1:-}
+    case $cmd in
+    start | stop | status | stop-dbd | start-dbd | restart-dbd) ;;
+    -h | --help | help) usage; return 0 ;;
+    *) usage >&2; return 2 ;;
+    esac
+    if [[ $cmd == status ]]; then
+        cmd_status
+        return
+    fi
+    # One invocation at a time (spawn closes the lock fd 9 in every daemon).
+    mkdir -p "$DIR"
+    exec 9>"$DIR/.lock"
+    flock -w 300 9 || die "another local_slurm.sh holds $DIR/.lock"
+    case $cmd in
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    stop-dbd) cmd_stop_dbd ;;
+    start-dbd) cmd_start_dbd ;;
+    restart-dbd) cmd_stop_dbd && cmd_start_dbd ;;
+    esac
+}
+
+main "$@"
