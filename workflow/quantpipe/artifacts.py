@@ -1,4 +1,4 @@
-"""Atomic, self-describing outputs: a job killed mid-write never leaves a file that looks complete."""
+"""Atomic outputs: a job killed mid-write never leaves a file that looks complete."""
 
 import contextlib
 import json

@@ -2,7 +2,7 @@
 
 Variants: `fp32-cpu` (eager, the study's baseline, and torch.compile), `fp32-gpu` (the same on CUDA,
 or rows marked skipped with the reason where CUDA is absent) and `int8-cpu` (a quantize artifact).
-Every measurement follows a warm-up and runs with the thread count set to the CPUs the job was given.
+Every measurement follows a warm-up and runs with as many threads as the CPUs the job was given.
 Throughput is the timed pass over all 10,000 test images at the large batch (the study's "time over
 the test set"); latency is per batch-1 call. Per-image predictions are stored for paired tests.
 """
@@ -103,7 +103,7 @@ def run(
     artifact: str | None = None,
     log=print,
 ) -> dict:
-    """Benchmark `config['variant']`; write rows to `metrics`, per-image predictions to `predictions`."""
+    """Benchmark `config['variant']`: rows to `metrics`, per-image predictions to `predictions`."""
     variant = config["variant"]
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
@@ -139,15 +139,27 @@ def run(
                 test_images = test_images.contiguous(memory_format=torch.channels_last)
             result = measure(module, test_images, test_labels, device, config, log)
             kept_predictions[label] = result.pop("predictions")
-            rows.append({**base, "method": label, "status": "ok", "reason": "", **result,
-                         "size_bytes": size})
+            rows.append(
+                {
+                    **base,
+                    "method": label,
+                    "status": "ok",
+                    "reason": "",
+                    **result,
+                    "size_bytes": size,
+                }
+            )
             log(
                 f"benchmark: {variant} {label}: accuracy {result['accuracy']:.4f}, "
                 f"{result['images_per_s']:.0f} img/s, p50 {result['latency_ms_p50']:.2f} ms"
             )
     with atomic_path(predictions) as tmp:
         torch.save(kept_predictions, tmp)
-    record = {"stage": "benchmark", "config": config, "rows": rows,
-              "provenance": provenance.collect()}
+    record = {
+        "stage": "benchmark",
+        "config": config,
+        "rows": rows,
+        "provenance": provenance.collect(),
+    }
     write_json(metrics, record)
     return record

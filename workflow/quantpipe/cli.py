@@ -1,4 +1,4 @@
-"""Run any stage by hand, without Snakemake or submitit: `quantpipe STAGE --FILE PATH ... --config F`.
+"""Run any stage by hand, without Snakemake or submitit: `quantpipe STAGE --FILE PATH ...`.
 
 Each stage's `run()` takes file paths and one plain config dict; this maps its parameters to
 options, e.g. `quantpipe train --data resources/cifar-10-batches-py --model m.pt --metrics m.json
@@ -37,7 +37,9 @@ def _parser(stage: str, run) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in STAGES:
-        print(f"usage: quantpipe {{{','.join(STAGES)}}} [options]  (-h after a stage for its options)")
+        print(
+            f"usage: quantpipe {{{','.join(STAGES)}}} [options]  (-h after a stage for its options)"
+        )
         return 2
     stage, rest = argv[0], argv[1:]
     run = importlib.import_module(f"quantpipe.{stage}").run

@@ -1,4 +1,4 @@
-"""CIFAR-10 as tensors: the fixed train/validation split, normalisation and GPU-friendly augmentation.
+"""CIFAR-10 as tensors: the fixed train/validation split, normalisation, batched augmentation.
 
 The validation split is drawn once with a fixed generator, independent of the run's seed, so every
 seed, the calibration stage and the benchmark agree on which images are held out. Calibration takes

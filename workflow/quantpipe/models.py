@@ -36,7 +36,10 @@ class BasicBlock(nn.Module):
         return self.add_relu.add_relu(out, identity)
 
     def fusion_groups(self, prefix: str) -> list[list[str]]:
-        groups = [[f"{prefix}conv1", f"{prefix}bn1", f"{prefix}relu1"], [f"{prefix}conv2", f"{prefix}bn2"]]
+        groups = [
+            [f"{prefix}conv1", f"{prefix}bn1", f"{prefix}relu1"],
+            [f"{prefix}conv2", f"{prefix}bn2"],
+        ]
         if self.downsample is not None:
             groups.append([f"{prefix}downsample.0", f"{prefix}downsample.1"])
         return groups

@@ -676,8 +676,12 @@ def run(data: str, metrics: str, config: dict, log=log) -> dict:
         allow_download=config.get("allow_download", True),
         allow_npm=config.get("allow_npm", True),
     )
-    result = {"stage": "prepare_data", "config": config, **result,
-              "provenance": provenance.collect()}
+    result = {
+        "stage": "prepare_data",
+        "config": config,
+        **result,
+        "provenance": provenance.collect(),
+    }
     write_json(metrics, result)
     return result
 

@@ -1,4 +1,4 @@
-"""The report stage: merge every benchmark metrics file into one tidy CSV, one row per measurement."""
+"""The report stage: merge every benchmark metrics file into one tidy CSV, a row per measurement."""
 
 import pandas as pd
 
@@ -22,13 +22,18 @@ def _rows(metrics_path: str) -> list[dict]:
         **{key: where.get(key) for key in ("threads", "cpu_model", "cpu_int8_flags", "gpu_name",
                                              "host", "slurm_job_id", "slurm_partition",
                                              "git_commit", "date")},
-        **{key: where["versions"].get(key) for key in ("torch", "torchvision", "torchao", "python")},
+        **{key: where["versions"].get(key) for key in ("torch", "torchvision", "torchao",
+                                                         "python")},
     }  # fmt: skip
     return [{**row, **context} for row in record["rows"]]
 
 
 def build(benchmark_metrics: list[str], train_metrics: list[str]) -> pd.DataFrame:
     table = pd.DataFrame([row for path in benchmark_metrics for row in _rows(path)])
+    if table.empty:
+        raise ValueError(
+            f"no benchmark rows in {len(benchmark_metrics)} metrics files: nothing to report"
+        )
     trained = pd.DataFrame(
         [
             {**{key: record["config"][key] for key in RUN_KEYS},

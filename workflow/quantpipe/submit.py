@@ -128,7 +128,10 @@ def submit(stage: str, kwargs: dict, resources: Mapping, job_name: str, folder: 
         log(f"{stage}: job stderr {job.paths.stderr}")
         try:
             result = job.result()
-        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as error:
+        except (
+            submitit.core.utils.FailedJobError,
+            submitit.core.utils.UncompletedJobError,
+        ) as error:
             log(f"{stage}: job {job.job_id} failed (state {job.state}):")
             print(str(error), file=sys.stderr, flush=True)
             raise SystemExit(1) from None

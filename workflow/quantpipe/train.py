@@ -36,7 +36,9 @@ def choose_device(config: dict) -> tuple[torch.device, str]:
         else "no CUDA device on this node"
     )
     if config["device"] == "cuda":
-        raise RuntimeError(f"config demands device 'cuda' but {reason}; set device: auto to allow CPU")
+        raise RuntimeError(
+            f"config demands device 'cuda' but {reason}; set device: auto to allow CPU"
+        )
     return torch.device("cpu"), f"running on the CPU: {reason}"
 
 
@@ -80,7 +82,10 @@ def run(data: str, model: str, metrics: str, config: dict, log=print) -> dict:
     )
     steps_per_epoch = math.ceil(len(train_images) / config["batch_size"])
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config["lr"], total_steps=config["epochs"] * steps_per_epoch, pct_start=0.25
+        optimizer,
+        max_lr=config["lr"],
+        total_steps=config["epochs"] * steps_per_epoch,
+        pct_start=0.25,
     )
     criterion = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
 
@@ -168,7 +173,9 @@ def run(data: str, model: str, metrics: str, config: dict, log=print) -> dict:
     }
     weights = {name: tensor.cpu() for name, tensor in net.state_dict().items()}
     with atomic_path(model) as tmp:
-        torch.save({"architecture": result["architecture"], "state_dict": weights, "record": result}, tmp)
+        torch.save(
+            {"architecture": result["architecture"], "state_dict": weights, "record": result}, tmp
+        )
     write_json(metrics, result)
     return result
 

@@ -2,6 +2,7 @@ import itertools
 
 RUN = "{model}-w{width}-s{seed}"
 SUBMIT = "../scripts/submit_stage.py"
+ENV = "../../envs/quantpipe.yaml"
 DATA = "resources/cifar-10-batches-py"
 
 
@@ -23,7 +24,9 @@ def runs():
 
 def benchmark_variants():
     variants = ["fp32-cpu"] + (["fp32-gpu"] if config["benchmark"]["gpu"] else [])
-    for method, size in itertools.product(config["methods"], config["calibration_sizes"]):
+    for method, size in itertools.product(
+        config["methods"], config["calibration_sizes"]
+    ):
         variants.append(f"int8-cpu-{method}-c{size}")
     return variants
 
@@ -36,3 +39,34 @@ def run_config(wildcards):
         "num_classes": config["num_classes"],
         "val_size": config["val_size"],
     }
+
+
+def int8_variant(variant):
+    """'int8-cpu-{method}-c{size}' -> (method, size); None for the FP32 variants."""
+    if not variant.startswith("int8-cpu-"):
+        return None
+    method, size = variant.removeprefix("int8-cpu-").rsplit("-c", 1)
+    return method, int(size)
+
+
+def benchmark_inputs(wildcards):
+    inputs = {"model": rules.train.output.model.format(**wildcards), "data": DATA}
+    int8 = int8_variant(wildcards.variant)
+    if int8:
+        inputs["artifact"] = rules.quantize.output.artifact.format(
+            **wildcards, method=int8[0], calibration_size=int8[1]
+        )
+    return inputs
+
+
+def benchmark_config(wildcards):
+    settings = {
+        **run_config(wildcards),
+        **config["benchmark"],
+        "variant": wildcards.variant,
+    }
+    settings.pop("gpu")
+    int8 = int8_variant(wildcards.variant)
+    if int8:
+        settings.update(variant="int8-cpu", method=int8[0], calibration_size=int8[1])
+    return settings

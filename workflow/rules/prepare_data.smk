@@ -7,10 +7,12 @@ rule prepare_data:
     output:
         data=directory(DATA),
         metrics="results/prepare_data/cifar10.json",
+    log:
+        "logs/prepare_data/cifar10.log",
+    conda:
+        ENV
     params:
         stage="prepare_data",
         config=config["data"],
-    log:
-        "logs/prepare_data/cifar10.log",
     script:
         SUBMIT

@@ -5,6 +5,10 @@ rule quantize:
     output:
         artifact=f"results/quantize/{RUN}/{{method}}-c{{calibration_size}}/int8.pt",
         metrics=f"results/quantize/{RUN}/{{method}}-c{{calibration_size}}/metrics.json",
+    log:
+        f"logs/quantize/{RUN}/{{method}}-c{{calibration_size}}.log",
+    conda:
+        ENV
     params:
         stage="quantize",
         config=lambda wildcards: {
@@ -13,7 +17,5 @@ rule quantize:
             "calibration_size": int(wildcards.calibration_size),
             **config["quantize"],
         },
-    log:
-        f"logs/quantize/{RUN}/{{method}}-c{{calibration_size}}.log",
     script:
         SUBMIT

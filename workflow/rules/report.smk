@@ -8,9 +8,11 @@ rule report:
         train_metrics=[rules.train.output.metrics.format(**run) for run in runs()],
     output:
         report="results/report.csv",
-    params:
-        stage="report",
     log:
         "logs/report/report.log",
+    conda:
+        ENV
+    params:
+        stage="report",
     script:
         SUBMIT

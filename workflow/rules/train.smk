@@ -4,10 +4,12 @@ rule train:
     output:
         model=f"results/train/{RUN}/model.pt",
         metrics=f"results/train/{RUN}/metrics.json",
+    log:
+        f"logs/train/{RUN}.log",
+    conda:
+        ENV
     params:
         stage="train",
         config=lambda wildcards: {**run_config(wildcards), **config["train"]},
-    log:
-        f"logs/train/{RUN}.log",
     script:
         SUBMIT

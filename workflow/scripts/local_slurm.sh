@@ -191,6 +191,17 @@ packages_missing() {
     echo "${missing[*]}"
 }
 
+POLICY=/usr/sbin/policy-rc.d
+POLICY_BACKUP=""
+restore_policy() {
+    if [[ -n $POLICY_BACKUP ]]; then
+        mv -f "$POLICY_BACKUP" "$POLICY"
+        POLICY_BACKUP=""
+    elif grep -q 'quantpipe local_slurm.sh' "$POLICY" 2>/dev/null; then
+        rm -f "$POLICY"
+    fi
+}
+
 install_packages() {
     local missing
     missing=$(packages_missing)
@@ -198,22 +209,28 @@ install_packages() {
     [[ $EUID -eq 0 ]] || die "packages missing ($missing) and not root: cannot install them"
     mkdir -p "$LOG"
     local apt_log=$LOG/apt.log
+    local to_install
+    read -r -a to_install <<<"$missing"
     say "installing Debian packages: $missing (log: $apt_log)"
     # Package scripts must not start daemons (no systemd here; we start our own copies).
-    local policy=/usr/sbin/policy-rc.d backup=""
-    if [[ -e $policy ]]; then
-        backup=$(mktemp /usr/sbin/policy-rc.d.quantpipe.XXXXXX)
-        cp -p "$policy" "$backup"
+    # The machine's own policy-rc.d, if any, is put back however we exit.
+    POLICY_BACKUP=""
+    if [[ -e $POLICY ]]; then
+        POLICY_BACKUP=$(mktemp /usr/sbin/policy-rc.d.quantpipe.XXXXXX)
+        cp -p "$POLICY" "$POLICY_BACKUP"
     fi
-    printf '#!/bin/sh\n# written by quantpipe local_slurm.sh during apt-get install\nexit 101\n' >"$policy"
-    chmod 755 "$policy"
+    trap restore_policy EXIT
+    trap 'exit 130' INT TERM
+    printf '#!/bin/sh\n# written by quantpipe local_slurm.sh during apt-get install\nexit 101\n' >"$POLICY"
+    chmod 755 "$POLICY"
     local rc=0
     {
         export DEBIAN_FRONTEND=noninteractive
         apt-get -o DPkg::Lock::Timeout=300 update &&
-            apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends $missing
+            apt-get -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "${to_install[@]}"
     } >"$apt_log" 2>&1 || rc=$?
-    if [[ -n $backup ]]; then mv -f "$backup" "$policy"; else rm -f "$policy"; fi
+    restore_policy
+    trap - EXIT INT TERM
     ((rc == 0)) || die "apt-get failed (exit $rc)" "$apt_log"
     missing=$(packages_missing)
     [[ -z $missing ]] || die "still missing after apt-get: $missing" "$apt_log"
@@ -351,6 +368,8 @@ link_client_conf() {
 
 # ---------------------------------------------------------------- the daemons, one by one
 
+munge_ok() { munge -n -S "$MUNGE_SOCKET" | unmunge -S "$MUNGE_SOCKET"; }
+
 start_munge() {
     if alive munged; then return 0; fi
     say "starting munged"
@@ -368,7 +387,7 @@ start_munge() {
     spawn "$MUNGEDIR/munged.out" runuser -u munge -- /usr/sbin/munged \
         --key-file="$key" --pid-file="$MUNGEDIR/munged.pid" --log-file="$MUNGEDIR/munged.log" \
         --seed-file="$MUNGEDIR/munged.seed" --socket="$MUNGE_SOCKET"
-    wait_for "$TIMEOUT" munged bash -c 'munge -n -S "$1" | unmunge -S "$1"' _ "$MUNGE_SOCKET" ||
+    wait_for "$TIMEOUT" munged munge_ok ||
         die "munged did not come up" "$MUNGEDIR/munged.log" "$MUNGEDIR/munged.out"
     say "munged up (pid $(pid_of munged))"
 }
@@ -468,6 +487,17 @@ check_settings() {
         die "QUANTPIPE_SLURM_MAXTIME must look like 2-00:00:00, not '$MAXTIME'"
 }
 
+# The cluster keeps the settings of its last fresh start: say so when the environment asks for
+# other ones.
+warn_if_config_differs() {
+    local want="NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB"
+    if ! grep -q "^$want " "$ETC/slurm.conf" ||
+        ! grep -q "^PartitionName=cpu .*MaxTime=$MAXTIME " "$ETC/slurm.conf" ||
+        [[ $(grep -c '^NodeName=.* Name=gpu ' "$ETC/gres.conf") != "$NGPUS" ]]; then
+        warn "the running cluster was started with other settings than QUANTPIPE_SLURM_CPUS/MEM_MB/GPUS/MAXTIME ask for now; run '$0 stop' then '$0 start' to apply them"
+    fi
+}
+
 cmd_start() {
     [[ $EUID -eq 0 ]] || die "must run as root (the daemons run as root/munge/mysql)"
     check_settings
@@ -475,6 +505,7 @@ cmd_start() {
     if [[ -f $ETC/slurm.conf ]] && healthy; then
         link_client_conf
         say "already up and healthy: node $NODE $(node_state), accounting answers ($DIR)"
+        warn_if_config_differs
         return 0
     fi
     install_packages
@@ -522,6 +553,8 @@ cmd_start() {
     say "client config: /etc/slurm/slurm.conf -> $ETC/slurm.conf (or SLURM_CONF=$ETC/slurm.conf)"
 }
 
+queue_empty() { [[ -z $(squeue -h -o %A 2>/dev/null) ]]; }
+
 cmd_stop() {
     if alive slurmctld; then
         local jobs
@@ -530,7 +563,7 @@ cmd_stop() {
             say "cancelling jobs: $jobs"
             # shellcheck disable=SC2086
             scancel $jobs 2>/dev/null || true
-            wait_for 15 "jobs to end" bash -c '[[ -z $(squeue -h -o %A 2>/dev/null) ]]' || true
+            wait_for 15 "jobs to end" queue_empty || true
         fi
     fi
     # the Slurm daemons first (they still need munge and, for slurmdbd, MariaDB to shut down)

@@ -19,7 +19,9 @@ EXAMPLE_BATCH = 2  # export needs a batch of at least 2 to keep the batch dimens
 
 def backend(method: str):
     if method not in METHODS:
-        raise ValueError(f"unknown quantization method {method!r}: choose one of {', '.join(METHODS)}")
+        raise ValueError(
+            f"unknown quantization method {method!r}: choose one of {', '.join(METHODS)}"
+        )
     return importlib.import_module(f"quantpipe.quantize.{method}")
 
 
@@ -31,7 +33,9 @@ def run(model: str, data: str, artifact: str, metrics: str, config: dict, log=pr
     threads = provenance.set_threads()
     method = backend(config["method"])
     net, record = load_trained(model)
-    images = calibration_images(data, config["val_size"], config["calibration_size"], config["seed"])
+    images = calibration_images(
+        data, config["val_size"], config["calibration_size"], config["seed"]
+    )
     log(
         f"quantize: method {config['method']}, {len(images)} calibration images from the training "
         f"split, {threads} threads"
@@ -56,7 +60,10 @@ def run(model: str, data: str, artifact: str, metrics: str, config: dict, log=pr
         "size_bytes": os.path.getsize(artifact),
         "provenance": provenance.collect(),
     }
-    log(f"quantize: wrote {artifact} ({result['size_bytes'] / 1e6:.2f} MB) in {result['seconds']:.1f} s")
+    log(
+        f"quantize: wrote {artifact} ({result['size_bytes'] / 1e6:.2f} MB) "
+        f"in {result['seconds']:.1f} s"
+    )
     write_json(metrics, result)
     return result
 

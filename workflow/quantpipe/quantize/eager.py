@@ -46,9 +46,7 @@ def _prepare(model: nn.Module) -> nn.Module:
     return tq.prepare(wrapped)
 
 
-def quantize(
-    model: nn.Module, calibration_batches: Iterable[torch.Tensor], log=print
-) -> nn.Module:
+def quantize(model: nn.Module, calibration_batches: Iterable[torch.Tensor], log=print) -> nn.Module:
     prepared = _prepare(model)
     seen = 0
     with torch.no_grad():
@@ -67,7 +65,9 @@ def save(quantized: nn.Module, path: str | os.PathLike, architecture: dict) -> N
 
 def load(path: str | os.PathLike) -> nn.Module:
     artifact = torch.load(path, weights_only=True)
-    with warnings.catch_warnings():  # the skeleton's observers never ran: its qparams are placeholders
+    with (
+        warnings.catch_warnings()
+    ):  # the skeleton's observers never ran: its qparams are placeholders
         warnings.simplefilter("ignore")
         skeleton = tq.convert(_prepare(build_model(**artifact["architecture"])))
     skeleton.load_state_dict(artifact["state_dict"])

@@ -56,9 +56,11 @@ def quantize(
     example: torch.Tensor,
     log=print,
 ) -> torch.fx.GraphModule:
-    """Export `model`, insert observers, run the calibration batches, convert to INT8 (Q/DQ graph)."""
+    """Export `model`, insert observers, run the calibration batches, convert to an INT8 graph."""
     if example.shape[0] < 2:
-        raise ValueError("the example batch needs at least 2 images so the batch size stays dynamic")
+        raise ValueError(
+            "the example batch needs at least 2 images so the batch size stays dynamic"
+        )
     model = model.eval()
     with torch.no_grad():
         graph_module = torch.export.export(
@@ -77,7 +79,7 @@ def quantize(
 
 
 def _drop_unused_tensors(graph_module: torch.fx.GraphModule) -> None:
-    """convert_pt2e keeps the FP32 originals beside the INT8 copies; drop what the graph never reads."""
+    """convert_pt2e keeps the FP32 originals beside the INT8 ones: drop the unused."""
     used = {node.target for node in graph_module.graph.nodes if node.op == "get_attr"}
     for name, _ in list(graph_module.named_parameters()) + list(graph_module.named_buffers()):
         if name not in used:

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test command (README.md): installs what the tests need -- the pinned .venv and a real
+# single-node Slurm (munge, MariaDB, slurmdbd, slurmctld, slurmd) -- then runs every test.
+# Extra arguments go to pytest, e.g. `bash tests/run.sh -m "not workflow"`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash workflow/scripts/bootstrap.sh
+bash workflow/scripts/local_slurm.sh start
+# The workflow tests find `snakemake` and the `slurm` profile the way a user does.
+export PATH="$PWD/.venv/bin:$PATH"
+exec .venv/bin/pytest -ra "$@"

@@ -1,0 +1,61 @@
+import pandas as pd
+import pytest
+from quantpipe.artifacts import write_json
+from quantpipe.report import build
+
+PROVENANCE = {
+    "threads": 2, "cpu_model": "test cpu", "cpu_int8_flags": "avx512_vnni", "gpu_name": None,
+    "host": "node1", "slurm_job_id": "42", "slurm_partition": "cpu", "git_commit": "abc",
+    "date": "2026-11-27T00:00:00+00:00",
+    "versions": {"torch": "2.14.1", "torchvision": "0.29.1", "torchao": "0.18.0", "python": "3.11"},
+}  # fmt: skip
+RUN = {"model": "resnet18_cifar", "width": 16, "seed": 0}
+
+
+def row(variant, method, accuracy, rate, size, **extra):
+    return {**RUN, "variant": variant, "method": method, "status": "ok", "reason": "",
+            "accuracy": accuracy, "images_per_s": rate, "size_bytes": size, **extra}  # fmt: skip
+
+
+@pytest.fixture
+def metrics(tmp_path):
+    files = {
+        "fp32": [row("fp32-cpu", "eager", 0.90, 100.0, 4_000_000),
+                 row("fp32-cpu", "compiled", 0.90, 200.0, 4_000_000)],
+        "gpu": [{**RUN, "variant": "fp32-gpu", "method": "eager", "status": "skipped",
+                 "reason": "no CUDA device on this node"}],
+        "int8": [row("int8-cpu", "pt2e", 0.895, 800.0, 1_000_000, calibration_size=512)],
+    }  # fmt: skip
+    paths = []
+    for name, rows in files.items():
+        path = tmp_path / f"{name}.json"
+        write_json(path, {"rows": rows, "provenance": PROVENANCE})
+        paths.append(str(path))
+    train = tmp_path / "train.json"
+    write_json(train, {"config": RUN, "val_accuracy": 0.91})
+    return paths, [str(train)]
+
+
+def test_report_derives_deltas_speedups_and_ratios(metrics):
+    table = build(*metrics).set_index(["variant", "method"])
+    int8 = table.loc[("int8-cpu", "pt2e")]
+    assert int8["accuracy_delta"] == pytest.approx(-0.005)
+    assert int8["speedup_vs_fp32_cpu_eager"] == pytest.approx(8.0)
+    assert int8["speedup_vs_best_fp32_cpu"] == pytest.approx(4.0)
+    assert int8["size_ratio"] == pytest.approx(4.0)
+    assert int8["size_mb"] == pytest.approx(1.0)
+    assert int8["val_accuracy_fp32"] == pytest.approx(0.91)
+    assert str(int8["slurm_job_id"]) == "42" and int8["torch"] == "2.14.1"
+
+
+def test_unmeasured_rows_carry_a_reason_and_no_number(metrics):
+    gpu = build(*metrics).query("variant == 'fp32-gpu'").iloc[0]
+    assert gpu["status"] == "skipped" and "CUDA" in gpu["reason"]
+    measured = [
+        "accuracy",
+        "images_per_s",
+        "latency_ms_p50",
+        "size_mb",
+        "speedup_vs_fp32_cpu_eager",
+    ]
+    assert pd.isna(gpu[measured]).all()

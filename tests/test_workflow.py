@@ -1,0 +1,124 @@
+"""The whole DAG on a tiny config, on this machine (submitit's local executor).
+
+Runs in a copy of the repository so the test never touches a user's results/.
+"""
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO, SHARED_CIFAR
+
+pytestmark = pytest.mark.workflow
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def copy_repository(target: Path) -> None:
+    files = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.split("\0")  # fmt: skip
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, target / name)
+
+
+def tiny_config(workdir: Path) -> dict:
+    config = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
+    config["data"]["cifar10_copy"] = str(SHARED_CIFAR)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    return config
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([SNAKEMAKE, "--profile", "profiles/local", *args], cwd=workdir,
+                          capture_output=True, text=True, timeout=1800)  # fmt: skip
+    if check and done.returncode != 0:
+        pytest.fail(
+            f"snakemake {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        )
+    return done
+
+
+def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Job counts per rule that Snakemake would run (dry run)."""
+    output = snakemake(workdir, "--dry-run", *args)
+    text = output.stdout + output.stderr
+    if "Nothing to be done" in text:
+        return {}
+    table = text.split("Job stats:", 1)[1].split("total", 1)[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE)}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workflow")
+    copy_repository(workdir)
+    config = tiny_config(workdir)
+    snakemake(workdir)
+    return workdir, config
+
+
+def test_report_compares_fp32_and_int8(finished_run):
+    workdir, _ = finished_run
+    report = pd.read_csv(workdir / "results" / "report.csv")
+    ok = report[report["status"] == "ok"].set_index(["variant", "method"])
+    assert set(ok.index) == {("fp32-cpu", "eager"), ("fp32-cpu", "compiled"),
+                             ("int8-cpu", "pt2e"), ("int8-cpu", "eager")}  # fmt: skip
+    numbers = ["accuracy", "images_per_s", "latency_ms_p50", "latency_ms_p99", "size_mb"]
+    assert (ok[numbers] > 0).all().all()
+    assert (ok["threads"] >= 1).all()
+    fp32 = ok.loc[("fp32-cpu", "eager")]
+    for method in ("pt2e", "eager"):
+        int8 = ok.loc[("int8-cpu", method)]
+        print(f"{method}: accuracy {int8['accuracy']:.4f} vs FP32 {fp32['accuracy']:.4f}, "
+              f"{int8['images_per_s']:.0f} vs {fp32['images_per_s']:.0f} img/s")  # fmt: skip
+        assert abs(int8["accuracy"] - fp32["accuracy"]) <= 0.01
+        assert int8["images_per_s"] > fp32["images_per_s"]
+        assert int8["size_ratio"] > 2.5
+
+
+def test_gpu_rows_say_skipped_with_no_numbers(finished_run):
+    workdir, _ = finished_run
+    report = pd.read_csv(workdir / "results" / "report.csv")
+    gpu = report[report["variant"] == "fp32-gpu"]
+    assert len(gpu) == 2 and (gpu["status"] == "skipped").all()
+    assert gpu["reason"].str.contains("CUDA").all()
+    assert gpu[["accuracy", "images_per_s", "latency_ms_p50", "size_mb"]].isna().all().all()
+
+
+def test_a_second_run_does_nothing(finished_run):
+    workdir, _ = finished_run
+    started = time.perf_counter()
+    done = snakemake(workdir)
+    print(f"no-op rerun took {time.perf_counter() - started:.2f} s")
+    assert "Nothing to be done" in done.stdout + done.stderr
+
+
+def test_a_new_calibration_size_runs_only_its_jobs(finished_run):
+    workdir, config = finished_run
+    sizes = config["calibration_sizes"] + [128]
+    jobs = planned_jobs(workdir, "--config", f"calibration_sizes={sizes}")
+    assert jobs == {"quantize": 2, "benchmark": 2, "report": 1, "all": 1}
+
+
+def test_a_new_seed_runs_only_that_seeds_jobs(finished_run):
+    workdir, _ = finished_run
+    jobs = planned_jobs(workdir, "--config", "seeds=[0,1]")
+    assert jobs == {"train": 1, "quantize": 2, "benchmark": 3, "benchmark_gpu": 1, "report": 1,
+                    "all": 1}  # fmt: skip
+
+
+def test_a_changed_training_setting_reruns_train_and_downstream(finished_run):
+    workdir, config = finished_run
+    changed = {**config["train"], "epochs": config["train"]["epochs"] + 1}
+    jobs = planned_jobs(workdir, "--config", f"train={changed}")
+    assert jobs == {"train": 1, "quantize": 2, "benchmark": 3, "benchmark_gpu": 1, "report": 1,
+                    "all": 1}  # fmt: skip
