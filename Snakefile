@@ -4,13 +4,18 @@
 
 from snakemake.utils import min_version, validate
 
+from quantpipe.configuration import check_consistency, coerce_to_schema
+
 min_version("9.0")
 
 
 configfile: "config.yaml"
 
 
+# --config values arrive as strings ("seeds=[0,1]" gives ["0", "1"]): type them by the schema.
+coerce_to_schema(config, "workflow/schemas/config.schema.yaml")
 validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
+check_consistency(config)
 
 
 include: "workflow/rules/common.smk"
@@ -19,6 +24,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/quantize.smk"
 include: "workflow/rules/benchmark.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/summary.smk"
 
 
 # Output paths, with RUN = {model}-w{width}-s{seed}:
@@ -29,7 +35,10 @@ include: "workflow/rules/report.smk"
 #   results/benchmark/RUN/{variant}/{metrics.json,predictions.pt}
 #       variant = fp32-cpu | fp32-gpu | int8-cpu-{method}-c{calibration_size}
 #   results/report.csv                                 one row per measurement
+#   results/summary.{csv,md}                           seed statistics, paired tests, Table 1
+#   results/summary/{figure}.{png,svg}, tables.html    figures and tables for --report
 #   logs/<stage>/...                                   each job's log and submitit files
 rule all:
     input:
         "results/report.csv",
+        rules.summary.output,

@@ -19,3 +19,11 @@ def _two_threads(monkeypatch):
     # Tests run stages in-process: keep them from assuming a Slurm grant from the environment.
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     os.environ.setdefault("PYTHONHASHSEED", "0")
+
+
+@pytest.fixture(scope="session")
+def cluster() -> dict[str, int]:
+    """The local Slurm's node (CPUs, GPUs); skips (or fails under tests/run.sh) when it is down."""
+    from slurmtools import require_cluster
+
+    return require_cluster()

@@ -8,4 +8,6 @@ bash workflow/scripts/bootstrap.sh
 bash workflow/scripts/local_slurm.sh start
 # The workflow tests find `snakemake` and the `slurm` profile the way a user does.
 export PATH="$PWD/.venv/bin:$PATH"
+# Under this command a missing Slurm fails the Slurm tests instead of skipping them.
+export QUANTPIPE_REQUIRE_SLURM=1
 exec .venv/bin/pytest -ra "$@"

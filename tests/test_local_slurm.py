@@ -8,63 +8,15 @@ Each test takes about a second; none submits to a cluster other than ClusterName
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from slurmtools import run as _run
+from slurmtools import wait_sacct as _wait_sacct
 
 pytestmark = pytest.mark.slurm
-
-CLUSTER = "quantpipe"
-TERMINAL = {
-    "COMPLETED",
-    "FAILED",
-    "CANCELLED",
-    "TIMEOUT",
-    "OUT_OF_MEMORY",
-    "NODE_FAIL",
-    "PREEMPTED",
-    "BOOT_FAIL",
-    "DEADLINE",
-}
-START_HINT = "start it with: workflow/scripts/local_slurm.sh start"
-
-
-def _run(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> dict[str, int]:
-    """Skip unless the local quantpipe cluster answers; return its node's CPU and GPU counts."""
-    if shutil.which("sinfo") is None:
-        pytest.skip(f"sinfo is not on PATH: no Slurm client installed ({START_HINT})")
-    try:
-        # ping first: it fails at once when slurmctld is down (sinfo retries for ~9 s)
-        ping = _run(["scontrol", "ping"], timeout=15)
-        if ping.returncode != 0:
-            pytest.skip(f"the Slurm cluster is not up: {ping.stdout.strip()} ({START_HINT})")
-        conf = _run(["scontrol", "show", "config"], timeout=15)
-        info = _run(["sinfo", "-h", "-N", "-o", "%P|%t|%c|%G"], timeout=15)
-    except subprocess.TimeoutExpired:
-        pytest.skip(f"Slurm does not answer within 15 s ({START_HINT})")
-    if conf.returncode != 0 or info.returncode != 0:
-        err = (conf.stderr or info.stderr).strip().splitlines()
-        pytest.skip(f"the Slurm cluster is not up: {err[-1] if err else '?'} ({START_HINT})")
-    m = re.search(r"^ClusterName\s*=\s*(\S+)", conf.stdout, re.M)
-    if not m or m.group(1) != CLUSTER:
-        pytest.skip(f"sinfo talks to cluster {m and m.group(1)!r}, not the local {CLUSTER!r} one")
-    rows = [line.split("|") for line in info.stdout.split()]
-    parts = {p.rstrip("*"): (state, int(cpus), gres) for p, state, cpus, gres in rows}
-    if not {"cpu", "gpu"} <= parts.keys():
-        pytest.skip(f"partitions cpu and gpu missing (have {sorted(parts)}) ({START_HINT})")
-    state, cpus, gres = parts["gpu"]
-    if state.rstrip("*~#") not in {"idle", "mix", "alloc", "comp"} or state.endswith("*"):
-        pytest.skip(f"the node is {state!r}, not usable ({START_HINT})")
-    g = re.search(r"gpu(?::[^:(,]+)?:(\d+)", gres)
-    return {"cpus": cpus, "gpus": int(g.group(1)) if g else 0}
 
 
 def _sbatch(*opts: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -75,27 +27,6 @@ def _submit(*opts: str, cwd: Path) -> str:
     r = _sbatch(*opts, cwd=cwd)
     assert r.returncode == 0, f"sbatch {' '.join(opts)} failed: {r.stderr}"
     return r.stdout.strip().split(";")[0]
-
-
-def _wait_sacct(job: str, need: tuple[str, ...] = (), timeout: float = 30) -> dict[str, str]:
-    """Poll sacct until the job's allocation reaches a terminal state and the fields in `need`
-    are filled in; return its fields. (Right after a fast job ends, sacct can already say
-    COMPLETED while Partition is still empty for a few seconds.)"""
-    fields = ["State", "ExitCode", "Partition", "AllocTRES"]
-    deadline = time.monotonic() + timeout
-    row: dict[str, str] = {}
-    while time.monotonic() < deadline:
-        r = _run(["sacct", "-n", "-X", "-P", "-j", job, "-o", ",".join(fields)], timeout=15)
-        assert r.returncode == 0, f"sacct failed: {r.stderr}"
-        lines = r.stdout.strip().splitlines()
-        if lines:
-            row = dict(zip(fields, lines[0].split("|"), strict=True))
-            if row["State"].split()[0] in TERMINAL and all(row[f] for f in need):
-                return row
-        time.sleep(0.2)
-    queue = _run(["squeue", "-j", job, "-o", "%i %P %T %r"]).stdout
-    _run(["scancel", job])
-    pytest.fail(f"job {job} not finished after {timeout} s; sacct: {row}; squeue:\n{queue}")
 
 
 def test_cpu_job_completes_and_is_accounted(cluster, tmp_path):

@@ -106,14 +106,14 @@ def test_a_new_calibration_size_runs_only_its_jobs(finished_run):
     workdir, config = finished_run
     sizes = config["calibration_sizes"] + [128]
     jobs = planned_jobs(workdir, "--config", f"calibration_sizes={sizes}")
-    assert jobs == {"quantize": 2, "benchmark": 2, "report": 1, "all": 1}
+    assert jobs == {"quantize": 2, "benchmark": 2, "report": 1, "summary": 1, "all": 1}
 
 
 def test_a_new_seed_runs_only_that_seeds_jobs(finished_run):
     workdir, _ = finished_run
     jobs = planned_jobs(workdir, "--config", "seeds=[0,1]")
     assert jobs == {"train": 1, "quantize": 2, "benchmark": 3, "benchmark_gpu": 1, "report": 1,
-                    "all": 1}  # fmt: skip
+                    "summary": 1, "all": 1}  # fmt: skip
 
 
 def test_a_changed_training_setting_reruns_train_and_downstream(finished_run):
@@ -121,4 +121,23 @@ def test_a_changed_training_setting_reruns_train_and_downstream(finished_run):
     changed = {**config["train"], "epochs": config["train"]["epochs"] + 1}
     jobs = planned_jobs(workdir, "--config", f"train={changed}")
     assert jobs == {"train": 1, "quantize": 2, "benchmark": 3, "benchmark_gpu": 1, "report": 1,
-                    "all": 1}  # fmt: skip
+                    "summary": 1, "all": 1}  # fmt: skip
+
+
+def test_the_html_report_holds_the_summary(finished_run):
+    workdir, _ = finished_run
+    results = workdir / "results"
+    summary = pd.read_csv(results / "summary.csv")
+    gpu = summary[summary["variant"] == "fp32-gpu"]
+    assert (gpu["verdict"].str.startswith("not measured: ")).all()
+    assert summary.loc[summary["variant"] == "int8-cpu", "mcnemar_p"].between(0, 1).all()
+    assert "## Table 1" in (results / "summary.md").read_text()
+    figures = ["accuracy_vs_throughput", "accuracy_delta_vs_calibration", "speedup_and_size",
+               "latency_batch1"]  # fmt: skip
+    for name in figures:
+        for kind in ("png", "svg"):
+            assert (results / "summary" / f"{name}.{kind}").stat().st_size > 0
+    snakemake(workdir, "--report", "report.html")
+    page = (workdir / "report.html").read_text()
+    for name in ["summary.csv", "tables.html", *(f"{name}.png" for name in figures)]:
+        assert name in page

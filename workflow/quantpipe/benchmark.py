@@ -65,6 +65,8 @@ def measure(module, test_images, test_labels, device, config: dict, log=print) -
         "latency_ms_p90": cut[89],
         "latency_ms_p99": cut[98],
         "latency_iterations": len(latencies),
+        # Every batch-1 call, for the summary's latency distribution (not a report.csv column).
+        "latencies_ms": [round(latency, 4) for latency in latencies],
         "predictions": predictions.to(torch.uint8),
     }
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import submitit
 
-STAGES = ("prepare_data", "train", "quantize", "benchmark", "report")
+STAGES = ("prepare_data", "train", "quantize", "benchmark", "report", "summary")
 # Slurm accepts more, but these survive every shell, log file name and sacct format.
 SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 RESOURCE_KEYS = {
@@ -121,7 +121,15 @@ def submit(stage: str, kwargs: dict, resources: Mapping, job_name: str, folder: 
         folder=folder, cluster=cluster, slurm_max_num_timeout=int(resources.get("requeues", 3))
     )
     executor.update_parameters(**parameters)
-    job = executor.submit(StageCall(stage, kwargs))
+    try:
+        job = executor.submit(StageCall(stage, kwargs))
+    except Exception as error:  # sbatch's refusal arrives as whatever submitit wraps it in
+        log(
+            f"{stage}: {cluster} refused the job {parameters}:\n{error}\n"
+            "Check the partition, gpus, cpus_per_task, mem_mb and runtime that your profile "
+            "(profiles/slurm/config.yaml) gives this rule against what `sinfo` shows."
+        )
+        raise SystemExit(1) from None
     with _cancel_on_signal(job):
         log(f"{stage}: submitted job {job.job_id} to {cluster} with {parameters}")
         log(f"{stage}: job stdout {job.paths.stdout}")

@@ -11,6 +11,9 @@ rule prepare_data:
         "logs/prepare_data/cifar10.log",
     conda:
         ENV
+    resources:
+        # Runs where Snakemake runs, never on a compute node: an empty partition means local.
+        slurm_partition="",
     params:
         stage="prepare_data",
         config=config["data"],

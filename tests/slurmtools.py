@@ -1,0 +1,88 @@
+"""Shared by the tests that use the local Slurm (workflow/scripts/local_slurm.sh)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+
+
+def unavailable(reason: str) -> None:
+    """Skip, unless the test command demands Slurm (tests/run.sh does): then fail loudly."""
+    if os.environ.get("QUANTPIPE_REQUIRE_SLURM") == "1":
+        pytest.fail(f"the local Slurm is required but unavailable: {reason}")
+    pytest.skip(reason)
+
+
+CLUSTER = "quantpipe"
+TERMINAL = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
+START_HINT = "start it with: workflow/scripts/local_slurm.sh start"
+
+
+def run(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def require_cluster() -> dict[str, int]:
+    """Skip unless the local quantpipe cluster answers; return its node's CPU and GPU counts."""
+    if shutil.which("sinfo") is None:
+        unavailable(f"sinfo is not on PATH: no Slurm client installed ({START_HINT})")
+    try:
+        # ping first: it fails at once when slurmctld is down (sinfo retries for ~9 s)
+        ping = run(["scontrol", "ping"], timeout=15)
+        if ping.returncode != 0:
+            unavailable(f"the Slurm cluster is not up: {ping.stdout.strip()} ({START_HINT})")
+        conf = run(["scontrol", "show", "config"], timeout=15)
+        info = run(["sinfo", "-h", "-N", "-o", "%P|%t|%c|%G"], timeout=15)
+    except subprocess.TimeoutExpired:
+        unavailable(f"Slurm does not answer within 15 s ({START_HINT})")
+    if conf.returncode != 0 or info.returncode != 0:
+        err = (conf.stderr or info.stderr).strip().splitlines()
+        unavailable(f"the Slurm cluster is not up: {err[-1] if err else '?'} ({START_HINT})")
+    m = re.search(r"^ClusterName\s*=\s*(\S+)", conf.stdout, re.M)
+    if not m or m.group(1) != CLUSTER:
+        unavailable(f"sinfo talks to cluster {m and m.group(1)!r}, not the local {CLUSTER!r} one")
+    rows = [line.split("|") for line in info.stdout.split()]
+    parts = {p.rstrip("*"): (state, int(cpus), gres) for p, state, cpus, gres in rows}
+    if not {"cpu", "gpu"} <= parts.keys():
+        unavailable(f"partitions cpu and gpu missing (have {sorted(parts)}) ({START_HINT})")
+    state, cpus, gres = parts["gpu"]
+    if state.rstrip("*~#") not in {"idle", "mix", "alloc", "comp"} or state.endswith("*"):
+        unavailable(f"the node is {state!r}, not usable ({START_HINT})")
+    g = re.search(r"gpu(?::[^:(,]+)?:(\d+)", gres)
+    return {"cpus": cpus, "gpus": int(g.group(1)) if g else 0}
+
+
+def wait_sacct(job: str, need: tuple[str, ...] = (), timeout: float = 30) -> dict[str, str]:
+    """Poll sacct until the job's allocation reaches a terminal state and the fields in `need`
+    are filled in; return its fields. (Right after a fast job ends, sacct can already say
+    COMPLETED while Partition is still empty for a few seconds.)"""
+    fields = ["State", "ExitCode", "Partition", "AllocTRES"]
+    deadline = time.monotonic() + timeout
+    row: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        r = run(["sacct", "-n", "-X", "-P", "-j", job, "-o", ",".join(fields)], timeout=15)
+        assert r.returncode == 0, f"sacct failed: {r.stderr}"
+        lines = r.stdout.strip().splitlines()
+        if lines:
+            row = dict(zip(fields, lines[0].split("|"), strict=True))
+            if row["State"].split()[0] in TERMINAL and all(row[f] for f in need):
+                return row
+        time.sleep(0.2)
+    queue = run(["squeue", "-j", job, "-o", "%i %P %T %r"]).stdout
+    run(["scancel", job])
+    pytest.fail(f"job {job} not finished after {timeout} s; sacct: {row}; squeue:\n{queue}")

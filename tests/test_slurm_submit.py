@@ -1,0 +1,134 @@
+"""The submit layer on the real local Slurm: refusals, cancellation, failures, requeue + resume."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from quantpipe.submit import submit
+from quantpipe.train import load_trained
+from quantpipe.train import run as train_in_process
+from slurmtools import run, wait_sacct
+
+pytestmark = pytest.mark.slurm
+CPU = {"slurm_partition": "cpu", "cpus_per_task": 2, "mem_mb": 2000, "runtime": 10}
+TRAIN = {
+    "model": "resnet18_cifar", "width": 4, "num_classes": 10, "seed": 5, "val_size": 48000,
+    "batch_size": 100, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+    "label_smoothing": 0.1, "device": "auto", "log_every": 5,
+}  # fmt: skip
+
+
+def submitter(tmp_path, stage, kwargs, resources, name) -> subprocess.Popen:
+    """The submit layer in its own process, as a Snakemake job runs it."""
+    script = (
+        "import sys\nfrom quantpipe.submit import submit\n"
+        f"submit({stage!r}, {kwargs!r}, {resources!r}, {name!r}, {str(tmp_path / 'logs')!r})\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def job_id_of(name: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ids = run(["squeue", "-h", "-n", name, "-o", "%i"]).stdout.split()
+        if ids:
+            return ids[0]
+        time.sleep(0.2)
+    pytest.fail(f"no job named {name} appeared in squeue")
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def long_training(tmp_path) -> dict:
+    return {"data": str(pytest.cifar_dir), "model": str(tmp_path / "run" / "model.pt"),
+            "metrics": str(tmp_path / "run" / "metrics.json"),
+            "config": {**TRAIN, "epochs": 50}}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _data(cifar_dir, cluster):
+    pytest.cifar_dir = cifar_dir
+
+
+@pytest.mark.parametrize(
+    "resources,reason",
+    [({"slurm_partition": "nosuch"}, "invalid partition"),
+     ({"slurm_partition": "gpu", "gpus": 64}, "not available")],
+    ids=["unknown-partition", "too-many-gpus"],
+)  # fmt: skip
+def test_an_impossible_request_fails_at_once(tmp_path, capsys, resources, reason):
+    started = time.monotonic()
+    with pytest.raises(SystemExit) as failure:
+        submit("report", {}, resources, "impossible", str(tmp_path))
+    assert failure.value.code == 1
+    assert time.monotonic() - started < 30
+    said = capsys.readouterr().out
+    assert "refused the job" in said and reason in said.lower() and "profiles/slurm" in said
+
+
+def test_a_cancelled_job_is_reported_failed(tmp_path):
+    name = "qp-test-scancel"
+    process = submitter(tmp_path, "train", long_training(tmp_path), CPU, name)
+    job = job_id_of(name)
+    wait_for(
+        lambda: "RUNNING" in run(["squeue", "-h", "-j", job, "-o", "%T"]).stdout, 60, "RUNNING"
+    )
+    run(["scancel", job])
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1, output
+    assert "failed" in output and job in output
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_the_submitter_cancels_its_job(tmp_path, signum):
+    name = f"qp-test-stop-{signum}"
+    process = submitter(tmp_path, "train", long_training(tmp_path), CPU, name)
+    job = job_id_of(name)
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode != 0
+    assert f"cancelling job {job}" in output
+    assert wait_sacct(job)["State"].startswith("CANCELLED")
+
+
+def test_a_requeued_training_job_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    config = {**TRAIN, "epochs": 4}
+    name = "qp-test-requeue"
+    files = {"data": str(pytest.cifar_dir), "model": str(tmp_path / "slurm" / "model.pt"),
+             "metrics": str(tmp_path / "slurm" / "metrics.json"), "config": config}  # fmt: skip
+    process = submitter(tmp_path, "train", files, CPU, name)
+    job = job_id_of(name)
+    checkpoint = tmp_path / "slurm" / "checkpoints" / "last.pt"
+    wait_for(checkpoint.exists, 300, "the first epoch checkpoint")
+    assert run(["scontrol", "requeue", job]).returncode == 0
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 0, output
+    record = torch.load(tmp_path / "slurm" / "model.pt", weights_only=True)["record"]
+    assert record["resumed_from_epoch"] >= 1, "the requeued job should resume, not start over"
+    assert record["provenance"]["slurm_job_id"] == job
+    # The same training, uninterrupted, in this process with the job's thread count.
+    os.environ["SLURM_CPUS_PER_TASK"] = str(CPU["cpus_per_task"])
+    try:
+        straight_dir = tmp_path / "straight"
+        train_in_process(str(pytest.cifar_dir), str(straight_dir / "model.pt"),
+                         str(straight_dir / "metrics.json"), config, log=lambda _: None)  # fmt: skip
+    finally:
+        del os.environ["SLURM_CPUS_PER_TASK"]
+    resumed, _ = load_trained(tmp_path / "slurm" / "model.pt")
+    straight, _ = load_trained(tmp_path / "straight" / "model.pt")
+    for (key, a), (_, b) in zip(
+        resumed.state_dict().items(), straight.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), key

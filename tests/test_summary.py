@@ -1,0 +1,300 @@
+import math
+import re
+import struct
+
+import pandas as pd
+import pytest
+import torch
+from quantpipe import summary as qs
+from quantpipe.artifacts import write_json
+from quantpipe.datasets import load_splits
+from quantpipe.report import build
+
+# Three seeds whose FP32 CPU eager model gets the first 1000, 900, 800 test images wrong:
+# accuracy 0.90, 0.91, 0.92 (mean 0.91, sd 0.01), 100, 110, 120 images/s (mean 110, sd 10).
+SEEDS = {0: (1000, 100.0), 1: (900, 110.0), 2: (800, 120.0)}
+T_2 = 4.302652729749459  # Student t, 95% two-sided, 2 degrees of freedom
+PROVENANCE = {
+    "threads": 2, "cpu_model": "test cpu", "cpu_int8_flags": "avx512_vnni", "gpu_name": None,
+    "host": "node1", "slurm_job_id": None, "slurm_partition": None, "git_commit": "abc123",
+    "date": "2026-11-27T00:00:00+00:00",
+    "versions": {"torch": "2.14.1", "torchvision": "0.29.1", "torchao": "0.18.0", "python": "3.11"},
+}  # fmt: skip
+CONFIG = {"val_size": 5000, "seeds": [0, 1, 2]}
+
+
+def wrong_on(labels: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Predictions that are right everywhere except on images [start, stop)."""
+    predicted = labels.clone()
+    predicted[start:stop] = (predicted[start:stop] + 1) % 10
+    return predicted.to(torch.uint8)
+
+
+def measured(
+    run: dict,
+    variant: str,
+    method: str,
+    wrong: int,
+    images_per_s: float,
+    size: int,
+    calibration_size=None,
+) -> dict:
+    """A benchmark row as the benchmark stage writes it (`wrong` of the 10,000 images wrong)."""
+    return {**run, "variant": variant, "method": method, "calibration_size": calibration_size,
+            "status": "ok", "reason": "", "accuracy": 1 - wrong / 10_000,
+            "images_per_s": images_per_s, "test_set_seconds": 10_000 / images_per_s,
+            "batch_size": 256, "latency_ms_p50": 2.0, "latency_ms_p90": 2.5,
+            "latency_ms_p99": 3.0, "latencies_ms": [1.5, 2.0, 2.0, 3.0],
+            "size_bytes": size}  # fmt: skip
+
+
+def write_run(root, labels: torch.Tensor) -> tuple[list[str], list[str], list[str]]:
+    """Benchmark metrics, predictions and train metrics of three seeds, as the stages write them.
+
+    Per seed: FP32 CPU eager and compiled (identical predictions), FP32 GPU skipped, INT8 pt2e at
+    64 and 512 calibration images (as many images lost as gained: no significant loss), INT8 eager
+    at 64 (100 more images wrong in every seed: a significant loss).
+    """
+    metrics, predictions, trained = [], [], []
+    for seed, (errors, rate) in SEEDS.items():
+        run = {"model": "resnet18_cifar", "width": 8, "seed": seed}
+        fp32 = wrong_on(labels, 0, errors)
+        variants = {
+            "fp32-cpu": (
+                [measured(run, "fp32-cpu", "eager", errors, rate, 4_000_000),
+                 measured(run, "fp32-cpu", "compiled", errors, 2 * rate, 4_000_000)],
+                {"eager": fp32, "compiled": fp32},
+            ),
+            "fp32-gpu": (
+                [{**run, "variant": "fp32-gpu", "method": method, "status": "skipped",
+                  "reason": "no CUDA device on this node"} for method in ("eager", "compiled")],
+                {},
+            ),
+        }  # fmt: skip
+        for method, size, start, stop in [("pt2e", 64, 10, errors + 10),
+                                          ("pt2e", 512, 5, errors + 5),
+                                          ("eager", 64, 0, errors + 100)]:  # fmt: skip
+            row = measured(run, "int8-cpu", method, stop - start, 4 * rate, 1_000_000, size)
+            stored = {method: wrong_on(labels, start, stop)}
+            variants[f"int8-cpu-{method}-c{size}"] = ([row], stored)
+        for variant, (rows, stored) in variants.items():
+            folder = root / f"resnet18_cifar-w8-s{seed}" / variant
+            folder.mkdir(parents=True)
+            write_json(folder / "metrics.json", {"rows": rows, "provenance": PROVENANCE})
+            torch.save(stored, folder / "predictions.pt")
+            metrics.append(str(folder / "metrics.json"))
+            predictions.append(str(folder / "predictions.pt"))
+        write_json(root / f"train-{seed}.json", {"config": run, "val_accuracy": 0.9})
+        trained.append(str(root / f"train-{seed}.json"))
+    return metrics, predictions, trained
+
+
+@pytest.fixture(scope="module")
+def labels(cifar_dir) -> torch.Tensor:
+    return load_splits(str(cifar_dir), CONFIG["val_size"])["test"][1]
+
+
+@pytest.fixture
+def fixture_run(tmp_path, labels):
+    metrics, predictions, trained = write_run(tmp_path / "benchmark", labels)
+    report = tmp_path / "report.csv"
+    build(metrics, trained).to_csv(report, index=False)
+    return {"report": str(report), "benchmark_metrics": metrics, "predictions": predictions}
+
+
+@pytest.fixture
+def summary_table(fixture_run, labels) -> pd.DataFrame:
+    report = pd.read_csv(fixture_run["report"])
+    measurements = qs.paired_measurements(
+        fixture_run["benchmark_metrics"], fixture_run["predictions"], labels
+    )
+    return qs.summarize(report, measurements, qs.config_hash(CONFIG))
+
+
+def configuration(table: pd.DataFrame, variant: str, method: str, size=None) -> pd.Series:
+    chosen = table[(table["variant"] == variant) & (table["method"] == method)]
+    if size is not None:
+        chosen = chosen[chosen["calibration_size"] == size]
+    assert len(chosen) == 1
+    return chosen.iloc[0]
+
+
+@pytest.mark.parametrize(
+    "df, expected", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (29, 2.0452)]
+)
+def test_t_critical_matches_the_tables(df, expected):
+    assert qs.t_critical(0.95, df) == pytest.approx(expected, abs=1e-4)
+
+
+def test_mean_interval_of_known_values():
+    found = qs.mean_interval([0.90, 0.91, 0.92])
+    half = T_2 * 0.01 / math.sqrt(3)
+    assert found["mean"] == pytest.approx(0.91) and found["sd"] == pytest.approx(0.01)
+    assert found["n"] == 3
+    assert found["ci95_low"] == pytest.approx(0.91 - half)
+    assert found["ci95_high"] == pytest.approx(0.91 + half)
+    one = qs.mean_interval([0.5, float("nan")])
+    assert one["mean"] == 0.5 and one["n"] == 1 and math.isnan(one["ci95_low"])
+    assert qs.mean_interval([])["n"] == 0
+
+
+def test_mcnemar_exact_for_few_discordant_images_else_chi_square():
+    # Reference values from R: binom.test(3, 15)$p.value, mcnemar.test(matrix(c(0,10,30,0),2)).
+    assert qs.mcnemar(12, 3) == (pytest.approx(0.03515625), "exact")
+    assert qs.mcnemar(10, 30) == (pytest.approx(0.0026631, rel=1e-4), "chi2-cc")
+    assert qs.binomial_two_sided_p(5, 10) == 1.0
+    assert qs.binomial_two_sided_p(0, 0) == 1.0
+    assert qs.binomial_two_sided_p(1, 10) == pytest.approx(22 / 1024)
+
+
+def test_verdict_says_no_significant_loss_only_when_the_test_does_not_reject():
+    assert qs.verdict(12, 3, 0.035) == "significant loss"
+    assert qs.verdict(3, 12, 0.035) == "significant gain"
+    assert qs.verdict(7, 3, 0.34) == "no significant loss"
+
+
+def test_pareto_front_keeps_what_nothing_beats_on_both():
+    xs, ys = [100, 200, 400, 300, 400], [0.91, 0.90, 0.89, 0.88, 0.85]
+    assert qs.pareto_front(xs, ys) == [0, 1, 2]
+
+
+def test_summary_from_fixture_metrics(summary_table):
+    fp32 = configuration(summary_table, "fp32-cpu", "eager")
+    half = T_2 * 0.01 / math.sqrt(3)
+    assert fp32["seeds"] == 3 and fp32["accuracy_n"] == 3
+    assert fp32["accuracy_mean"] == pytest.approx(0.91)
+    assert fp32["accuracy_sd"] == pytest.approx(0.01)
+    assert (fp32["accuracy_ci95_low"], fp32["accuracy_ci95_high"]) == (
+        pytest.approx(0.91 - half), pytest.approx(0.91 + half))  # fmt: skip
+    assert fp32["images_per_s_mean"] == pytest.approx(110)
+    assert fp32["images_per_s_ci95_high"] == pytest.approx(110 + T_2 * 10 / math.sqrt(3))
+    assert fp32["verdict"] == "baseline"
+    pt2e = configuration(summary_table, "int8-cpu", "pt2e", 64)
+    assert pt2e["speedup_vs_fp32_cpu_eager_mean"] == pytest.approx(4.0)
+    assert pt2e["speedup_vs_fp32_cpu_eager_sd"] == pytest.approx(0.0)
+    assert pt2e["size_ratio_mean"] == pytest.approx(4.0)
+    assert pt2e["accuracy_delta_mean"] == pytest.approx(0.0)
+    # 10 images lost and 10 gained per seed: 30 / 30, McNemar's chi-square with correction.
+    assert (pt2e["baseline_only_correct"], pt2e["variant_only_correct"]) == (30, 30)
+    assert pt2e["paired_images"] == 30_000
+    assert pt2e["mcnemar_test"] == "chi2-cc"
+    assert pt2e["mcnemar_p"] == pytest.approx(math.erfc(math.sqrt(1 / 60 / 2)))
+    assert pt2e["verdict"] == "no significant loss"
+    eager = configuration(summary_table, "int8-cpu", "eager", 64)
+    assert eager["accuracy_delta_mean"] == pytest.approx(-0.01)
+    assert (eager["baseline_only_correct"], eager["variant_only_correct"]) == (300, 0)
+    assert eager["verdict"] == "significant loss" and eager["mcnemar_p"] < 1e-60
+    compiled = configuration(summary_table, "fp32-cpu", "compiled")
+    assert compiled["mcnemar_test"] == "exact" and compiled["mcnemar_p"] == 1.0
+    assert fp32["config_hash"] == qs.config_hash(CONFIG)
+    assert fp32["git_commit"] == "abc123" and fp32["threads"] == "2"
+
+
+def test_unmeasured_configurations_say_why_and_carry_no_number(summary_table):
+    gpu = configuration(summary_table, "fp32-gpu", "eager")
+    assert gpu["status"] == "skipped" and gpu["seeds"] == 3
+    assert gpu["verdict"] == "not measured: no CUDA device on this node"
+    assert gpu["accuracy_n"] == 0
+    numbers = [f"{metric}_{stat}" for metric in qs.METRICS for stat in ("mean", "ci95_low")]
+    assert gpu[numbers].isna().all()
+
+
+def test_best_int8_is_the_fastest_without_significant_loss(summary_table):
+    best = qs.best_int8(summary_table)
+    assert len(best) == 1
+    assert best.iloc[0]["method"] == "pt2e"
+
+
+def test_latencies_stay_out_of_the_report(fixture_run):
+    assert "latencies_ms" not in pd.read_csv(fixture_run["report"]).columns
+
+
+def png_size(path) -> tuple[int, int]:
+    with open(path, "rb") as handle:
+        header = handle.read(24)
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
+
+
+def cells(markdown: str, heading: str) -> list[list[str]]:
+    """The body rows of the first table under `heading` in summary.md."""
+    section = markdown.split(f"## {heading}", 1)[1]
+    lines = [line for line in section.splitlines() if line.startswith("|")]
+    table = []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        table.append([cell.strip() for cell in line.strip("|").split(" | ")])
+    return table
+
+
+def test_run_writes_csv_markdown_html_and_figures(tmp_path, fixture_run, cifar_dir):
+    out = tmp_path / "results"
+    figures = [str(out / "summary" / f"{name}.{kind}") for name in qs.FIGURES
+               for kind in ("png", "svg")]  # fmt: skip
+    result = qs.run(
+        **fixture_run, data=str(cifar_dir), summary=str(out / "summary.csv"),
+        markdown=str(out / "summary.md"), tables=str(out / "summary" / "tables.html"),
+        figures=figures, config=CONFIG, log=lambda line: None,
+    )  # fmt: skip
+    assert result["configurations"] == 7
+    table = pd.read_csv(out / "summary.csv")
+    markdown = (out / "summary.md").read_text()
+    # The figures of summary.md are the CSV's.
+    every = cells(markdown, "Every configuration")
+    assert len(every) == len(table)
+    for row, (_, expected) in zip(every, table.iterrows(), strict=True):
+        values = row[3 : 3 + len(qs.EVERY_COLUMNS)]
+        for cell, (_, metric, scale, digits) in zip(values, qs.EVERY_COLUMNS, strict=True):
+            if expected["status"] != "ok":
+                assert cell.startswith("not measured")
+                continue
+            mean, _, half = cell.partition(" ± ")
+            assert mean == f"{expected[f'{metric}_mean'] * scale:.{digits}f}"
+            low, high = expected[f"{metric}_ci95_low"], expected[f"{metric}_ci95_high"]
+            assert half == f"{(high - low) / 2 * scale:.{digits}f}"
+    fp32 = configuration(table, "fp32-cpu", "eager")
+    table1 = {row[0]: row for row in cells(markdown, "Table 1")}
+    assert table1["FP32 CPU eager"][1].split(" ± ")[0] == f"{fp32['test_set_seconds_mean']:.2f}"
+    assert table1["FP32 CPU eager"][2] == "24.68" and table1["INT8 CPU pt2e c64"][4] == "11.84"
+    assert table1["FP32 GPU eager"][1] == "not measured: no CUDA device on this node"
+    assert table1["FP32 CPU eager"][5].split(" ± ")[0] == f"{fp32['accuracy_mean'] * 100:.2f}"
+    # Provenance on the page, in the HTML twin and in the figures' footers.
+    digest = qs.config_hash(CONFIG)[:12]
+    assert f"config {digest}" in markdown and "git abc123" in markdown
+    assert "test cpu" in markdown and "threads 2" in markdown and "torch 2.14.1" in markdown
+    page = (out / "summary" / "tables.html").read_text()
+    assert "<table>" in page and f"config {digest}" in page and "not measured" in page
+    assert re.search(
+        r"!\[accuracy vs throughput\]\(summary/accuracy_vs_throughput\.png\)", markdown
+    )
+    for name in qs.FIGURES:
+        assert png_size(out / "summary" / f"{name}.png")[0] > 1000
+        svg = (out / "summary" / f"{name}.svg").read_text()
+        assert svg.startswith("<?xml") and f"config {digest}" in svg.replace("\n", " ")
+
+
+def test_figures_have_their_panels_sizes_and_units(summary_table, fixture_run, labels, tmp_path):
+    measurements = qs.paired_measurements(
+        fixture_run["benchmark_metrics"], fixture_run["predictions"], labels
+    )
+    figures = qs.render_figures(summary_table, measurements, "Provenance: config abc")
+    panels = {name: len(figure.axes) for name, figure in figures.items()}
+    assert panels == {"accuracy_vs_throughput": 1, "accuracy_delta_vs_calibration": 1,
+                      "speedup_and_size": 2, "latency_batch1": 1}  # fmt: skip
+    for name, figure in figures.items():
+        for ax in figure.axes:
+            assert re.search(r"\(.*(%|images/s|ms|points|×|scale).*\)", ax.get_xlabel())
+        path = tmp_path / f"{name}.png"
+        qs.save_figure(figure, str(path))
+        width, height = figure.get_size_inches() * qs.DPI
+        assert png_size(path) == (round(width), round(height))
+    assert png_size(tmp_path / "accuracy_vs_throughput.png") == (1350, 750)
+    speed = figures["speedup_and_size"].axes[0]
+    assert [label.get_text() for label in speed.get_yticklabels()][0] == "FP32 CPU compiled"
+    boxes = [label.get_text() for label in figures["latency_batch1"].axes[0].get_yticklabels()]
+    assert len(boxes) == 5 and all("(12 calls)" in box for box in boxes)  # 3 seeds x 4 calls
+    legend = figures["accuracy_vs_throughput"].axes[0].get_legend()
+    texts = [text.get_text() for text in legend.get_texts()]
+    assert any("not measured (no CUDA device on this node)" in text for text in texts)
+    assert any(text.startswith("Pareto front") for text in texts)

@@ -1,0 +1,71 @@
+# The figures of the summary stage (quantpipe.summary.FIGURES): each a PNG shown in the HTML report
+# with its caption from workflow/report/, and an SVG beside it.
+SUMMARY_FIGURES = [
+    "accuracy_vs_throughput",
+    "accuracy_delta_vs_calibration",
+    "speedup_and_size",
+    "latency_batch1",
+]
+
+
+rule summary:
+    input:
+        report=rules.report.output.report,
+        benchmark_metrics=[
+            rules.benchmark.output.metrics.format(**run, variant=variant)
+            for run in runs()
+            for variant in benchmark_variants()
+        ],
+        predictions=[
+            rules.benchmark.output.predictions.format(**run, variant=variant)
+            for run in runs()
+            for variant in benchmark_variants()
+        ],
+        data=DATA,
+    output:
+        summary=report(
+            "results/summary.csv",
+            caption="../report/summary_csv.rst",
+            category="Summary",
+            subcategory="Tables",
+            labels={"table": "summary.csv (every number)"},
+        ),
+        markdown=report(
+            "results/summary.md",
+            caption="../report/summary_md.rst",
+            category="Summary",
+            subcategory="Tables",
+            labels={"table": "summary.md (download)"},
+        ),
+        tables=report(
+            "results/summary/tables.html",
+            caption="../report/tables.rst",
+            category="Summary",
+            subcategory="Tables",
+            labels={"table": "Table 1, best INT8, paired tests"},
+        ),
+        figures=[
+            path
+            for name in SUMMARY_FIGURES
+            for path in (
+                report(
+                    f"results/summary/{name}.png",
+                    caption=f"../report/{name}.rst",
+                    category="Summary",
+                    subcategory="Figures",
+                    labels={"figure": name.replace("_", " ")},
+                ),
+                f"results/summary/{name}.svg",
+            )
+        ],
+    log:
+        "logs/summary/summary.log",
+    conda:
+        ENV
+    params:
+        stage="summary",
+        # The experiment, hashed into every output. Not `data`: where CIFAR-10 was copied from
+        # changes no number (the copy is verified by content hash), so it must not rerun this.
+        config={key: value for key, value in config.items() if key != "data"},
+    script:
+        SUBMIT
