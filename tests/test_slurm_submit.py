@@ -122,8 +122,8 @@ def test_a_requeued_training_job_resumes_and_matches_an_uninterrupted_run(tmp_pa
     os.environ["SLURM_CPUS_PER_TASK"] = str(CPU["cpus_per_task"])
     try:
         straight_dir = tmp_path / "straight"
-        train_in_process(str(pytest.cifar_dir), str(straight_dir / "model.pt"),
-                         str(straight_dir / "metrics.json"), config, log=lambda _: None)  # fmt: skip
+        paths = [str(straight_dir / "model.pt"), str(straight_dir / "metrics.json")]
+        train_in_process(str(pytest.cifar_dir), *paths, config, log=lambda _: None)
     finally:
         del os.environ["SLURM_CPUS_PER_TASK"]
     resumed, _ = load_trained(tmp_path / "slurm" / "model.pt")
