@@ -148,3 +148,28 @@ def test_eager_names_what_it_needs_from_a_model():
 def test_unknown_method_is_named():
     with pytest.raises(ValueError, match="'fp8'.*pt2e, eager"):
         backend("fp8")
+
+
+@pytest.mark.parametrize("method", ["pt2e", "eager"])
+def test_full_width_artifact_is_four_times_smaller(tmp_path, method):
+    architecture = {"name": "resnet18_cifar", "width": 64, "num_classes": 10}
+    model = trained_like(build_model(**architecture))
+    fp32 = tmp_path / "fp32.pt"
+    torch.save(model.state_dict(), fp32)
+    x = calibration(count=1)[0]
+    if method == "pt2e":
+        pt2e.save(
+            pt2e.quantize(model, calibration(count=1), x[:2], log=lambda _: None),
+            tmp_path / "q",
+            x[:2],
+        )
+    else:
+        eager.save(
+            eager.quantize(model, calibration(count=1), log=lambda _: None),
+            tmp_path / "q",
+            architecture,
+        )
+    fp32_mb, int8_mb = fp32.stat().st_size / 1e6, (tmp_path / "q").stat().st_size / 1e6
+    ratio = fp32_mb / int8_mb
+    print(f"{method}: {fp32_mb:.2f} MB -> {int8_mb:.2f} MB ({ratio:.3f}x)")
+    assert ratio >= 3.95

@@ -82,7 +82,9 @@ def test_report_compares_fp32_and_int8(finished_run):
               f"{int8['images_per_s']:.0f} vs {fp32['images_per_s']:.0f} img/s")  # fmt: skip
         assert abs(int8["accuracy"] - fp32["accuracy"]) <= 0.01
         assert int8["images_per_s"] > fp32["images_per_s"]
-        assert int8["size_ratio"] > 2.5
+        # At width 8 the weights are 0.7 MB, so the PT2E file's graph description (~0.3 MB)
+        # weighs; tests/test_quantize.py checks the full-width ratio.
+        assert int8["size_ratio"] > 1.3
 
 
 def test_gpu_rows_say_skipped_with_no_numbers(finished_run):

@@ -5,8 +5,10 @@ that torch.export can trace. The artifact is a `torch.export.save` file holding 
 quantized graph uses (INT8 weights and their scales), so its size is the deployable size.
 """
 
+import io
 import os
 import warnings
+import zipfile
 from collections.abc import Iterable
 
 import torch
@@ -89,10 +91,32 @@ def _drop_unused_tensors(graph_module: torch.fx.GraphModule) -> None:
     graph_module.delete_all_unused_submodules()
 
 
+# Per-node debugging records (source lines, module paths, pass history): half the graph's JSON.
+DEBUG_METADATA = ("stack_trace", "from_node", "nn_module_stack", "source_fn_stack", "torch_fn")
+
+
 def save(quantized: torch.fx.GraphModule, path: str | os.PathLike, example: torch.Tensor) -> None:
+    """A torch.export archive holding only what inference needs, so its size is the INT8 size.
+
+    Unused FP32 tensors and debug metadata are dropped, and the graph's JSON is deflated (the
+    archive reader inflates it); tensors stay stored as they are.
+    """
     _drop_unused_tensors(quantized)
+    example = example.clone()  # the file keeps the example: a view would drag its whole storage
     program = torch.export.export(quantized, (example,), dynamic_shapes=_batch_dim(example))
-    torch.export.save(program, path)
+    for node in program.graph_module.graph.nodes:
+        for key in DEBUG_METADATA:
+            node.meta.pop(key, None)
+    archive = io.BytesIO()
+    torch.export.save(program, archive)
+    with zipfile.ZipFile(archive) as source, zipfile.ZipFile(path, "w") as target:
+        for entry in source.infolist():
+            deflate = entry.filename.endswith(".json")
+            target.writestr(
+                entry,
+                source.read(entry),
+                compress_type=zipfile.ZIP_DEFLATED if deflate else zipfile.ZIP_STORED,
+            )
 
 
 def load(path: str | os.PathLike) -> nn.Module:
