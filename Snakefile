@@ -31,9 +31,11 @@ include: "workflow/rules/summary.smk"
 #   resources/cifar-10-batches-py/                     prepare_data (verified CIFAR-10)
 #   results/prepare_data/cifar10.json                  prepare_data record
 #   results/train/RUN/{model.pt,metrics.json}          FP32 weights (+ checkpoints/ for resume)
-#   results/quantize/RUN/{method}-c{calibration_size}/{int8.pt,metrics.json}
+#   results/quantize/RUN/{method}-{calibration_method}-c{calibration_size}/{int8.pt,metrics.json}
+#       (int8.pt: the backend's own format; an ONNX file or a zipped OpenVINO IR for the peers)
 #   results/benchmark/RUN/{variant}/{metrics.json,predictions.pt}
-#       variant = fp32-cpu | fp32-gpu | int8-cpu-{method}-c{calibration_size}
+#       variant = fp32-cpu | fp32-gpu | fp32-cpu-{peer}
+#               | int8-cpu-{method}-{calibration_method}-c{calibration_size}
 #   results/report.csv                                 one row per measurement
 #   results/summary.{csv,md}                           seed statistics, paired tests, Table 1
 #   results/summary/{figure}.{png,svg}, tables.html    figures and tables for --report

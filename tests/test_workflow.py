@@ -4,47 +4,14 @@ Runs in a copy of the repository so the test never touches a user's results/.
 """
 
 import re
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
-import yaml
-from conftest import REPO, SHARED_CIFAR
+from workflowtools import copy_repository, snakemake, tiny_config
 
 pytestmark = pytest.mark.workflow
-SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-
-
-def copy_repository(target: Path) -> None:
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.split("\0")  # fmt: skip
-    for name in filter(None, files):
-        if (REPO / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, target / name)
-
-
-def tiny_config(workdir: Path) -> dict:
-    config = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
-    config["data"]["cifar10_copy"] = str(SHARED_CIFAR)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    return config
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([SNAKEMAKE, "--profile", "profiles/local", *args], cwd=workdir,
-                          capture_output=True, text=True, timeout=1800)  # fmt: skip
-    if check and done.returncode != 0:
-        pytest.fail(
-            f"snakemake {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-        )
-    return done
 
 
 def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:

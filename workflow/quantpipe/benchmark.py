@@ -1,10 +1,13 @@
 """The benchmark stage: accuracy, throughput, latency and size of one model variant.
 
-Variants: `fp32-cpu` (eager, the study's baseline, and torch.compile), `fp32-gpu` (the same on CUDA,
-or rows marked skipped with the reason where CUDA is absent) and `int8-cpu` (a quantize artifact).
+Variants: `fp32-cpu` (eager, the study's baseline, and torch.compile; or, given a peer `method`,
+that peer runtime's FP32), `fp32-gpu` (the same on CUDA, or rows marked skipped with the reason
+where CUDA is absent) and `int8-cpu` (a quantize artifact).
 Every measurement follows a warm-up and runs with as many threads as the CPUs the job was given.
 Throughput is the timed pass over all 10,000 test images at the large batch (the study's "time over
 the test set"); latency is per batch-1 call. Per-image predictions are stored for paired tests.
+CPU rows also say what fraction of the machine's multiply-accumulate ceiling for their precision
+they reach (quantpipe.ceilings, measured in the same job).
 """
 
 import io
@@ -14,7 +17,7 @@ import time
 
 import torch
 
-from quantpipe import provenance
+from quantpipe import ceilings, provenance
 from quantpipe.artifacts import atomic_path, write_json
 from quantpipe.datasets import load_splits, normalize
 
@@ -88,6 +91,12 @@ def _implementations(variant: str, model: str, artifact: str | None, method: str
         return
     device = torch.device("cuda" if variant == "fp32-gpu" else "cpu")
     net, _ = load_trained(model)
+    if method:  # a peer runtime's FP32 (ONNX Runtime, OpenVINO)
+        from quantpipe.quantize import backend
+
+        runtime, size = backend(method).fp32_for_cpu(net, torch.zeros(2, 3, 32, 32))
+        yield method, device, runtime, size
+        return
     net = net.to(device)
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
@@ -114,9 +123,11 @@ def run(
         "variant": variant,
         "device": "cuda" if variant == "fp32-gpu" else "cpu",
         "precision": variant.split("-")[0],
+        "calibration_method": config.get("calibration_method"),
         "calibration_size": config.get("calibration_size"),
         **{key: config[key] for key in ("model", "width", "seed")},
     }
+    machine = None
     rows, kept_predictions = [], {}
     if variant == "fp32-gpu" and not torch.cuda.is_available():
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -133,6 +144,16 @@ def run(
     else:
         test_images, test_labels = load_splits(data, config["val_size"])["test"]
         test_images = normalize(test_images)
+        if variant != "fp32-gpu":
+            from quantpipe.train import load_trained
+
+            macs = ceilings.macs_per_image(load_trained(model)[0], tuple(test_images.shape[1:]))
+            machine = ceilings.measure()
+            log(
+                f"benchmark: ceilings with {threads} threads: FP32 "
+                f"{machine['fp32_gmac_per_s']:.0f} GMAC/s, INT8 {machine['int8_gmac_per_s']:.0f} "
+                f"GMAC/s; the model: {macs / 1e9:.3f} GMAC per image"
+            )
         for label, device, module, size in _implementations(
             variant, model, artifact, config.get("method")
         ):
@@ -149,6 +170,17 @@ def run(
                     "reason": "",
                     **result,
                     "size_bytes": size,
+                    **(
+                        ceilings.utilisation(
+                            base["precision"],
+                            macs,
+                            result["images_per_s"],
+                            result["latency_ms_p50"],
+                            machine,
+                        )
+                        if machine
+                        else {}
+                    ),
                 }
             )
             log(
@@ -161,6 +193,7 @@ def run(
         "stage": "benchmark",
         "config": config,
         "rows": rows,
+        "ceilings": machine,
         "provenance": provenance.collect(),
     }
     write_json(metrics, record)

@@ -3,6 +3,9 @@
 Each stage's `run()` takes file paths and one plain config dict; this maps its parameters to
 options, e.g. `quantpipe train --data resources/cifar-10-batches-py --model m.pt --metrics m.json
 --config train.yaml`. The config file is YAML or JSON holding that stage's config dict.
+
+Tools that are not pipeline stages have their own options: `quantpipe compare` (quantpipe.compare)
+measures every FP32 and INT8 runtime of one trained model side by side.
 """
 
 import argparse
@@ -14,6 +17,8 @@ import sys
 import yaml
 
 from quantpipe.submit import STAGES, log
+
+TOOLS = ("compare",)  # modules with their own main(argv)
 
 
 def _parser(stage: str, run) -> argparse.ArgumentParser:
@@ -36,9 +41,12 @@ def _parser(stage: str, run) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in TOOLS:
+        return importlib.import_module(f"quantpipe.{argv[0]}").main(argv[1:])
     if not argv or argv[0] not in STAGES:
         print(
-            f"usage: quantpipe {{{','.join(STAGES)}}} [options]  (-h after a stage for its options)"
+            f"usage: quantpipe {{{','.join(STAGES + TOOLS)}}} [options]  "
+            "(-h after a command for its options)"
         )
         return 2
     stage, rest = argv[0], argv[1:]

@@ -6,6 +6,8 @@ schema declares for that key, and leaves anything it cannot convert for the vali
 with its own message.
 """
 
+import importlib.util
+
 import yaml
 
 CONVERTERS = {
@@ -37,6 +39,12 @@ def coerce_to_schema(config: dict, schema_path: str) -> None:
 
 
 CIFAR10_TRAIN_IMAGES = 50_000
+# Methods from the optional `peers` extra and the packages each imports (quantpipe.quantize.peers).
+PEER_METHODS = {
+    "onnxruntime": ("onnx", "onnxruntime", "onnxscript"),
+    "openvino": ("openvino", "nncf"),
+}
+PEERS_INSTALL = "pip install -e .[peers]"
 
 
 def check_consistency(config: dict) -> None:
@@ -49,3 +57,12 @@ def check_consistency(config: dict) -> None:
             f"images minus val_size {config['val_size']} = {training_split}. "
             "Lower them or val_size."
         )
+    for method in config["methods"]:
+        absent = [
+            name for name in PEER_METHODS.get(method, ()) if importlib.util.find_spec(name) is None
+        ]
+        if absent:
+            raise ValueError(
+                f"method {method!r} needs {', '.join(absent)} from the optional `peers` extra: "
+                f"run `{PEERS_INSTALL}` (pins in envs/peers.txt), or drop it from `methods`"
+            )

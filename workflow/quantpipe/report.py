@@ -6,12 +6,14 @@ from quantpipe.artifacts import atomic_path, read_json
 
 RUN_KEYS = ["model", "width", "seed"]
 COLUMNS = [
-    "model", "width", "seed", "calibration_size", "variant", "method", "device", "precision",
-    "status", "reason", "accuracy", "accuracy_delta", "val_accuracy_fp32", "images_per_s",
-    "test_set_seconds", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
+    "model", "width", "seed", "calibration_method", "calibration_size", "variant", "method",
+    "device", "precision", "status", "reason", "accuracy", "accuracy_delta", "val_accuracy_fp32",
+    "images_per_s", "test_set_seconds", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
     "speedup_vs_fp32_cpu_eager", "speedup_vs_best_fp32_cpu", "size_mb", "size_ratio",
-    "batch_size", "threads", "cpu_model", "cpu_int8_flags", "gpu_name", "host", "slurm_job_id",
-    "slurm_partition", "torch", "torchvision", "torchao", "python", "git_commit", "date",
+    "macs_per_image", "achieved_gmac_per_s", "ceiling_gmac_per_s", "fraction_of_ceiling",
+    "fraction_of_ceiling_batch1", "batch_size", "threads", "cpu_model", "cpu_int8_flags",
+    "gpu_name", "host", "slurm_job_id", "slurm_partition", "torch", "torchvision", "torchao",
+    "python", "git_commit", "date",
 ]  # fmt: skip
 
 
@@ -54,7 +56,8 @@ def build(benchmark_metrics: list[str], train_metrics: list[str]) -> pd.DataFram
     table["speedup_vs_best_fp32_cpu"] = table["images_per_s"] / best.reindex(keys).to_numpy()
     table["size_ratio"] = baseline["size_bytes"].reindex(keys).to_numpy() / table["size_bytes"]
     table = table.reindex(columns=COLUMNS)
-    order = ["model", "width", "seed", "variant", "calibration_size", "method"]
+    order = ["model", "width", "seed", "variant", "calibration_method", "calibration_size"]
+    order.append("method")
     return table.sort_values(order, na_position="first").reset_index(drop=True)
 
 

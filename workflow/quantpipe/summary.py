@@ -28,9 +28,11 @@ from quantpipe.artifacts import atomic_path, read_json
 from quantpipe.datasets import load_splits
 
 RUN_KEYS = ["model", "width", "seed"]
-ROW_KEYS = [*RUN_KEYS, "variant", "method", "calibration_size"]
+ROW_KEYS = [*RUN_KEYS, "variant", "method", "calibration_method", "calibration_size"]
 # Seeds are what varies inside a group; everything else names the configuration.
-GROUP_KEYS = ["model", "width", "variant", "method", "calibration_size", "batch_size"]
+GROUP_KEYS = [
+    "model", "width", "variant", "method", "calibration_method", "calibration_size", "batch_size",
+]  # fmt: skip
 METRICS = [
     "accuracy", "accuracy_delta", "images_per_s", "test_set_seconds", "latency_ms_p50",
     "latency_ms_p99", "speedup_vs_fp32_cpu_eager", "speedup_vs_best_fp32_cpu", "size_mb",
@@ -204,7 +206,13 @@ def paired_measurements(
         )
     table[["paired_images", "baseline_only_correct", "variant_only_correct"]] = counts
     table["calibration_size"] = table["calibration_size"].astype(float)
+    table["calibration_method"] = _calibration_methods(table["calibration_method"])
     return table.drop(columns="correct")
+
+
+def _calibration_methods(column: pd.Series) -> pd.Series:
+    """As text, "" where none (FP32 rows, metrics written before the knob), so keys match."""
+    return column.astype(object).where(column.notna(), "").astype(str)
 
 
 def _distinct(values) -> str:
@@ -231,6 +239,9 @@ def summarize(report: pd.DataFrame, measurements: pd.DataFrame, config_digest: s
     """report.csv's rows aggregated over seeds, one row per configuration, with paired tests."""
     report = report.copy()
     report["calibration_size"] = report["calibration_size"].astype(float)
+    if "calibration_method" not in report:  # a report.csv written before the knob
+        report["calibration_method"] = ""
+    report["calibration_method"] = _calibration_methods(report["calibration_method"])
     report = report.merge(
         measurements.drop(columns="latencies_ms"), on=ROW_KEYS, how="left", validate="one_to_one"
     )
@@ -260,7 +271,7 @@ def summarize(report: pd.DataFrame, measurements: pd.DataFrame, config_digest: s
             row[column] = (_date_range if column == "date" else _distinct)(group[column])
         rows.append(row)
     table = pd.DataFrame(rows)
-    order = ["model", "width", "variant", "method", "calibration_size"]
+    order = ["model", "width", "variant", "method", "calibration_method", "calibration_size"]
     return table.sort_values(order, na_position="first").reset_index(drop=True)
 
 
@@ -335,7 +346,9 @@ def provenance_line(facts: dict) -> str:
 
 def variant_label(row, with_model: bool = False) -> str:
     if row["variant"] == "int8-cpu":
-        label = f"INT8 CPU {row['method']} c{int(row['calibration_size'])}"
+        calibration = row.get("calibration_method")
+        calibration = f" {calibration}" if isinstance(calibration, str) and calibration else ""
+        label = f"INT8 CPU {row['method']}{calibration} c{int(row['calibration_size'])}"
     else:
         precision, device = row["variant"].split("-")
         label = f"{precision.upper()} {device.upper()} {row['method']}"
@@ -437,7 +450,7 @@ def best_table(best: pd.DataFrame) -> tuple:
         [
             row["model"],
             str(row["width"]),
-            row["method"],
+            f"{row['method']} {row['calibration_method']}".strip(),
             str(int(row["calibration_size"])),
             *_estimates(row, BEST_COLUMNS),
             _p_value(row["mcnemar_p"]),
@@ -672,8 +685,9 @@ def plot_accuracy_delta_vs_calibration(summary: pd.DataFrame) -> Figure:
     ax = figure.add_subplot()
     int8 = summary[(summary["variant"] == "int8-cpu") & (summary["status"] == "ok")]
     many = _many_models(summary)
-    lines = int8.groupby(["model", "width", "method"], sort=True)
-    for i, ((model, width, method), group) in enumerate(lines):
+    lines = int8.groupby(["model", "width", "method", "calibration_method"], sort=True)
+    for i, ((model, width, method, calibration), group) in enumerate(lines):
+        method = f"{method} {calibration}".strip()
         group = group.sort_values("calibration_size")
         sizes, deltas = group["calibration_size"], group["accuracy_delta_mean"] * 100
         errors = [_half_width(row, "accuracy_delta", 100) or 0 for _, row in group.iterrows()]
@@ -771,7 +785,7 @@ def plot_latency_batch1(summary: pd.DataFrame, measurements: pd.DataFrame) -> Fi
     data, labels = [], []
     for _, row in measured.iterrows():
         same = np.ones(len(measurements), dtype=bool)
-        for key in ["model", "width", "variant", "method"]:
+        for key in ["model", "width", "variant", "method", "calibration_method"]:
             same &= (measurements[key] == row[key]).to_numpy()
         same &= _same_or_both_missing(measurements["calibration_size"], row["calibration_size"])
         calls = [

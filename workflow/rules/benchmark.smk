@@ -7,7 +7,7 @@ rule benchmark:
     log:
         f"logs/benchmark/{RUN}/{{variant}}.log",
     wildcard_constraints:
-        variant="fp32-cpu|int8-cpu-[a-z0-9]+-c[0-9]+",
+        variant="fp32-cpu(-[a-z0-9]+)?|int8-cpu-[a-z0-9]+-[a-z_]+-c[0-9]+",
     conda:
         ENV
     params:

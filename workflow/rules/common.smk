@@ -1,5 +1,7 @@
 import itertools
 
+from quantpipe.configuration import PEER_METHODS
+
 RUN = "{model}-w{width}-s{seed}"
 SUBMIT = "../scripts/submit_stage.py"
 ENV = "../../envs/quantpipe.yaml"
@@ -11,6 +13,7 @@ wildcard_constraints:
     width="[0-9]+",
     seed="[0-9]+",
     method="[a-z0-9]+",
+    calibration_method="[a-z_]+",
     calibration_size="[0-9]+",
 
 
@@ -24,10 +27,14 @@ def runs():
 
 def benchmark_variants():
     variants = ["fp32-cpu"] + (["fp32-gpu"] if config["benchmark"]["gpu"] else [])
-    for method, size in itertools.product(
-        config["methods"], config["calibration_sizes"]
+    # A peer runtime (ONNX Runtime, OpenVINO) runs its own FP32 beside its INT8.
+    variants += [
+        f"fp32-cpu-{method}" for method in config["methods"] if method in PEER_METHODS
+    ]
+    for method, calibration_method, size in itertools.product(
+        config["methods"], config["calibration_methods"], config["calibration_sizes"]
     ):
-        variants.append(f"int8-cpu-{method}-c{size}")
+        variants.append(f"int8-cpu-{method}-{calibration_method}-c{size}")
     return variants
 
 
@@ -42,11 +49,13 @@ def run_config(wildcards):
 
 
 def int8_variant(variant):
-    """'int8-cpu-{method}-c{size}' -> (method, size); None for the FP32 variants."""
+    """'int8-cpu-{method}-{calibration_method}-c{size}' -> (method, calibration_method, size);
+    None for the FP32 variants."""
     if not variant.startswith("int8-cpu-"):
         return None
-    method, size = variant.removeprefix("int8-cpu-").rsplit("-c", 1)
-    return method, int(size)
+    named, size = variant.removeprefix("int8-cpu-").rsplit("-c", 1)
+    method, calibration_method = named.split("-", 1)
+    return method, calibration_method, int(size)
 
 
 def benchmark_inputs(wildcards):
@@ -54,7 +63,10 @@ def benchmark_inputs(wildcards):
     int8 = int8_variant(wildcards.variant)
     if int8:
         inputs["artifact"] = rules.quantize.output.artifact.format(
-            **wildcards, method=int8[0], calibration_size=int8[1]
+            **wildcards,
+            method=int8[0],
+            calibration_method=int8[1],
+            calibration_size=int8[2],
         )
     return inputs
 
@@ -66,7 +78,16 @@ def benchmark_config(wildcards):
         "variant": wildcards.variant,
     }
     settings.pop("gpu")
+    if wildcards.variant.startswith("fp32-cpu-"):
+        settings.update(
+            variant="fp32-cpu", method=wildcards.variant.removeprefix("fp32-cpu-")
+        )
     int8 = int8_variant(wildcards.variant)
     if int8:
-        settings.update(variant="int8-cpu", method=int8[0], calibration_size=int8[1])
+        settings.update(
+            variant="int8-cpu",
+            method=int8[0],
+            calibration_method=int8[1],
+            calibration_size=int8[2],
+        )
     return settings

@@ -3,10 +3,10 @@ rule quantize:
         model=rules.train.output.model,
         data=DATA,
     output:
-        artifact=f"results/quantize/{RUN}/{{method}}-c{{calibration_size}}/int8.pt",
-        metrics=f"results/quantize/{RUN}/{{method}}-c{{calibration_size}}/metrics.json",
+        artifact=f"results/quantize/{RUN}/{{method}}-{{calibration_method}}-c{{calibration_size}}/int8.pt",
+        metrics=f"results/quantize/{RUN}/{{method}}-{{calibration_method}}-c{{calibration_size}}/metrics.json",
     log:
-        f"logs/quantize/{RUN}/{{method}}-c{{calibration_size}}.log",
+        f"logs/quantize/{RUN}/{{method}}-{{calibration_method}}-c{{calibration_size}}.log",
     conda:
         ENV
     params:
@@ -14,6 +14,7 @@ rule quantize:
         config=lambda wildcards: {
             **run_config(wildcards),
             "method": wildcards.method,
+            "calibration_method": wildcards.calibration_method,
             "calibration_size": int(wildcards.calibration_size),
             **config["quantize"],
         },

@@ -1,7 +1,9 @@
 """The quantize stage: calibrate a trained FP32 model on training images and convert it to INT8.
 
-One module per backend (`pt2e`, `eager`), each with `quantize`, `save`, `load` and
-`compile_for_cpu`; this module picks one, runs it and records what it made.
+One module per backend, each with `quantize`, `save`, `load`, `compile_for_cpu` and `settings`
+(what a calibration method name means to it): `pt2e` and `eager` in torch; `onnxruntime` and
+`openvino`, peers to compare with from the optional `peers` extra, which also give their FP32
+runtimes (`fp32_for_cpu`). This module picks one, runs it and records what it made.
 """
 
 import importlib
@@ -12,16 +14,22 @@ import torch
 
 from quantpipe import provenance
 from quantpipe.artifacts import atomic_path, write_json
+from quantpipe.quantize import calibration as calibration_methods
+from quantpipe.quantize import peers
 
-METHODS = ("pt2e", "eager")
+METHODS = ("pt2e", "eager", "onnxruntime", "openvino")
+PEERS = tuple(peers.MODULES)  # the methods that need the optional `peers` extra
 EXAMPLE_BATCH = 2  # export needs a batch of at least 2 to keep the batch dimension dynamic
 
 
 def backend(method: str):
+    """The backend module of `method`; a missing peer package names the command to install it."""
     if method not in METHODS:
         raise ValueError(
             f"unknown quantization method {method!r}: choose one of {', '.join(METHODS)}"
         )
+    if method in PEERS:
+        peers.require(method)
     return importlib.import_module(f"quantpipe.quantize.{method}")
 
 
@@ -32,29 +40,35 @@ def run(model: str, data: str, artifact: str, metrics: str, config: dict, log=pr
 
     threads = provenance.set_threads()
     method = backend(config["method"])
+    chosen = calibration_methods.parse(config.get("calibration_method"))
     net, record = load_trained(model)
     images = calibration_images(
         data, config["val_size"], config["calibration_size"], config["seed"]
     )
     log(
-        f"quantize: method {config['method']}, {len(images)} calibration images from the training "
+        f"quantize: method {config['method']}, calibration {chosen.name} "
+        f"({method.settings(chosen)}), {len(images)} calibration images from the training "
         f"split, {threads} threads"
     )
     started = time.perf_counter()
-    calibration = batches(images, config["calibration_batch_size"])
-    if config["method"] == "pt2e":
-        quantized = method.quantize(net, calibration, images[:EXAMPLE_BATCH], log=log)
-        with atomic_path(artifact) as tmp:
-            method.save(quantized, tmp, images[:EXAMPLE_BATCH])
-    else:
-        quantized = method.quantize(net, calibration, log=log)
-        with atomic_path(artifact) as tmp:
-            method.save(quantized, tmp, record["architecture"])
+    with atomic_path(artifact) as tmp:
+        quantize_and_save(
+            config["method"],
+            net,
+            batches(images, config["calibration_batch_size"]),
+            images[:EXAMPLE_BATCH],
+            record["architecture"],
+            tmp,
+            chosen.name,
+            log,
+        )
     result = {
         "stage": "quantize",
         "config": config,
         "architecture": record["architecture"],
         "method": config["method"],
+        "calibration_method": chosen.name,
+        "calibration_settings": method.settings(chosen),
         "calibration_size": len(images),
         "seconds": time.perf_counter() - started,
         "size_bytes": os.path.getsize(artifact),
@@ -68,6 +82,30 @@ def run(model: str, data: str, artifact: str, metrics: str, config: dict, log=pr
     return result
 
 
+def quantize_and_save(
+    method: str,
+    net: torch.nn.Module,
+    calibration_batches,
+    example: torch.Tensor,
+    architecture: dict,
+    path,
+    calibration: str | None = None,
+    log=print,
+):
+    """Calibrate and convert `net` with `method`, write its artifact to `path`; the INT8 model."""
+    module = backend(method)
+    if method == "eager":  # rebuilt from the architecture at load time: needs no example
+        quantized = module.quantize(net, calibration_batches, log=log, calibration=calibration)
+        module.save(quantized, path, architecture, calibration)
+    else:
+        quantized = module.quantize(
+            net, calibration_batches, example, log=log, calibration=calibration
+        )
+        module.save(quantized, path, example)
+    return quantized
+
+
 def load_for_cpu(method: str, artifact: str) -> torch.nn.Module:
+    """The artifact loaded and compiled for the CPU: called like a module, images in, logits out."""
     module = backend(method)
     return module.compile_for_cpu(module.load(artifact))

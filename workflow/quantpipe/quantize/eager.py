@@ -7,6 +7,7 @@ converted model's state_dict (INT8 tensors, loadable with weights_only=True) plu
 needed to rebuild the skeleton it loads into.
 """
 
+import copy
 import os
 import warnings
 from collections.abc import Iterable
@@ -16,6 +17,7 @@ from torch import nn
 from torch.ao import quantization as tq
 
 from quantpipe.models import build_model
+from quantpipe.quantize.calibration import Calibration, parse
 
 # torch.ao.quantization warns on every call that it is deprecated; this backend exists to
 # reproduce the study, which used exactly this API.
@@ -23,6 +25,39 @@ warnings.filterwarnings("ignore", module=r"torch\.ao\.quantization.*")
 warnings.filterwarnings("ignore", message=r".*(deprecated|reduce_range).*")
 
 BACKEND = "x86"
+ACTIVATION_OBSERVERS = {
+    "minmax": tq.MinMaxObserver,
+    "moving_average": tq.MovingAverageMinMaxObserver,
+    "histogram": tq.HistogramObserver,
+}
+REDUCE_RANGE_DEFAULT = True  # the x86 qconfig's 7-bit activations, as the study ran it
+
+
+def settings(calibration: str | Calibration | None = None) -> dict:
+    """What this backend applies for a calibration method name."""
+    calibration = parse(calibration)
+    reduce_range = calibration.reduce_range(REDUCE_RANGE_DEFAULT)
+    return {
+        "activation_observer": ACTIVATION_OBSERVERS[calibration.observer].__name__,
+        "weights": calibration.weights,
+        "reduce_range": reduce_range,
+        "activation_range": [0, 127 if reduce_range else 255],
+    }
+
+
+def qconfig(calibration: str | Calibration | None = None) -> tq.QConfig:
+    """The x86 qconfig (`get_default_qconfig('x86')` for the default calibration) with the chosen
+    activation observer, weight granularity and reduce_range."""
+    calibration = parse(calibration)
+    activation = ACTIVATION_OBSERVERS[calibration.observer].with_args(
+        reduce_range=calibration.reduce_range(REDUCE_RANGE_DEFAULT)
+    )
+    weight = (
+        tq.default_per_channel_weight_observer
+        if calibration.weights == "per_channel"
+        else tq.default_weight_observer
+    )
+    return tq.QConfig(activation=activation, weight=weight)
 
 
 class Quantizable(nn.Sequential):
@@ -32,22 +67,29 @@ class Quantizable(nn.Sequential):
         super().__init__(tq.QuantStub(), model, tq.DeQuantStub())
 
 
-def _prepare(model: nn.Module) -> nn.Module:
+def _prepare(model: nn.Module, calibration: str | Calibration | None = None) -> nn.Module:
     if not hasattr(model, "fusion_groups"):
         raise TypeError(
             f"the eager method needs a model that lists its fusion groups and uses FloatFunctional "
             f"adds; {type(model).__name__} does not. Use method 'pt2e', which takes any model."
         )
     torch.backends.quantized.engine = BACKEND
-    model = model.eval()
+    model = copy.deepcopy(model).eval()  # fusion rewrites modules in place: keep the caller's
     tq.fuse_modules(model, model.fusion_groups(), inplace=True)
     wrapped = Quantizable(model)
-    wrapped.qconfig = tq.get_default_qconfig(BACKEND)
+    wrapped.qconfig = qconfig(calibration)
     return tq.prepare(wrapped)
 
 
-def quantize(model: nn.Module, calibration_batches: Iterable[torch.Tensor], log=print) -> nn.Module:
-    prepared = _prepare(model)
+def quantize(
+    model: nn.Module,
+    calibration_batches: Iterable[torch.Tensor],
+    log=print,
+    calibration: str | Calibration | None = None,
+) -> nn.Module:
+    """Fuse, observe the calibration batches, convert; `calibration` names the calibration method
+    (quantpipe.quantize.calibration; None: histogram with the x86 qconfig's reduce_range)."""
+    prepared = _prepare(model, calibration)
     seen = 0
     with torch.no_grad():
         for step, batch in enumerate(calibration_batches, 1):
@@ -59,8 +101,20 @@ def quantize(model: nn.Module, calibration_batches: Iterable[torch.Tensor], log=
     return tq.convert(prepared)
 
 
-def save(quantized: nn.Module, path: str | os.PathLike, architecture: dict) -> None:
-    torch.save({"architecture": architecture, "state_dict": quantized.state_dict()}, path)
+def save(
+    quantized: nn.Module,
+    path: str | os.PathLike,
+    architecture: dict,
+    calibration: str | Calibration | None = None,
+) -> None:
+    torch.save(
+        {
+            "architecture": architecture,
+            "calibration": parse(calibration).name,
+            "state_dict": quantized.state_dict(),
+        },
+        path,
+    )
 
 
 def load(path: str | os.PathLike) -> nn.Module:
@@ -69,7 +123,9 @@ def load(path: str | os.PathLike) -> nn.Module:
         warnings.catch_warnings()
     ):  # the skeleton's observers never ran: its qparams are placeholders
         warnings.simplefilter("ignore")
-        skeleton = tq.convert(_prepare(build_model(**artifact["architecture"])))
+        skeleton = tq.convert(
+            _prepare(build_model(**artifact["architecture"]), artifact.get("calibration"))
+        )
     skeleton.load_state_dict(artifact["state_dict"])
     return skeleton
 

@@ -5,6 +5,7 @@ that torch.export can trace. The artifact is a `torch.export.save` file holding 
 quantized graph uses (INT8 weights and their scales), so its size is the deployable size.
 """
 
+import dataclasses
 import io
 import os
 import warnings
@@ -17,8 +18,17 @@ from torch import nn
 # torchao and torch.ao print deprecation notices on import that say nothing about this flow.
 warnings.filterwarnings("ignore", message=".*register_constant.*")
 
+from torchao.quantization.pt2e import (  # noqa: E402
+    HistogramObserver,
+    MinMaxObserver,
+    MovingAverageMinMaxObserver,
+    PerChannelMinMaxObserver,
+)
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  # noqa: E402
+from torchao.quantization.pt2e.quantizer import QuantizationConfig  # noqa: E402
 from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq  # noqa: E402
+
+from quantpipe.quantize.calibration import Calibration, parse  # noqa: E402
 
 MAX_BATCH = 65536
 
@@ -46,9 +56,63 @@ def _split_reused_module_calls(graph_module: torch.fx.GraphModule) -> None:
             node.meta["nn_module_stack"] = stack
 
 
-def quantizer() -> xiq.X86InductorQuantizer:
-    """Histogram observers on activations (uint8), per-channel min-max on weights (int8)."""
-    config = xiq.get_default_x86_inductor_quantization_config()
+ACTIVATION_OBSERVERS = {
+    "minmax": MinMaxObserver,
+    "moving_average": MovingAverageMinMaxObserver,
+    "histogram": HistogramObserver,
+}
+REDUCE_RANGE_DEFAULT = (
+    False  # torchao's x86 default: 8-bit activations (VNNI and AMX need no guard)
+)
+
+
+class PerTensorAsPerChannelObserver(PerChannelMinMaxObserver):
+    """One scale for the whole weight tensor, written out once per output channel.
+
+    Inductor fuses INT8 convolutions into oneDNN kernels only for per-channel weight dequantization
+    (a per-tensor one falls back to dequantize + FP32 convolution, about 2x slower): repeating the
+    tensor's scale per channel gives per-tensor numerics on the fast kernels.
+    """
+
+    def calculate_qparams(self):
+        low = self.min_val.min().expand_as(self.min_val)
+        high = self.max_val.max().expand_as(self.max_val)
+        return self._calculate_qparams(low, high)
+
+
+def settings(calibration: str | Calibration | None = None) -> dict:
+    """What this backend applies for a calibration method name."""
+    calibration = parse(calibration)
+    reduce_range = calibration.reduce_range(REDUCE_RANGE_DEFAULT)
+    return {
+        "activation_observer": ACTIVATION_OBSERVERS[calibration.observer].__name__,
+        "weights": calibration.weights,
+        "reduce_range": reduce_range,
+        "activation_range": [0, 127 if reduce_range else 255],
+    }
+
+
+def quantizer(calibration: str | Calibration | None = None) -> xiq.X86InductorQuantizer:
+    """torchao's x86 Inductor config (uint8 activations, int8 symmetric weights) with the chosen
+    activation observer, weight granularity and activation range; the default is torchao's own
+    (histogram observers on activations, per-channel min-max on weights)."""
+    calibration = parse(calibration)
+    reduce_range = calibration.reduce_range(REDUCE_RANGE_DEFAULT)
+    default = xiq.get_default_x86_inductor_quantization_config(reduce_range=reduce_range)
+    observer_args = {"eps": 2**-12}  # as torchao's default config
+    activation = dataclasses.replace(
+        default.input_activation,
+        observer_or_fake_quant_ctr=ACTIVATION_OBSERVERS[calibration.observer].with_args(
+            **observer_args
+        ),
+    )
+    weight = default.weight
+    if calibration.weights == "per_tensor":
+        weight = dataclasses.replace(
+            weight,
+            observer_or_fake_quant_ctr=PerTensorAsPerChannelObserver.with_args(**observer_args),
+        )
+    config = QuantizationConfig(activation, activation, weight, None, False)
     return xiq.X86InductorQuantizer().set_global(config)
 
 
@@ -57,8 +121,12 @@ def quantize(
     calibration_batches: Iterable[torch.Tensor],
     example: torch.Tensor,
     log=print,
+    calibration: str | Calibration | None = None,
 ) -> torch.fx.GraphModule:
-    """Export `model`, insert observers, run the calibration batches, convert to an INT8 graph."""
+    """Export `model`, insert observers, run the calibration batches, convert to an INT8 graph.
+
+    `calibration` is a calibration method name (quantpipe.quantize.calibration); None: histogram.
+    """
     if example.shape[0] < 2:
         raise ValueError(
             "the example batch needs at least 2 images so the batch size stays dynamic"
@@ -69,7 +137,7 @@ def quantize(
             model, (example,), dynamic_shapes=_batch_dim(example)
         ).module()
         _split_reused_module_calls(graph_module)
-        prepared = prepare_pt2e(graph_module, quantizer())
+        prepared = prepare_pt2e(graph_module, quantizer(calibration))
         seen = 0
         for step, batch in enumerate(calibration_batches, 1):
             prepared(batch)

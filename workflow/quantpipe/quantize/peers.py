@@ -1,0 +1,46 @@
+"""What the peer-runtime backends (ONNX Runtime, OpenVINO) share: the optional `peers` extra and a
+torch-tensor-in, torch-tensor-out call, so the benchmark measures them exactly like torch modules.
+"""
+
+import importlib.util
+
+import numpy as np
+import torch
+
+from quantpipe.configuration import PEER_METHODS as MODULES  # the packages each peer imports
+from quantpipe.configuration import PEERS_INSTALL as INSTALL
+
+
+def missing(method: str) -> list[str]:
+    return [name for name in MODULES[method] if importlib.util.find_spec(name) is None]
+
+
+def require(method: str) -> None:
+    """Fail with the command that fixes it when a peer method's packages are not installed."""
+    absent = missing(method)
+    if absent:
+        raise ModuleNotFoundError(
+            f"method {method!r} needs {', '.join(absent)} from the optional `peers` extra: run "
+            f"`{INSTALL}` (pins in envs/peers.txt), or drop {method!r} from `methods`"
+        )
+
+
+def as_numpy(images: torch.Tensor) -> np.ndarray:
+    """A C-contiguous float32 array sharing memory with `images` where it can."""
+    return np.ascontiguousarray(images.detach().cpu().numpy(), dtype=np.float32)
+
+
+class Runtime:
+    """A compiled peer model called like a torch module: (N, C, H, W) tensor in, logits out."""
+
+    name = "peer"
+
+    def __init__(self, run, settings: dict) -> None:
+        self._run = run
+        self.settings = settings
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self._run(as_numpy(images)))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.settings})"
