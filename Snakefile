@@ -5,6 +5,7 @@
 from snakemake.utils import min_version, validate
 
 from quantpipe.configuration import check_consistency, coerce_to_schema
+from quantpipe.submit import cancel_jobs_on_sigterm
 
 min_version("9.0")
 
@@ -16,6 +17,11 @@ configfile: "config.yaml"
 coerce_to_schema(config, "workflow/schemas/config.schema.yaml")
 validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
 check_consistency(config)
+
+
+# Stopping Snakemake with SIGTERM cancels the cluster jobs it waits on (Ctrl-C already does).
+onstart:
+    cancel_jobs_on_sigterm()
 
 
 include: "workflow/rules/common.smk"

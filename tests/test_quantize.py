@@ -1,5 +1,6 @@
 """Both quantize backends on small models: INT8 outputs stay close to FP32, artifacts reload."""
 
+import re
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+import yaml
 from quantpipe.models import build_model
 from quantpipe.quantize import backend, eager, pt2e
 from torch import nn
@@ -173,3 +175,162 @@ def test_full_width_artifact_is_four_times_smaller(tmp_path, method):
     ratio = fp32_mb / int8_mb
     print(f"{method}: {fp32_mb:.2f} MB -> {int8_mb:.2f} MB ({ratio:.3f}x)")
     assert ratio >= 3.95
+
+
+# --- calibration methods -----------------------------------------------------------------------
+
+
+def prepared_observers(name: str) -> list:
+    """The observer modules prepare_pt2e inserts into a small conv net for calibration `name`."""
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    model = trained_like(build_model("resnet18_cifar", width=4))
+    x = calibration(count=1)[0][:2]
+    graph = torch.export.export(model, (x,)).module()
+    prepared = prepare_pt2e(graph, pt2e.quantizer(name))
+    return [m for n, m in prepared.named_modules() if "activation_post_process" in n]
+
+
+def test_calibration_names_parse_back_and_match_the_schema():
+    from conftest import REPO
+    from quantpipe.quantize.calibration import DEFAULT, NAMES, parse
+
+    assert DEFAULT == "histogram" and len(NAMES) == len(set(NAMES)) == 18
+    for name in NAMES:
+        assert parse(name).name == name
+        assert re.fullmatch(r"[a-z_]+", name)  # fits the DAG's wildcard and variant names
+    assert parse("minmax_per_tensor_full_range").as_dict() == {
+        "observer": "minmax", "weights": "per_tensor", "range": "full_range",
+    }  # fmt: skip
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    knob = schema["properties"]["calibration_methods"]
+    assert tuple(knob["items"]["enum"]) == NAMES and knob["default"] == [DEFAULT]
+    assert "default" in knob["description"].lower()
+    with pytest.raises(ValueError, match="unknown calibration method 'kl'.*histogram"):
+        parse("kl")
+
+
+@pytest.mark.parametrize(
+    "name, observer",
+    [("histogram", "HistogramObserver"), ("minmax", "MinMaxObserver"),
+     ("moving_average", "MovingAverageMinMaxObserver")],
+)  # fmt: skip
+def test_observer_choice_changes_the_observer_class(name, observer):
+    from torchao.quantization.pt2e import PerChannelMinMaxObserver
+
+    observers = prepared_observers(name)
+    kinds = {type(m).__name__ for m in observers}
+    assert observer in kinds
+    others = {"HistogramObserver", "MinMaxObserver", "MovingAverageMinMaxObserver"} - {observer}
+    assert not kinds & others
+    assert any(isinstance(m, PerChannelMinMaxObserver) for m in observers)  # the weights
+    prepared = eager._prepare(build_model("resnet18_cifar", width=4), name)
+    eager_kinds = {type(m).__name__ for m in prepared.modules()}
+    assert observer in eager_kinds and not eager_kinds & others
+
+
+def test_default_calibration_is_torchaos_default_config():
+    """The default sweep (histogram, per-channel) quantizes exactly as before the knob existed."""
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    ours = pt2e.quantizer(None).global_config
+    theirs = xiq.get_default_x86_inductor_quantization_config()
+    for spec in ("input_activation", "output_activation", "weight"):
+        mine, reference = getattr(ours, spec), getattr(theirs, spec)
+        assert (mine.dtype, mine.quant_min, mine.quant_max, mine.qscheme) == (
+            reference.dtype, reference.quant_min, reference.quant_max, reference.qscheme,
+        )  # fmt: skip
+        assert type(mine.observer_or_fake_quant_ctr()) is type(
+            reference.observer_or_fake_quant_ctr()
+        )
+    x86 = torch.ao.quantization.get_default_qconfig("x86")
+    assert type(eager.qconfig(None).activation()) is type(x86.activation())
+    assert eager.qconfig(None).activation().reduce_range is True  # the study's x86 qconfig
+    assert type(eager.qconfig(None).weight()) is type(x86.weight())
+
+
+def conv_weight_scales(graph_module: torch.fx.GraphModule) -> list[torch.Tensor]:
+    """The per-channel weight scales of every dequantize_per_channel in a converted PT2E graph."""
+    scales = []
+    for node in graph_module.graph.nodes:
+        if "dequantize_per_channel" in str(node.target):
+            scale = node.args[1]
+            scales.append(getattr(graph_module, scale.target))
+    return scales
+
+
+def test_per_tensor_gives_one_weight_scale_per_tensor():
+    model = trained_like(build_model("resnet18_cifar", width=8))
+    x = calibration(seed=2, count=1)[0]
+    with torch.no_grad():
+        reference = model(x)
+        per_channel = pt2e.quantize(model, calibration(count=2), x[:2], log=lambda _: None)
+        per_tensor = pt2e.quantize(
+            model,
+            calibration(count=2),
+            x[:2],
+            log=lambda _: None,
+            calibration="histogram_per_tensor",
+        )
+        assert relative_error(reference, per_tensor(x)) < 0.25
+    channel_scales, tensor_scales = conv_weight_scales(per_channel), conv_weight_scales(per_tensor)
+    assert len(channel_scales) == len(tensor_scales) > 10
+    assert all(len(s.unique()) > 1 for s in channel_scales)
+    assert all(len(s.unique()) == 1 for s in tensor_scales)
+    converted = eager.quantize(model, calibration(count=2), log=lambda _: None,
+                               calibration="minmax_per_tensor")  # fmt: skip
+    schemes = {m.weight().qscheme() for m in converted.modules() if hasattr(m, "weight")
+               and callable(m.weight)}  # fmt: skip
+    assert schemes == {torch.per_tensor_affine} or schemes == {torch.per_tensor_symmetric}
+
+
+def activation_ranges(graph_module: torch.fx.GraphModule) -> set[tuple[int, int]]:
+    """(quant_min, quant_max) of every activation quantize node of a converted PT2E graph."""
+    return {
+        (node.args[3], node.args[4])
+        for node in graph_module.graph.nodes
+        if "quantize_per_tensor" in str(node.target) and "dequantize" not in str(node.target)
+    }
+
+
+def test_reduce_range_halves_the_activation_range(tmp_path):
+    model = trained_like(build_model("resnet18_cifar", width=8))
+    x = calibration(seed=2, count=1)[0]
+    with torch.no_grad():
+        full = pt2e.quantize(model, calibration(count=1), x[:2], log=lambda _: None)
+        reduced = pt2e.quantize(model, calibration(count=1), x[:2], log=lambda _: None,
+                                calibration="histogram_reduce_range")  # fmt: skip
+        assert relative_error(model(x), reduced(x)) < 0.25
+    assert activation_ranges(full) == {(0, 255)}
+    assert activation_ranges(reduced) == {(0, 127)}
+    assert pt2e.settings("histogram_reduce_range")["activation_range"] == [0, 127]
+    # eager: on by default (the x86 qconfig), off with _full_range
+    assert eager.qconfig("histogram").activation().quant_max == 127
+    assert eager.qconfig("histogram_full_range").activation().quant_max == 255
+    converted = eager.quantize(model, calibration(count=1), log=lambda _: None,
+                               calibration="histogram_full_range")  # fmt: skip
+    architecture = {"name": "resnet18_cifar", "width": 8, "num_classes": 10}
+    eager.save(converted, tmp_path / "int8.pt", architecture, "histogram_full_range")
+    with torch.no_grad():
+        torch.testing.assert_close(eager.load(tmp_path / "int8.pt")(x), converted(x))
+
+
+def test_eager_leaves_the_callers_model_alone():
+    model = trained_like(build_model("resnet18_cifar", width=4))
+    before = {name: type(module) for name, module in model.named_modules()}
+    eager.quantize(model, calibration(count=1), log=lambda _: None)
+    assert {name: type(module) for name, module in model.named_modules()} == before
+
+
+def test_per_tensor_pt2e_keeps_the_fused_int8_kernels():
+    """Per-tensor weights written per channel still lower to oneDNN's fused INT8 convolution."""
+    from torch._inductor.utils import run_and_get_code
+
+    model = trained_like(build_model("resnet18_cifar", width=4))
+    x = calibration(count=1)[0][:2]
+    quantized = pt2e.quantize(model, calibration(count=1), x, log=lambda _: None,
+                              calibration="minmax_per_tensor")  # fmt: skip
+    compiled = pt2e.compile_for_cpu(quantized)
+    with torch.no_grad():
+        _, code = run_and_get_code(compiled, x)
+    assert "qconv" in "\n".join(code)

@@ -9,7 +9,7 @@ import time
 import pandas as pd
 import pytest
 import yaml
-from slurmtools import run
+from slurmtools import run, wait_sacct
 from workflowtools import SNAKEMAKE, copy_repository, snakemake, tiny_config, user_env
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
@@ -74,24 +74,31 @@ def test_stopping_snakemake_cancels_its_slurm_jobs(cluster, tmp_path, how):
     process = subprocess.Popen([SNAKEMAKE, "--profile", "slurm"], cwd=tmp_path, env=user_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        job = run(["squeue", "-h", "-n", "train-resnet18_cifar-8-0", "-o", "%i"]).stdout.split()
-        if job:
-            break
-        time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("the training job never appeared in squeue")
-    if how == "ctrl-c":  # the terminal signals the whole foreground process group
-        os.killpg(process.pid, signal.SIGINT)
-    else:
-        process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
+    try:
+        job = wait_for_training_job(tmp_path)
+        if how == "ctrl-c":  # the terminal signals the whole foreground process group
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
     assert process.returncode != 0
     deadline = time.monotonic() + 30
-    while run(["squeue", "-h", "-j", job[0], "-o", "%T"]).stdout.strip():
-        assert time.monotonic() < deadline, (
-            f"job {job[0]} still queued after stop:\n{output[-3000:]}"
-        )
+    while run(["squeue", "-h", "-j", job, "-o", "%T"]).stdout.strip():
+        assert time.monotonic() < deadline, f"job {job} still queued after stop:\n{output[-3000:]}"
         time.sleep(0.5)
+    assert wait_sacct(job)["State"].startswith("CANCELLED")
+
+
+def wait_for_training_job(workdir) -> str:
+    """The id of the training job this run submitted (its working directory is `workdir`)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for line in run(["squeue", "-h", "-o", "%i|%j|%Z"]).stdout.splitlines():
+            job, name, where = line.split("|")
+            if name.startswith("train-") and where == str(workdir):
+                return job
+        time.sleep(0.5)
+    pytest.fail("the training job never appeared in squeue")

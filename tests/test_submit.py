@@ -1,11 +1,13 @@
 """The submit layer: resource mapping (unit) and real submitit jobs on the local executor."""
 
+import os
 import subprocess
 import sys
+import time
 
 import pytest
 from quantpipe.artifacts import write_json
-from quantpipe.submit import StageCall, executor_parameters, submit
+from quantpipe.submit import StageCall, _descendants, executor_parameters, submit
 
 
 def test_slurm_resources_map_to_submitit_parameters():
@@ -87,3 +89,20 @@ def test_failed_job_traceback_reaches_the_caller(tmp_path):
     )
     assert done.returncode == 1
     assert "Traceback" in done.stderr and "KeyError" in done.stderr
+
+
+def test_descendants_are_found_through_the_process_tree():
+    grandchild = "import time; time.sleep(30)"
+    code = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {grandchild!r}])"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        for _ in range(50):
+            below = _descendants(os.getpid())
+            if len(below) >= 2:
+                break
+            time.sleep(0.1)
+        assert child.pid in below and len(below) >= 2
+    finally:
+        for pid in reversed(_descendants(os.getpid())):
+            os.kill(pid, 9)
+        child.wait()

@@ -47,6 +47,7 @@ def test_a_resumed_run_ends_with_the_same_weights(tmp_path):
     b, _ = load_trained(resumed_dir / "model.pt")
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
+
     def learning(history):  # images/s is a timing, the rest must match exactly
         return [{k: v for k, v in epoch.items() if k != "images_per_s"} for epoch in history]
 

@@ -10,6 +10,7 @@ import contextlib
 import glob
 import importlib
 import math
+import os
 import re
 import signal
 import sys
@@ -112,6 +113,42 @@ def _cancel_on_signal(job: submitit.Job):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _descendants(root: int) -> list[int]:
+    """Every live process below `root`, read from /proc (Linux, as Slurm clusters are)."""
+    children: dict[int, list[int]] = {}
+    for stat in glob.glob("/proc/[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            with open(stat) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
+    found, frontier = [], [root]
+    while frontier:
+        below = children.get(frontier.pop(), [])
+        found += below
+        frontier += below
+    return found
+
+
+def cancel_jobs_on_sigterm() -> None:
+    """Make SIGTERM to Snakemake cancel the cluster jobs it is waiting on.
+
+    Snakemake reads SIGTERM as "finish the running jobs, then exit", which for jobs that run for
+    hours leaves the cluster busy after the user asked to stop. Called from the Snakefile's
+    `onstart`, this passes the signal on to the waiting submitters, which cancel their jobs and
+    exit, then lets Snakemake's own handler wind down.
+    """
+    graceful = signal.getsignal(signal.SIGTERM)
+
+    def stop(signum, frame):
+        for pid in _descendants(os.getpid()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        if callable(graceful):
+            graceful(signum, frame)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def submit(stage: str, kwargs: dict, resources: Mapping, job_name: str, folder: str) -> dict:
