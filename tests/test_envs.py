@@ -19,3 +19,11 @@ def test_envs_pins_match_pyproject():
     env = pins((REPO / "envs" / "quantpipe.txt").read_text().splitlines())
     assert declared == env
     assert all(re.fullmatch(r"[0-9][0-9A-Za-z.+]*", version) for version in env.values())
+
+
+def test_peers_pins_match_the_peers_extra():
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = pins(extra["optional-dependencies"]["peers"])
+    env = pins((REPO / "envs" / "peers.txt").read_text().splitlines())
+    assert declared == env and declared
+    assert all(re.fullmatch(r"[0-9][0-9A-Za-z.+]*", version) for version in env.values())

@@ -85,23 +85,25 @@ def test_peer_calibration_methods_map_to_their_own_settings(method, tiny, tmp_pa
 
 @pytest.mark.skipif(bool(peers.missing("onnxruntime")), reason=f"needs {peers.INSTALL}")
 def test_onnxruntime_uses_u8s8_qdq_per_channel(tiny):
+    import onnx
     from quantpipe.quantize import onnxruntime as qort
 
     x = calibration(count=1)[0]
     model = qort.quantize(tiny, calibration(count=1), x[:2], log=lambda _: None)
-    ops = {node.op_type for node in model.graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    activations = [
-        node for node in model.graph.node if node.op_type == "QuantizeLinear"
-    ]  # activations are quantized at run time, to uint8
-    zero_points = {
-        init.name: init.data_type for init in model.graph.initializer if "zero_point" in init.name
-    }
-    import onnx
-
-    assert onnx.TensorProto.UINT8 in {zero_points.get(node.input[2]) for node in activations}
-    weights = [init for init in model.graph.initializer if init.data_type == onnx.TensorProto.INT8]
-    assert weights, "weights stored as int8"
+    initializers = {init.name: init for init in model.graph.initializer}
+    quantize_nodes = [node for node in model.graph.node if node.op_type == "QuantizeLinear"]
+    assert quantize_nodes and any(n.op_type == "DequantizeLinear" for n in model.graph.node)
+    # activations are quantized at run time, to uint8 (U8S8); weights are stored as int8
+    activation_types = {initializers[node.input[2]].data_type for node in quantize_nodes}
+    assert activation_types == {onnx.TensorProto.UINT8}
+    int8_weights = [i for i in initializers.values() if i.data_type == onnx.TensorProto.INT8]
+    per_channel = [i for i in int8_weights if len(i.dims) == 4]
+    assert per_channel and all(
+        len(initializers[name].dims) == 1
+        for node in model.graph.node
+        if node.op_type == "DequantizeLinear" and node.input[0] in {i.name for i in per_channel}
+        for name in [node.input[1]]
+    )  # one scale per output channel
     assert qort.settings()["activation_type"] == "QUInt8"
 
 

@@ -110,3 +110,9 @@ def test_the_html_report_holds_the_summary(finished_run):
     page = (workdir / "report.html").read_text()
     for name in ["summary.csv", "tables.html", *(f"{name}.png" for name in figures)]:
         assert name in page
+
+
+def test_a_new_calibration_method_runs_only_its_jobs(finished_run):
+    workdir, _ = finished_run
+    jobs = planned_jobs(workdir, "--config", "calibration_methods=[histogram,minmax_per_tensor]")
+    assert jobs == {"quantize": 2, "benchmark": 2, "report": 1, "summary": 1, "all": 1}

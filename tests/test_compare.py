@@ -1,0 +1,122 @@
+"""The machine's ceilings, a model's multiply-accumulates, `quantpipe compare` on a tiny model."""
+
+import json
+
+import pytest
+import torch
+from quantpipe import ceilings, cli
+from quantpipe.compare import format_table, summarize
+from quantpipe.models import build_model
+from quantpipe.quantize import peers
+from torch import nn
+
+
+def test_ceilings_are_positive_and_int8_beats_fp32():
+    found = ceilings.measure(seconds=0.3)
+    print(found)
+    assert found["fp32_gmac_per_s"] > 0 and found["int8_gmac_per_s"] > 0
+    assert found["threads"] == torch.get_num_threads()
+    # Every CPU this runs on has INT8 dot products (VNNI or AMX) that beat FP32 FMAs.
+    assert found["int8_gmac_per_s"] > found["fp32_gmac_per_s"]
+
+
+def test_macs_are_counted_once_per_image():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 32 * 32, 10))
+    assert ceilings.macs_per_image(net) == 3 * 8 * 9 * 32 * 32 + 8 * 32 * 32 * 10
+    model = build_model("resnet18_cifar", width=64).train()
+    assert ceilings.macs_per_image(model) == pytest.approx(0.556e9, rel=0.01)  # as FACTS.md
+    assert model.training  # counting leaves the mode (and batch-norm statistics) alone
+
+
+def test_utilisation_is_the_achieved_rate_over_the_ceiling():
+    machine = {"fp32_gmac_per_s": 100.0, "int8_gmac_per_s": 800.0}
+    found = ceilings.utilisation("int8", 10**9, 400.0, 5.0, machine)
+    assert found["achieved_gmac_per_s"] == pytest.approx(400.0)
+    assert found["fraction_of_ceiling"] == pytest.approx(0.5)
+    assert found["fraction_of_ceiling_batch1"] == pytest.approx(200 / 800)
+    assert ceilings.utilisation("fp32", 10**9, 50.0, 20.0, machine)["fraction_of_ceiling"] == 0.5
+    assert ceilings.utilisation("fp32", 10**9, 50.0, 20.0, None)["fraction_of_ceiling"] is None
+
+
+def test_ratios_compare_with_fp32_eager_and_the_best_peer_of_the_same_precision():
+    from quantpipe.compare import Variant
+
+    def made(name, precision, runtime, rate, p50):
+        variant = Variant(name, precision, runtime, object(), 1_000_000, accuracy=0.9)
+        variant.throughputs, variant.latencies = [rate, rate], [p50] * 10
+        return variant
+
+    rows = summarize(
+        [
+            made("FP32 eager", "fp32", "torch", 100, 10.0),
+            made("FP32 onnxruntime", "fp32", "onnxruntime", 200, 4.0),
+            made("INT8 pt2e", "int8", "torch", 1000, 1.0),
+            made("INT8 onnxruntime", "int8", "onnxruntime", 500, 0.5),
+            made("INT8 openvino", "int8", "openvino", 800, 2.0),
+            Variant("INT8 other", "int8", "other", skipped="not installed"),
+        ],
+        macs=10**9,
+        machine=None,
+    )
+    pt2e = next(row for row in rows if row["variant"] == "INT8 pt2e")
+    assert pt2e["throughput_vs_fp32_eager"] == 10 and pt2e["latency_vs_fp32_eager"] == 10
+    assert pt2e["throughput_vs_best_peer"] == 1000 / 800  # the fastest INT8 peer at batch 256
+    assert pt2e["latency_vs_best_peer"] == 0.5  # the fastest INT8 peer at batch 1
+    fp32 = next(row for row in rows if row["variant"] == "FP32 eager")
+    assert fp32["throughput_vs_best_peer"] == 0.5  # against FP32 peers only
+    text = format_table(rows)
+    assert "INT8 other" in text and "skipped: not installed" in text
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A checkpoint as the train stage writes it, of a width-4 network (random weights)."""
+    torch.manual_seed(0)
+    architecture = {"name": "resnet18_cifar", "width": 4, "num_classes": 10}
+    net = build_model(**architecture).eval()
+    path = tmp_path_factory.mktemp("compare") / "model.pt"
+    record = {"config": {"val_size": 5000, "seed": 0}, "architecture": architecture}
+    torch.save({"architecture": architecture, "state_dict": net.state_dict(), "record": record},
+               path)  # fmt: skip
+    return path
+
+
+def test_compare_prints_every_variant(tiny_checkpoint, cifar_dir, tmp_path, capsys):
+    out = tmp_path / "compare.json"
+    status = cli.main([
+        "compare", "--model", str(tiny_checkpoint), "--data", str(cifar_dir),
+        "--calibration-size", "32", "--test-images", "64", "--batch-size", "16", "--rounds", "2",
+        "--throughput-batches", "1", "--latency-calls", "3", "--warmup", "1", "--threads", "1",
+        "--json", str(out),
+    ])  # fmt: skip
+    assert status == 0
+    printed = capsys.readouterr().out
+    print(printed)
+    expected = ["FP32 eager", "FP32 compiled", "INT8 pt2e", "INT8 eager", "INT8 onnxruntime",
+                "INT8 openvino", "FP32 onnxruntime", "FP32 openvino"]  # fmt: skip
+    for name in expected:
+        assert f"\n{name} " in printed
+    for header in ("b1 p50 ms", "b1 p99 ms", "img/s", "×eager", "×peer", "acc %", "MB", "%ceil"):
+        assert header in printed
+    result = json.loads(out.read_text())
+    rows = {row["variant"]: row for row in result["rows"]}
+    assert set(rows) == set(expected)
+    for name in ("FP32 eager", "FP32 compiled", "INT8 pt2e", "INT8 eager"):
+        row = rows[name]
+        assert row["status"] == "ok" and row["images_per_s"] > 0 and row["latency_ms_p50"] > 0
+        assert row["rounds"] == 2 and row["batch1_calls"] == 6
+        assert 0 < row["fraction_of_ceiling"]
+    assert rows["FP32 eager"]["throughput_vs_fp32_eager"] == 1
+    assert rows["INT8 pt2e"]["size_mb"] < rows["FP32 eager"]["size_mb"]
+    assert rows["FP32 compiled"]["accuracy"] == pytest.approx(rows["FP32 eager"]["accuracy"])
+    for method in ("onnxruntime", "openvino"):
+        if peers.missing(method):  # the extra is optional: the row says how to get it
+            assert rows[f"INT8 {method}"]["status"] == "skipped"
+            assert peers.INSTALL in rows[f"INT8 {method}"]["reason"]
+        else:
+            assert rows[f"INT8 {method}"]["status"] == "ok"
+            assert rows[f"INT8 {method}"]["throughput_vs_best_peer"] is not None
+
+
+def test_cli_lists_compare():
+    assert cli.main([]) == 2
