@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from quantpipe import provenance
-from quantpipe.artifacts import atomic_path, write_json
+from quantpipe.artifacts import atomic_path, load_torch, write_json
 from quantpipe.datasets import augment, batches, load_splits, normalize
 from quantpipe.models import build_model
 
@@ -92,7 +92,12 @@ def run(data: str, model: str, metrics: str, config: dict, log=print) -> dict:
     checkpoint_path = Path(model).parent / "checkpoints" / CHECKPOINT_NAME
     start_epoch, history = 0, []
     if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, weights_only=True, map_location=device)
+        state = load_torch(
+            checkpoint_path,
+            ("model", "optimizer", "scheduler", "epoch", "config"),
+            f"Delete {checkpoint_path} to train from the start.",
+            map_location=device,
+        )
         if state["config"] == config:
             net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -182,7 +187,12 @@ def run(data: str, model: str, metrics: str, config: dict, log=print) -> dict:
 
 def load_trained(path: str) -> tuple[nn.Module, dict]:
     """The FP32 model in eval mode and the record it was saved with."""
-    checkpoint = torch.load(path, weights_only=True, map_location="cpu")
+    checkpoint = load_torch(
+        path,
+        ("architecture", "state_dict", "record"),
+        "Rerun the train stage (delete the file first) to make it again.",
+        map_location="cpu",
+    )
     net = build_model(**checkpoint["architecture"])
     net.load_state_dict(checkpoint["state_dict"])
     return net.eval(), checkpoint["record"]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.ao import quantization as tq
 
+from quantpipe.artifacts import load_torch
 from quantpipe.models import build_model
 from quantpipe.quantize.calibration import Calibration, parse
 
@@ -118,7 +119,9 @@ def save(
 
 
 def load(path: str | os.PathLike) -> nn.Module:
-    artifact = torch.load(path, weights_only=True)
+    artifact = load_torch(
+        path, ("architecture", "state_dict"), "Rerun the quantize stage to make it again."
+    )
     with (
         warnings.catch_warnings()
     ):  # the skeleton's observers never ran: its qparams are placeholders

@@ -15,6 +15,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from quantpipe.artifacts import ArtifactError
+
 # torchao and torch.ao print deprecation notices on import that say nothing about this flow.
 warnings.filterwarnings("ignore", message=".*register_constant.*")
 
@@ -188,7 +190,13 @@ def save(quantized: torch.fx.GraphModule, path: str | os.PathLike, example: torc
 
 
 def load(path: str | os.PathLike) -> nn.Module:
-    return torch.export.load(path).module()
+    try:
+        return torch.export.load(path).module()
+    except Exception as error:  # torch.export reports truncation in several ways
+        raise ArtifactError(
+            f"{path} cannot be loaded as a PT2E INT8 program ({type(error).__name__}: "
+            f"{str(error)[:200]}). Rerun the quantize stage to make it again."
+        ) from None
 
 
 def compile_for_cpu(module: nn.Module) -> nn.Module:
