@@ -46,7 +46,12 @@ def measure(module, test_images, test_labels, device, config: dict, log=print) -
             output = module(test_images[start : start + batch_size].to(device))
             predictions.append(output.argmax(1).cpu())
             if step % 10 == 0:
-                log(f"benchmark: test pass {start + batch_size}/{len(test_images)} images")
+                done = min(start + batch_size, len(test_images))
+                rate = done / (time.perf_counter() - started)
+                log(
+                    f"benchmark: test pass {done}/{len(test_images)} images, {rate:.0f} img/s, "
+                    f"ETA {(len(test_images) - done) / rate:.0f} s"
+                )
         _synchronize(device)
         test_seconds = time.perf_counter() - started
         predictions = torch.cat(predictions)
@@ -58,6 +63,8 @@ def measure(module, test_images, test_labels, device, config: dict, log=print) -
             module(image)
             _synchronize(device)
             latencies.append((time.perf_counter() - tick) * 1e3)
+            if (index + 1) % 100 == 0:
+                log(f"benchmark: batch-1 latency {index + 1}/{config['latency_iterations']} calls")
     cut = statistics.quantiles(latencies, n=100, method="inclusive")
     return {
         "accuracy": (predictions == test_labels).float().mean().item(),
