@@ -180,7 +180,8 @@ def submit(stage: str, kwargs: dict, resources: Mapping, job_name: str, folder: 
             log(f"{stage}: job {job.job_id} failed (state {job.state}):")
             print(str(error), file=sys.stderr, flush=True)
             raise SystemExit(1) from None
-    log(f"{stage}: job {job.job_id} finished (state {job.state})")
+    node = job.get_info().get("NodeList", "this machine") if cluster == "slurm" else "this machine"
+    log(f"{stage}: job {job.job_id} finished (state {job.state}) on {node}")
     return result
 
 
