@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash workflow/scripts/bootstrap.sh
+# The optional peer runtimes (ONNX Runtime, OpenVINO) are tested too.
+.venv/bin/pip install --quiet --disable-pip-version-check -r envs/peers.txt 2>&1 \
+    | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import onnxruntime, openvino, nncf"
 bash workflow/scripts/local_slurm.sh start
 # The workflow tests find `snakemake` and the `slurm` profile the way a user does.
 export PATH="$PWD/.venv/bin:$PATH"

@@ -334,3 +334,23 @@ def test_per_tensor_pt2e_keeps_the_fused_int8_kernels():
     with torch.no_grad():
         _, code = run_and_get_code(compiled, x)
     assert "qconv" in "\n".join(code)
+
+
+def test_compiled_pt2e_runs_small_batches_through_the_cpp_wrapper():
+    """compile_for_cpu: the C++-wrapper compilation for small batches, the Python one for large;
+    both give the same logits."""
+    from torch._inductor.utils import run_and_get_code
+
+    model = trained_like(build_model("resnet18_cifar", width=4))
+    x = calibration(count=1)[0]
+    quantized = pt2e.quantize(model, calibration(count=1), x[:2], log=lambda _: None)
+    compiled = pt2e.compile_for_cpu(quantized)
+    large = torch.cat([x] * 5)  # 80 images: above CPP_WRAPPER_MAX_BATCH
+    assert len(large) > compiled.cpp_wrapper_max_batch >= len(x)
+    with torch.no_grad():
+        small_logits, large_logits = compiled(x), compiled(large)
+        torch.testing.assert_close(small_logits, large_logits[: len(x)], rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(small_logits, quantized(x), rtol=0.05, atol=0.05)
+        torch._dynamo.reset()
+        _, small_code = run_and_get_code(pt2e.compile_for_cpu(quantized), x[:1])
+    assert "aoti_torch" in "\n".join(small_code)  # the C++ wrapper calls the ops through AOTI shims

@@ -5,6 +5,7 @@ that torch.export can trace. The artifact is a `torch.export.save` file holding 
 quantized graph uses (INT8 weights and their scales), so its size is the deployable size.
 """
 
+import copy
 import dataclasses
 import io
 import os
@@ -19,6 +20,10 @@ from quantpipe.artifacts import ArtifactError
 
 # torchao and torch.ao print deprecation notices on import that say nothing about this flow.
 warnings.filterwarnings("ignore", message=".*register_constant.*")
+# Inductor's oneDNN lowering copies a zero-point tensor with torch.tensor(tensor) and says so.
+warnings.filterwarnings(
+    "ignore", message="To copy construct from a tensor", module=r"torch\._inductor.*"
+)
 
 from torchao.quantization.pt2e import (  # noqa: E402
     HistogramObserver,
@@ -199,7 +204,35 @@ def load(path: str | os.PathLike) -> nn.Module:
         ) from None
 
 
+# Batches up to this size run the graph compiled with Inductor's C++ wrapper: it cuts the per-call
+# Python overhead (batch 1: 2.4 -> 2.0 ms, width-64 ResNet18, 2 threads) but was slower and noisier
+# at batch 128-256 here, where the Python wrapper runs (workflow/notes/int8_speed.md: the figures).
+CPP_WRAPPER_MAX_BATCH = 64
+
+
+class CompiledForCpu(nn.Module):
+    """One INT8 graph compiled twice by Inductor: with the C++ wrapper for small batches, the
+    Python wrapper for large ones. Each keeps torch.compile's default shape handling, so each
+    specialises on the batch sizes it sees first (the benchmark uses 1, 16 and 256) and turns
+    dynamic after that instead of recompiling without end."""
+
+    def __init__(self, module: nn.Module, cpp_wrapper_max_batch: int = CPP_WRAPPER_MAX_BATCH):
+        super().__init__()
+        self.cpp_wrapper_max_batch = cpp_wrapper_max_batch
+        self.small = torch.compile(copy.deepcopy(module), options={"cpp_wrapper": True})
+        self.large = torch.compile(module)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[0] <= self.cpp_wrapper_max_batch:
+            return self.small(images)
+        return self.large(images)
+
+
 def compile_for_cpu(module: nn.Module) -> nn.Module:
-    """Inductor with freezing folds the Q/DQ pattern into oneDNN INT8 convolutions and matmuls."""
+    """Inductor with freezing folds the Q/DQ pattern into oneDNN INT8 convolutions and matmuls.
+
+    Freezing is set globally: as a per-compile option it fails (UnsupportedOperatorException:
+    onednn.qconv_prepack), because it must be on when the graph is traced, not only when lowered.
+    """
     torch._inductor.config.freezing = True
-    return torch.compile(module)
+    return CompiledForCpu(module)
