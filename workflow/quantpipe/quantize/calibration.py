@@ -66,3 +66,16 @@ def parse(name: str | Calibration | None) -> Calibration:
         "followed by _per_tensor, then optionally by _reduce_range or _full_range, e.g. "
         "'histogram', 'minmax_per_tensor', 'histogram_full_range'"
     )
+
+
+def observer_settings(
+    calibration: Calibration, observers: dict, reduce_range_default: bool
+) -> dict:
+    """What a torch observer-based backend (eager, pt2e) applies for `calibration`."""
+    reduce_range = calibration.reduce_range(reduce_range_default)
+    return {
+        "activation_observer": observers[calibration.observer].__name__,
+        "weights": calibration.weights,
+        "reduce_range": reduce_range,
+        "activation_range": [0, 127 if reduce_range else 255],
+    }

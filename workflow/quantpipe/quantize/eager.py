@@ -18,7 +18,7 @@ from torch.ao import quantization as tq
 
 from quantpipe.artifacts import load_torch
 from quantpipe.models import build_model
-from quantpipe.quantize.calibration import Calibration, parse
+from quantpipe.quantize.calibration import Calibration, observer_settings, parse
 
 # torch.ao.quantization warns on every call that it is deprecated; this backend exists to
 # reproduce the study, which used exactly this API.
@@ -36,14 +36,7 @@ REDUCE_RANGE_DEFAULT = True  # the x86 qconfig's 7-bit activations, as the study
 
 def settings(calibration: str | Calibration | None = None) -> dict:
     """What this backend applies for a calibration method name."""
-    calibration = parse(calibration)
-    reduce_range = calibration.reduce_range(REDUCE_RANGE_DEFAULT)
-    return {
-        "activation_observer": ACTIVATION_OBSERVERS[calibration.observer].__name__,
-        "weights": calibration.weights,
-        "reduce_range": reduce_range,
-        "activation_range": [0, 127 if reduce_range else 255],
-    }
+    return observer_settings(parse(calibration), ACTIVATION_OBSERVERS, REDUCE_RANGE_DEFAULT)
 
 
 def qconfig(calibration: str | Calibration | None = None) -> tq.QConfig:

@@ -35,7 +35,7 @@ from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  
 from torchao.quantization.pt2e.quantizer import QuantizationConfig  # noqa: E402
 from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq  # noqa: E402
 
-from quantpipe.quantize.calibration import Calibration, parse  # noqa: E402
+from quantpipe.quantize.calibration import Calibration, observer_settings, parse  # noqa: E402
 
 MAX_BATCH = 65536
 
@@ -89,14 +89,7 @@ class PerTensorAsPerChannelObserver(PerChannelMinMaxObserver):
 
 def settings(calibration: str | Calibration | None = None) -> dict:
     """What this backend applies for a calibration method name."""
-    calibration = parse(calibration)
-    reduce_range = calibration.reduce_range(REDUCE_RANGE_DEFAULT)
-    return {
-        "activation_observer": ACTIVATION_OBSERVERS[calibration.observer].__name__,
-        "weights": calibration.weights,
-        "reduce_range": reduce_range,
-        "activation_range": [0, 127 if reduce_range else 255],
-    }
+    return observer_settings(parse(calibration), ACTIVATION_OBSERVERS, REDUCE_RANGE_DEFAULT)
 
 
 def quantizer(calibration: str | Calibration | None = None) -> xiq.X86InductorQuantizer:
