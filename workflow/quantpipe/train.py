@@ -96,13 +96,16 @@ def run(data: str, model: str, metrics: str, config: dict, log=print) -> dict:
             checkpoint_path,
             ("model", "optimizer", "scheduler", "epoch", "config"),
             f"Delete {checkpoint_path} to train from the start.",
-            map_location=device,
+            # RNG states must stay CPU tensors; load_state_dict moves weights to the device.
+            map_location="cpu",
         )
         if state["config"] == config:
             net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng"]["torch"])
+            if on_gpu and "cuda" in state["rng"]:
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
             start_epoch, history = state["epoch"], state["history"]
             log(f"train: resuming from {checkpoint_path} after epoch {start_epoch}")
         else:

@@ -40,7 +40,8 @@ from quantpipe.quantize.calibration import Calibration, observer_settings, parse
 MAX_BATCH = 65536
 
 
-def _batch_dim(example: torch.Tensor):
+def _batch_dim():
+    """The batch dimension stays dynamic: one artifact serves batch 1 and batch 256."""
     return ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
 
 
@@ -133,9 +134,7 @@ def quantize(
         )
     model = model.eval()
     with torch.no_grad():
-        graph_module = torch.export.export(
-            model, (example,), dynamic_shapes=_batch_dim(example)
-        ).module()
+        graph_module = torch.export.export(model, (example,), dynamic_shapes=_batch_dim()).module()
         _split_reused_module_calls(graph_module)
         prepared = prepare_pt2e(graph_module, quantizer(calibration))
         seen = 0
@@ -171,7 +170,7 @@ def save(quantized: torch.fx.GraphModule, path: str | os.PathLike, example: torc
     """
     _drop_unused_tensors(quantized)
     example = example.clone()  # the file keeps the example: a view would drag its whole storage
-    program = torch.export.export(quantized, (example,), dynamic_shapes=_batch_dim(example))
+    program = torch.export.export(quantized, (example,), dynamic_shapes=_batch_dim())
     for node in program.graph_module.graph.nodes:
         for key in DEBUG_METADATA:
             node.meta.pop(key, None)
