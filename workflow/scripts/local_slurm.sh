@@ -24,7 +24,8 @@
 #   QUANTPIPE_SLURM_DIR     state directory (default /var/tmp/quantpipe-slurm)
 #   QUANTPIPE_SLURM_CPUS    CPUs the node advertises (default 8; more than the machine has, so a
 #                           sweep of small jobs runs concurrently; wrong for benchmarks)
-#   QUANTPIPE_SLURM_MEM_MB  RealMemory of the node in MB (default 16000)
+#   QUANTPIPE_SLURM_MEM_MB  RealMemory of the node in MB (default 64000; like the CPUs, more than the
+#                           machine has, so that jobs asking for a profile's memory run side by side)
 #   QUANTPIPE_SLURM_GPUS    fake GPUs (gres gpu, files are symlinks to /dev/null; default 2)
 #   QUANTPIPE_SLURM_MAXTIME partition MaxTime (default 2-00:00:00)
 #   QUANTPIPE_SLURM_TIMEOUT seconds to wait for each daemon (default 60)
@@ -33,7 +34,7 @@ set -euo pipefail
 
 DIR=${QUANTPIPE_SLURM_DIR:-/var/tmp/quantpipe-slurm}
 CPUS=${QUANTPIPE_SLURM_CPUS:-8}
-MEM_MB=${QUANTPIPE_SLURM_MEM_MB:-16000}
+MEM_MB=${QUANTPIPE_SLURM_MEM_MB:-64000}
 NGPUS=${QUANTPIPE_SLURM_GPUS:-2}
 MAXTIME=${QUANTPIPE_SLURM_MAXTIME:-2-00:00:00}
 TIMEOUT=${QUANTPIPE_SLURM_TIMEOUT:-60}
@@ -247,24 +248,16 @@ mariadbd_bin() {
 
 # ---------------------------------------------------------------- configuration
 
-write_configs() {
-    mkdir -p "$ETC" "$RUN" "$LOG" "$STATE/slurmctld" "$STATE/slurmd" "$GPUDEV"
-    chmod 755 "$DIR" "$ETC" "$RUN" "$LOG"
-
-    local gpu_files=() i
-    for ((i = 0; i < NGPUS; i++)); do
-        ln -sfn /dev/null "$GPUDEV/gpu$i"
-        gpu_files+=("$GPUDEV/gpu$i")
-    done
+# slurm_conf: print the slurm.conf this script wants (start writes it; a running cluster whose
+# file differs in more than the QUANTPIPE_SLURM_* lines is restarted with it).
+slurm_conf() {
     local gres_node="" gres_types=""
     if ((NGPUS > 0)); then
         gres_node="Gres=gpu:$NGPUS"
         gres_types="GresTypes=gpu"
     fi
-
-    local new=$ETC/slurm.conf.new
-    cat >"$new" <<EOF
-# Written by workflow/scripts/local_slurm.sh - regenerated at each fresh start; do not edit.
+    cat <<EOF
+# Written by workflow/scripts/local_slurm.sh at a fresh start or when its settings change; do not edit.
 ClusterName=$CLUSTER
 SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=root
@@ -290,8 +283,10 @@ SlurmdPort=6818
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_interval=2
 SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-DefMemPerCPU=1000
+# memory is a consumable resource, as on real clusters: only then does a job's --mem reach the
+# node as a limit (with CR_Core alone nothing is enforced); a job without --mem gets 2000 MB per CPU
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=2000
 # reject at submit time what can never run (unknown partition, too many GPUs/CPUs, too long)
 EnforcePartLimits=ALL
 # time limits: enforced exactly; requeue allowed; cancelled jobs do not block the node for 30 s
@@ -308,15 +303,37 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
 AccountingStoragePort=6819
 AccountingStorageTRES=gres/gpu
+# memory limits without cgroups: the accounting poller reads each step's RSS every 2 s and kills
+# a step that uses more than the job's --mem (the job ends OUT_OF_MEMORY)
 JobAcctGatherType=jobacct_gather/linux
-JobAcctGatherFrequency=30
+JobAcctGatherFrequency=task=2
+JobAcctGatherParams=OverMemoryKill
 JobCompType=jobcomp/none
 
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB $gres_node State=UNKNOWN
 PartitionName=cpu Nodes=$NODE Default=YES MaxTime=$MAXTIME State=UP
 PartitionName=gpu Nodes=$NODE Default=NO MaxTime=$MAXTIME State=UP
 EOF
-    mv -f "$new" "$ETC/slurm.conf"
+}
+
+# The lines of a slurm.conf that this script fixes (not comments, not the node, partition and GPU
+# lines that QUANTPIPE_SLURM_* set: those take effect on a fresh start only).
+fixed_lines() { grep -v -e '^#' -e '^$' -e '^NodeName=' -e '^PartitionName=' -e '^GresTypes=' "$@"; }
+conf_outdated() {
+    [[ -f $ETC/slurm.conf ]] && ! diff -q <(slurm_conf | fixed_lines) <(fixed_lines "$ETC/slurm.conf") >/dev/null
+}
+
+write_configs() {
+    mkdir -p "$ETC" "$RUN" "$LOG" "$STATE/slurmctld" "$STATE/slurmd" "$GPUDEV"
+    chmod 755 "$DIR" "$ETC" "$RUN" "$LOG"
+
+    local gpu_files=() i
+    for ((i = 0; i < NGPUS; i++)); do
+        ln -sfn /dev/null "$GPUDEV/gpu$i"
+        gpu_files+=("$GPUDEV/gpu$i")
+    done
+    slurm_conf >"$ETC/slurm.conf.new"
+    mv -f "$ETC/slurm.conf.new" "$ETC/slurm.conf"
 
     {
         echo "# Written by workflow/scripts/local_slurm.sh: fake GPUs, each file a symlink to /dev/null"
@@ -502,7 +519,7 @@ cmd_start() {
     [[ $EUID -eq 0 ]] || die "must run as root (the daemons run as root/munge/mysql)"
     check_settings
     mkdir -p "$DIR"
-    if [[ -f $ETC/slurm.conf ]] && healthy; then
+    if [[ -f $ETC/slurm.conf ]] && ! conf_outdated && healthy; then
         link_client_conf
         say "already up and healthy: node $NODE $(node_state), accounting answers ($DIR)"
         warn_if_config_differs
@@ -522,7 +539,13 @@ cmd_start() {
     else
         say "slurmctld is running: starting only what is missing"
         [[ -f $ETC/slurm.conf ]] || die "slurmctld runs but $ETC/slurm.conf is missing; run stop first"
-        link_client_conf
+        if conf_outdated; then
+            say "$ETC/slurm.conf differs from what this script writes: restarting slurmctld and slurmd with the new one (jobs, controller state and accounting kept)"
+            stop_daemons slurmd slurmctld
+            write_configs
+        else
+            link_client_conf
+        fi
     fi
 
     start_munge
