@@ -1,0 +1,212 @@
+"""Tiled, overlapped, blended inference over a chunked Zarr volume larger than memory.
+
+The unit of work is a block: one chunk of the target array. A block reads its region of the
+source plus a halo (the tile overlap on each side; mirrored where it passes the volume's edge),
+covers that with overlapping tiles, runs them through the model in fixed-size batches, blends the
+tiles' membrane probabilities with smooth weights (`blend_window`: tile borders, where a
+zero-padded network errs, get none; neighbours cross-fade with a raised cosine, so seams vanish)
+and writes exactly its own target chunk. Nothing outside the block enters its
+computation, and a block's batches are always the same (the last one padded to full size), so
+its output is the same bits whichever process computes it, in whatever order, beside whatever
+other blocks: workers of a job array can each take a set of blocks and write into one target,
+and the result equals a single-process run. Memory is bounded by one block plus its halo.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import numpy as np
+import torch
+import zarr
+
+flushed_print = functools.partial(print, flush=True)
+
+
+def create_target(path: str, like: zarr.Array, chunks: tuple[int, ...]) -> zarr.Array:
+    """A float32 Zarr v3 array shaped like `like`, chunked by `chunks` (one chunk = one block).
+
+    Unwritten chunks read as NaN, so a block that was never computed cannot pass for a result.
+    """
+    if len(chunks) != len(like.shape):
+        raise ValueError(f"chunks {tuple(chunks)} must have one size per axis of {like.shape}")
+    return zarr.create_array(
+        store=path,
+        shape=like.shape,
+        chunks=tuple(int(size) for size in chunks),
+        dtype="float32",
+        fill_value=np.nan,
+        attributes={"axes": "zyx", "content": "membrane probability"},
+        overwrite=True,
+    )
+
+
+def plan_blocks(target: zarr.Array) -> int:
+    """How many blocks (target chunks) the volume has; blocks are numbered 0..n-1 in C order."""
+    return math.prod(target.cdata_shape)
+
+
+def block_region(target: zarr.Array, block: int) -> tuple[slice, ...]:
+    """The target region of a flat block index."""
+    position = np.unravel_index(block, target.cdata_shape)
+    return tuple(
+        slice(index * size, min((index + 1) * size, extent))
+        for index, size, extent in zip(position, target.chunks, target.shape, strict=True)
+    )
+
+
+def blend_window(tile: int, overlap: int) -> np.ndarray:
+    """Per-axis tile weights. Across an overlap, the outer quarter gets weight 0 (where a
+    zero-padded network is least right), the middle half a raised-cosine ramp, the rest 1; two
+    neighbouring tiles' weights then sum to 1 across their overlap, so seams vanish."""
+    margin = overlap // 4
+    ramp_length = overlap - 2 * margin
+    ramp = np.ones(overlap, np.float64)
+    ramp[:margin] = 0.0
+    steps = np.arange(1, ramp_length + 1)
+    ramp[margin : overlap - margin] = np.sin(np.pi * steps / (2 * (ramp_length + 1))) ** 2
+    window = np.ones(tile, np.float64)
+    if overlap:
+        window[:overlap] = np.minimum(window[:overlap], ramp)
+        window[tile - overlap :] = np.minimum(window[tile - overlap :], ramp[::-1])
+    return window.astype(np.float32)
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Tile origins covering [0, length) with at least `overlap` shared voxels; the last tile
+    ends at `length` (length >= tile)."""
+    stride = tile - overlap
+    starts = list(range(0, length - tile, stride)) + [length - tile]
+    return sorted(set(starts))
+
+
+def _mirror(indices: np.ndarray, extent: int) -> np.ndarray:
+    """Map coordinates outside [0, extent) back inside by mirroring at the edges (edge voxel
+    repeated, period 2 * extent), so any halo works, even one wider than the volume."""
+    folded = np.mod(indices, 2 * extent)
+    return np.where(folded < extent, folded, 2 * extent - 1 - folded)
+
+
+def read_mirrored(source, start: tuple[int, ...], stop: tuple[int, ...]) -> np.ndarray:
+    """source[start:stop] for a region that may reach past the volume, mirrored there. Reads one
+    bounding box from the source, no larger than the region (clipped to the volume)."""
+    index = [
+        _mirror(np.arange(a, b), extent)
+        for a, b, extent in zip(start, stop, source.shape, strict=True)
+    ]
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in index)
+    data = np.asarray(source[box])
+    return data[np.ix_(*[i - s.start for i, s in zip(index, box, strict=True)])]
+
+
+def _model_device(model) -> torch.device:
+    if isinstance(model, torch.nn.Module):
+        for parameter in model.parameters():
+            return parameter.device
+    return torch.device("cpu")
+
+
+def _predict_region(model, image: np.ndarray, inner, dims, tile, overlap, batch_size, device):
+    """Blended membrane probability over the `inner` part of one padded region (uint8 Z, Y, X)."""
+    window = functools.reduce(
+        np.multiply.outer, [blend_window(t, o) for t, o in zip(tile, overlap, strict=True)]
+    )
+    origins = [
+        (z, y, x)
+        for z in tile_starts(image.shape[0], tile[0], overlap[0])
+        for y in tile_starts(image.shape[1], tile[1], overlap[1])
+        for x in tile_starts(image.shape[2], tile[2], overlap[2])
+    ]
+    blended = np.zeros(image.shape, np.float32)
+    weights = np.zeros(image.shape, np.float32)
+    for first in range(0, len(origins), batch_size):
+        batch = origins[first : first + batch_size]
+        tiles = np.stack(
+            [image[z : z + tile[0], y : y + tile[1], x : x + tile[2]] for z, y, x in batch]
+        )
+        # Always a full batch: a compiled or exported model may fix its batch size, and the same
+        # batch shape everywhere means the model always runs the same kernels.
+        tiles = np.concatenate([tiles, np.repeat(tiles[-1:], batch_size - len(batch), axis=0)])
+        inputs = torch.from_numpy(tiles).to(device=device, dtype=torch.float32).div_(255.0)
+        inputs = inputs[:, None] if dims == 3 else inputs  # (N, 1, Z, Y, X) or (N, 1, Y, X)
+        with torch.inference_mode():
+            logits = model(inputs)
+        if tuple(logits.shape) != tuple(inputs.shape):
+            raise ValueError(
+                f"the model turned tiles of shape {tuple(inputs.shape)} into "
+                f"{tuple(logits.shape)}: it must return one membrane logit per input voxel "
+                "(N, 1, ...); pick a tile size the model accepts (a U-Net needs sizes "
+                "divisible by 2 per pooling level)"
+            )
+        probabilities = torch.sigmoid(logits.float()).reshape(tiles.shape).cpu().numpy()
+        for (z, y, x), probability in zip(batch, probabilities, strict=False):
+            region = (slice(z, z + tile[0]), slice(y, y + tile[1]), slice(x, x + tile[2]))
+            blended[region] += probability * window
+            weights[region] += window
+    # Only the region's outer margin (inside the halo) can lack weight; `inner` never does.
+    return blended[inner] / weights[inner]
+
+
+def predict_volume(
+    model,
+    source: zarr.Array,
+    target: zarr.Array,
+    *,
+    dims: int,
+    tile: tuple[int, ...],
+    overlap: tuple[int, ...],
+    batch_size: int,
+    blocks: list[int] | None = None,
+    log=flushed_print,
+) -> dict:
+    """Write the membrane probability of `blocks` (flat target-chunk indices; None = all) of
+    `source` (uint8, Z, Y, X) into `target` (float32, same shape, its own chunks).
+
+    `model` maps float32 images in [0, 1] (uint8 / 255), shaped (N, 1, Y, X) when dims == 2 (tiles
+    of single slices) or (N, 1, Z, Y, X) when dims == 3, to membrane logits of the same shape.
+    `tile` and `overlap` are (Y, X) for dims == 2 and (Z, Y, X) for dims == 3.
+    """
+    if source.shape != target.shape or len(source.shape) != 3:
+        raise ValueError(f"source {source.shape} and target {target.shape} must be one Z, Y, X")
+    if dims not in (2, 3) or len(tile) != dims or len(overlap) != dims:
+        raise ValueError(f"dims {dims}: give tile and overlap with {dims} sizes each (got "
+                         f"{tuple(tile)}, {tuple(overlap)})")  # fmt: skip
+    if any(not 0 <= o < t for t, o in zip(tile, overlap, strict=True)):
+        raise ValueError(f"each overlap must be >= 0 and smaller than its tile ({tile}, {overlap})")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    tile3 = (1, *tile) if dims == 2 else tuple(tile)
+    halo = (0, *overlap) if dims == 2 else tuple(overlap)
+    todo = list(range(plan_blocks(target))) if blocks is None else list(blocks)
+    device = _model_device(model)
+    started = time.monotonic()
+    voxels = 0
+    for done, block in enumerate(todo, 1):
+        region = block_region(target, block)
+        # The block plus its halo, widened (about its centre) to at least one tile.
+        start, stop = [], []
+        for axis, piece in enumerate(region):
+            extra = max(halo[axis], math.ceil((tile3[axis] - (piece.stop - piece.start)) / 2))
+            start.append(piece.start - extra)
+            stop.append(max(piece.stop + extra, piece.start - extra + tile3[axis]))
+        image = read_mirrored(source, tuple(start), tuple(stop))
+        inner = tuple(
+            slice(piece.start - a, piece.stop - a) for piece, a in zip(region, start, strict=True)
+        )
+        target[region] = _predict_region(model, image, inner, dims, tile3, halo, batch_size, device)
+        voxels += math.prod(int(piece.stop - piece.start) for piece in region)
+        elapsed = time.monotonic() - started
+        eta = elapsed / done * (len(todo) - done)
+        log(
+            f"segment: block {block} ({done}/{len(todo)}) {voxels / elapsed:,.0f} voxels/s, "
+            f"{elapsed:.1f} s elapsed, ETA {eta:.1f} s"
+        )
+    seconds = time.monotonic() - started
+    return {
+        "voxels": voxels,
+        "seconds": round(seconds, 3),
+        "voxels_per_s": float(voxels / seconds) if seconds > 0 else float("nan"),
+        "blocks": len(todo),
+    }
