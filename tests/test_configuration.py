@@ -32,3 +32,11 @@ def test_calibration_larger_than_the_training_split_is_rejected():
     config = {"val_size": 45000, "calibration_sizes": [512, 8192]}
     with pytest.raises(ValueError, match=r"calibration_sizes \[8192\] exceed .* = 5000"):
         check_consistency(config)
+
+
+def test_qat_with_per_tensor_calibration_is_rejected():
+    config = {"val_size": 5000, "calibration_sizes": [512], "methods": ["pt2e", "qat"],
+              "calibration_methods": ["histogram", "minmax_per_tensor"]}  # fmt: skip
+    with pytest.raises(ValueError, match=r"'qat' .*\['minmax_per_tensor'\].*per-channel"):
+        check_consistency(config)
+    check_consistency({**config, "methods": ["pt2e"]})

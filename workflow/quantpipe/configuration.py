@@ -66,3 +66,9 @@ def check_consistency(config: dict) -> None:
                 f"method {method!r} needs {', '.join(absent)} from the optional `peers` extra: "
                 f"run `{PEERS_INSTALL}` (pins in envs/peers.txt), or drop it from `methods`"
             )
+    per_tensor = [name for name in config.get("calibration_methods", ()) if "_per_tensor" in name]
+    if "qat" in config["methods"] and per_tensor:
+        raise ValueError(
+            f"method 'qat' cannot run calibration_methods {per_tensor}: torchao's QAT config "
+            "supports per-channel weights only. Drop them, or run qat in a separate sweep"
+        )

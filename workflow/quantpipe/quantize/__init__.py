@@ -1,9 +1,11 @@
 """The quantize stage: calibrate a trained FP32 model on training images and convert it to INT8.
 
 One module per backend, each with `quantize`, `save`, `load`, `compile_for_cpu` and `settings`
-(what a calibration method name means to it): `pt2e` and `eager` in torch; `onnxruntime` and
-`openvino`, peers to compare with from the optional `peers` extra, which also give their FP32
-runtimes (`fp32_for_cpu`). This module picks one, runs it and records what it made.
+(what a calibration method name means to it): `pt2e` and `eager` in torch; `qat`, a short
+quantization-aware fine-tune that ends in pt2e's INT8 graph (a GPU job; it also takes training
+images and labels); `onnxruntime` and `openvino`, peers to compare with from the optional `peers`
+extra, which also give their FP32 runtimes (`fp32_for_cpu`). This module picks one, runs it and
+records what it made.
 """
 
 import importlib
@@ -17,7 +19,7 @@ from quantpipe.artifacts import atomic_path, write_json
 from quantpipe.quantize import calibration as calibration_methods
 from quantpipe.quantize import peers
 
-METHODS = ("pt2e", "eager", "onnxruntime", "openvino")
+METHODS = ("pt2e", "eager", "qat", "onnxruntime", "openvino")
 PEERS = tuple(peers.MODULES)  # the methods that need the optional `peers` extra
 EXAMPLE_BATCH = 2  # export needs a batch of at least 2 to keep the batch dimension dynamic
 
@@ -42,14 +44,29 @@ def run(model: str, data: str, artifact: str, metrics: str, config: dict, log=pr
     method = backend(config["method"])
     chosen = calibration_methods.parse(config.get("calibration_method"))
     net, record = load_trained(model)
-    images = calibration_images(
-        data, config["val_size"], config["calibration_size"], config["seed"]
-    )
+    if config.get("task") == "isbi2012_em":  # tile-shaped patches of the training sections
+        from quantpipe.em.train import calibration_patches
+
+        images = calibration_patches(data, config, config["calibration_size"])
+    else:
+        images = calibration_images(
+            data, config["val_size"], config["calibration_size"], config["seed"]
+        )
     log(
         f"quantize: method {config['method']}, calibration {chosen.name} "
         f"({method.settings(chosen)}), {len(images)} calibration images from the training "
         f"split, {threads} threads"
     )
+    fine_tune = None
+    if config["method"] == "qat":  # fine-tunes on the training split (never val or test)
+        from quantpipe.datasets import load_splits
+
+        fine_tune = method.FineTune.from_config(
+            *load_splits(data, config["val_size"])["train"],
+            config.get("qat", {}),
+            record.get("config", {}),
+            config["seed"],
+        )
     started = time.perf_counter()
     with atomic_path(artifact) as tmp:
         quantize_and_save(
@@ -61,6 +78,7 @@ def run(model: str, data: str, artifact: str, metrics: str, config: dict, log=pr
             tmp,
             chosen.name,
             log,
+            fine_tune,
         )
     result = {
         "stage": "quantize",
@@ -72,6 +90,7 @@ def run(model: str, data: str, artifact: str, metrics: str, config: dict, log=pr
         "calibration_size": len(images),
         "seconds": time.perf_counter() - started,
         "size_bytes": os.path.getsize(artifact),
+        **({"qat": fine_tune.record} if fine_tune else {}),
         "provenance": provenance.collect(),
     }
     log(
@@ -91,15 +110,20 @@ def quantize_and_save(
     path,
     calibration: str | None = None,
     log=print,
+    fine_tune=None,
 ):
-    """Calibrate and convert `net` with `method`, write its artifact to `path`; the INT8 model."""
+    """Calibrate and convert `net` with `method`, write its artifact to `path`; the INT8 model.
+
+    `fine_tune` (a `qat.FineTune`: training images, labels, steps, learning rate) is for `qat`.
+    """
     module = backend(method)
     if method == "eager":  # rebuilt from the architecture at load time: needs no example
         quantized = module.quantize(net, calibration_batches, log=log, calibration=calibration)
         module.save(quantized, path, architecture, calibration)
     else:
+        options = {"fine_tune": fine_tune} if method == "qat" else {}
         quantized = module.quantize(
-            net, calibration_batches, example, log=log, calibration=calibration
+            net, calibration_batches, example, log=log, calibration=calibration, **options
         )
         module.save(quantized, path, example)
     return quantized
