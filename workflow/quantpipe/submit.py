@@ -20,7 +20,7 @@ from pathlib import Path
 
 import submitit
 
-STAGES = ("prepare_data", "train", "quantize", "benchmark", "report", "summary")
+STAGES = ("prepare_data", "train", "quantize", "benchmark", "report", "summary", "segment")
 # Slurm accepts more, but these survive every shell, log file name and sacct format.
 SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 RESOURCE_KEYS = {
@@ -98,13 +98,15 @@ def _local_gpu_count() -> int:
 
 
 @contextlib.contextmanager
-def _cancel_on_signal(job: submitit.Job):
-    """If this waiting process is stopped, take its job down with it: no orphans on the cluster."""
+def _cancel_on_signal(*jobs: submitit.Job):
+    """If this waiting process is stopped, take its jobs down with it: no orphans on the cluster."""
 
     def cancel(signum, _frame):
-        log(f"received {signal.Signals(signum).name}: cancelling job {job.job_id}")
-        with contextlib.suppress(Exception):
-            job.cancel(check=False)
+        ids = ", ".join(job.job_id for job in jobs)
+        log(f"received {signal.Signals(signum).name}: cancelling job {ids}")
+        for job in jobs:
+            with contextlib.suppress(Exception):
+                job.cancel(check=False)
         raise SystemExit(128 + signum)
 
     previous = {sig: signal.signal(sig, cancel) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -183,6 +185,53 @@ def submit(stage: str, kwargs: dict, resources: Mapping, job_name: str, folder: 
     node = job.get_info().get("NodeList", "this machine") if cluster == "slurm" else "this machine"
     log(f"{stage}: job {job.job_id} finished (state {job.state}) on {node}")
     return result
+
+
+def submit_array(
+    stage: str, calls: list[dict], resources: Mapping, job_name: str, folder: str
+) -> dict[str, object]:
+    """Run `stage` once per kwargs in `calls` as ONE job array (one task each, in order); wait
+    for every task and return {array task id (`N_i`): its result}, in order. If any task failed,
+    log each failed task with its id and its error, then raise SystemExit(1). Stopping this
+    process cancels every task. `resources` as for `submit`, plus `array_parallelism` (how many
+    tasks may run at once)."""
+    cluster, parameters = executor_parameters(resources, job_name)
+    if resources.get("array_parallelism"):
+        parameters["slurm_array_parallelism"] = int(resources["array_parallelism"])
+    executor = submitit.AutoExecutor(
+        folder=folder, cluster=cluster, slurm_max_num_timeout=int(resources.get("requeues", 3))
+    )
+    executor.update_parameters(**parameters)
+    try:
+        with executor.batch():
+            jobs = [executor.submit(StageCall(stage, kwargs)) for kwargs in calls]
+    except Exception as error:  # sbatch's refusal arrives as whatever submitit wraps it in
+        log(
+            f"{stage}: {cluster} refused the job array {parameters}:\n{error}\n"
+            "Check the partition, gpus, cpus_per_task, mem_mb and runtime that your profile "
+            "(profiles/slurm/config.yaml) gives this rule against what `sinfo` shows."
+        )
+        raise SystemExit(1) from None
+    with _cancel_on_signal(*jobs):
+        log(f"{stage}: submitted {len(jobs)} array tasks {jobs[0].job_id}..{jobs[-1].job_id} "
+            f"to {cluster} with {parameters}")  # fmt: skip
+        log(f"{stage}: task stdout {jobs[0].paths.stdout} (and so on)")
+        results, failed = {}, []
+        for job in jobs:
+            try:
+                results[job.job_id] = job.result()
+            except (
+                submitit.core.utils.FailedJobError,
+                submitit.core.utils.UncompletedJobError,
+            ) as error:
+                log(f"{stage}: array task {job.job_id} failed:")
+                print(str(error), file=sys.stderr, flush=True)
+                failed.append(job.job_id)
+    if failed:
+        log(f"{stage}: {len(failed)} of {len(jobs)} array tasks failed: {', '.join(failed)}")
+        raise SystemExit(1)
+    log(f"{stage}: all {len(jobs)} array tasks finished")
+    return results
 
 
 def from_snakemake(smk) -> None:

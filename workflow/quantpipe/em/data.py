@@ -154,7 +154,7 @@ def read_stack(source: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     return stacks["image"], stacks["label"]
 
 
-def _install(staged: Path, destination: Path) -> None:
+def replace_directory(staged: Path, destination: Path) -> None:
     """Rename `staged` onto `destination`, setting aside (then deleting) whatever is there."""
     if not os.path.lexists(destination):
         os.rename(staged, destination)
@@ -200,7 +200,7 @@ def prepare(source: str, destination: str, log=print) -> dict:
             array.attrs["axes"] = "zyx"
             array[:] = volume
         staging.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; results are meant to be shared
-        _install(staging, target)
+        replace_directory(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log(f"wrote {target} {image.shape} in {time.monotonic() - started:.1f} s")

@@ -1,0 +1,123 @@
+"""The segment stage: blocks written by separate runs equal one run; on the local Slurm, a 3-task
+job array writes the same bits as a single process, and a failed task is named by its array id."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from PIL import Image
+from quantpipe import models
+from quantpipe.segment import create_output, run, run_as_array, split_blocks
+from quantpipe.submit import submit_array
+from slurmtools import wait_sacct
+
+SHARED_EM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012-em"
+CONFIG = {"dims": 2, "tile": [64, 64], "overlap": [16, 16], "batch_size": 4, "block_sections": 1,
+          "chunks": [1, 64, 64]}  # fmt: skip
+ONE_CPU = {"slurm_partition": "cpu", "cpus_per_task": 1, "mem_mb": 2000, "runtime": 10}
+QUIET = {"log": lambda _: None}
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory) -> str:
+    """Three 128x128 crops of test sections 25-27 as a uint8 Zarr array (12 blocks of 64x64)."""
+    crops = [
+        np.asarray(Image.open(SHARED_EM / "image" / f"{n}.png"))[:128, :128] for n in (25, 26, 27)
+    ]
+    path = str(tmp_path_factory.mktemp("volume") / "image.zarr")
+    array = zarr.create_array(store=path, shape=(3, 128, 128), chunks=(1, 128, 128), dtype="uint8")
+    array[:] = np.stack(crops)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> str:
+    """A small, randomly initialised 2D U-Net in the train stage's checkpoint format."""
+    if "unet2d" not in models.MODELS:
+        pytest.skip("quantpipe.em.unet (the U-Nets) is not in this checkout")
+    torch.manual_seed(0)
+    architecture = {"name": "unet2d", "num_classes": 1, "width": 2}
+    net = models.build_model(**architecture)
+    path = str(tmp_path_factory.mktemp("model") / "model.pt")
+    torch.save({"architecture": architecture, "state_dict": net.state_dict(), "record": {}}, path)
+    return path
+
+
+@pytest.fixture
+def one_thread(monkeypatch):
+    """In-process runs with the array tasks' thread count (results must match bit for bit)."""
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(ONE_CPU["cpus_per_task"]))
+
+
+def test_blocks_split_into_contiguous_groups():
+    assert split_blocks(7, 3) == [[0, 1, 2], [3, 4], [5, 6]]
+    assert split_blocks(2, 5) == [[0], [1]]
+    with pytest.raises(ValueError, match="at least one block"):
+        split_blocks(0, 3)
+
+
+def test_blocks_run_separately_equal_one_run(volume, checkpoint, tmp_path, one_thread):
+    whole = run(volume, str(tmp_path / "whole.zarr"), CONFIG, model=checkpoint, **QUIET)
+    assert whole["blocks"] == 12 and whole["voxels"] == 3 * 128 * 128
+    blocks = create_output(volume, str(tmp_path / "parts.zarr"), CONFIG)
+    for group in reversed(split_blocks(blocks, 3)):
+        run(volume, str(tmp_path / "parts.zarr"), {**CONFIG, "blocks": group}, model=checkpoint,
+            **QUIET)  # fmt: skip
+    single = zarr.open_array(str(tmp_path / "whole.zarr"))[:]
+    parts = zarr.open_array(str(tmp_path / "parts.zarr"))[:]
+    assert not np.isnan(single).any() and np.array_equal(single, parts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts.zarr", "whole.zarr"]
+
+
+def test_a_task_without_its_output_says_what_makes_it(volume, checkpoint, tmp_path):
+    with pytest.raises(FileNotFoundError, match="create_output"):
+        run(volume, str(tmp_path / "none.zarr"), {**CONFIG, "blocks": [0]}, model=checkpoint,
+            **QUIET)  # fmt: skip
+
+
+@pytest.mark.slurm
+def test_a_job_array_on_slurm_matches_a_single_process_run(
+    volume, checkpoint, tmp_path, cluster, one_thread
+):
+    arrayed = str(tmp_path / "array" / "segmentation.zarr")
+    record = run_as_array(volume, arrayed, CONFIG, tasks=3, resources=ONE_CPU,
+                          job_name="qp-test-segment-array", folder=str(tmp_path / "logs"),
+                          model=checkpoint, metrics=str(tmp_path / "array" / "metrics.json"),
+                          **QUIET)  # fmt: skip
+    single = str(tmp_path / "single" / "segmentation.zarr")
+    run(volume, single, CONFIG, model=checkpoint, **QUIET)
+    probability = zarr.open_array(single)[:]
+    assert probability.std() > 0 and np.array_equal(zarr.open_array(arrayed)[:], probability)
+    tasks = [task["array_task"] for task in record["tasks"]]
+    array_id = tasks[0].split("_")[0]
+    assert tasks == [f"{array_id}_{i}" for i in range(3)]
+    assert [task["blocks"] for task in record["tasks"]] == [4, 4, 4]
+    assert all(task["threads"] == 1 for task in record["tasks"])
+    for task in tasks:
+        assert wait_sacct(task)["State"] == "COMPLETED"
+    installed = sorted(p.name for p in (tmp_path / "array").iterdir())
+    assert installed == ["metrics.json", "segmentation.zarr"]  # no staging directory left
+
+
+@pytest.mark.slurm
+def test_a_failed_array_task_is_named_by_its_array_id(volume, checkpoint, tmp_path, cluster,
+                                                      capsys):  # fmt: skip
+    output = str(tmp_path / "out.zarr")
+    create_output(volume, output, CONFIG)
+    calls = [
+        {"volume": path, "segmentation": output, "model": checkpoint,
+         "config": {**CONFIG, "blocks": [block]}}
+        for block, path in ((0, volume), (1, str(tmp_path / "missing.zarr")), (2, volume))
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as failure:
+        submit_array("segment", calls, ONE_CPU, "qp-test-segment-fail", str(tmp_path / "logs"))
+    assert failure.value.code == 1
+    said = capsys.readouterr()
+    array_id = said.out.split("submitted 3 array tasks ")[1].split("_")[0]
+    assert f"array task {array_id}_1 failed" in said.out
+    assert f"1 of 3 array tasks failed: {array_id}_1\n" in said.out
+    assert "missing.zarr" in said.err
+    assert os.path.isdir(output)

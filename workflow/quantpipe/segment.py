@@ -1,0 +1,189 @@
+"""The segment stage: a model's membrane probability over a whole Zarr volume, block by block.
+
+`run` segments a uint8 (Z, Y, X) Zarr array with an FP32 checkpoint (`model`, from the train
+stage) or an INT8 artifact (`artifact` with `config['method']`, from the quantize stage) through
+quantpipe.em.tiling, into a float32 Zarr array of membrane probability whose chunks are the blocks
+(`config['block_sections']` whole sections each, unless `config['chunks']` says otherwise).
+
+- Without `config['blocks']` it does the whole volume in this process and installs the output
+  atomically (built beside it, then renamed).
+- With `config['blocks']` (flat block indices) it writes just those blocks into an output that
+  `create_output` made beforehand: the task of a job array.
+
+`run_as_array` is the job-array driver: it creates the output beside the destination, splits the
+blocks into `tasks` groups, submits them as ONE Slurm job array (quantpipe.submit.submit_array),
+waits for every task, and installs the output only when all succeeded. A block's result depends
+on nothing but its block, so the array's output is bit-identical to a single-process run with the
+same threads.
+
+Config: dims (2 or 3), tile, overlap ((Y, X) or (Z, Y, X)), batch_size, block_sections; method
+('fp32' or a quantize method; the artifact's); device ('cpu', 'cuda' or 'auto'; FP32 only).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+from quantpipe import provenance
+from quantpipe.artifacts import write_json
+from quantpipe.em.data import replace_directory
+from quantpipe.em.tiling import create_target, plan_blocks, predict_volume
+
+
+def split_blocks(blocks: int, groups: int) -> list[list[int]]:
+    """Blocks 0..blocks-1 as at most `groups` contiguous, near-equal, non-empty groups."""
+    if blocks < 1 or groups < 1:
+        raise ValueError(f"need at least one block and one group, got {blocks} and {groups}")
+    return [part.tolist() for part in np.array_split(np.arange(blocks), min(blocks, groups))]
+
+
+def output_chunks(volume: zarr.Array, config: dict) -> tuple[int, ...]:
+    return tuple(config.get("chunks") or (config["block_sections"], *volume.shape[1:]))
+
+
+def create_output(volume: str, segmentation: str, config: dict) -> int:
+    """Create the (empty, NaN-filled) output array for `run` tasks; return its number of blocks."""
+    source = zarr.open_array(volume, mode="r")
+    return plan_blocks(create_target(segmentation, source, output_chunks(source, config)))
+
+
+def load_model(model: str | None, artifact: str | None, config: dict):
+    """(callable model, what it is): the INT8 artifact when given, else the FP32 checkpoint."""
+    if artifact:
+        from quantpipe.quantize import load_for_cpu
+
+        return load_for_cpu(config["method"], artifact), f"int8 {config['method']} {artifact}"
+    if not model:
+        raise ValueError("segment needs a model: an FP32 checkpoint (model) or an INT8 artifact")
+    from quantpipe.train import load_trained
+
+    device = config.get("device", "cpu")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    net, _ = load_trained(model)
+    return net.to(device), f"fp32 {model} on {device}"
+
+
+def run(
+    volume: str,
+    segmentation: str,
+    config: dict,
+    model: str | None = None,
+    artifact: str | None = None,
+    metrics: str | None = None,
+    log=print,
+) -> dict:
+    """Segment `volume` (a uint8 Zarr array) into `segmentation` (float32 membrane probability)."""
+    threads = provenance.set_threads()
+    module, description = load_model(model, artifact, config)
+    source = zarr.open_array(volume, mode="r")
+    blocks = config.get("blocks")
+    geometry = {key: config[key] for key in ("dims", "batch_size")}
+    geometry.update(tile=tuple(config["tile"]), overlap=tuple(config["overlap"]))
+    log(f"segment: {description}, {source.shape} volume {volume}, {threads} threads")
+    if blocks is None:
+        destination = Path(segmentation)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+        )
+        try:
+            staged = staging / destination.name
+            target = create_target(str(staged), source, output_chunks(source, config))
+            timing = predict_volume(module, source, target, **geometry, log=log)
+            replace_directory(staged, destination)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    else:
+        try:
+            target = zarr.open_array(segmentation, mode="r+")
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"{segmentation} does not exist: a run with config['blocks'] writes into an output "
+                "made beforehand by quantpipe.segment.create_output (run_as_array does that)"
+            ) from None
+        timing = predict_volume(module, source, target, **geometry, blocks=blocks, log=log)
+    result = {
+        "stage": "segment",
+        "model": description,
+        "volume": volume,
+        "segmentation": segmentation,
+        "config": config,
+        "threads": threads,
+        **timing,
+        "provenance": provenance.collect(),
+    }
+    if metrics:
+        write_json(metrics, result)
+    return result
+
+
+def run_as_array(
+    volume: str,
+    segmentation: str,
+    config: dict,
+    tasks: int,
+    resources: dict,
+    job_name: str,
+    folder: str,
+    model: str | None = None,
+    artifact: str | None = None,
+    metrics: str | None = None,
+    log=print,
+) -> dict:
+    """Segment `volume` as ONE job array of `tasks` tasks (each a contiguous group of blocks)
+    writing into one output, installed at `segmentation` once every task has succeeded."""
+    from quantpipe.submit import submit_array
+
+    started = time.monotonic()
+    destination = Path(segmentation)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    )
+    os.chmod(staging, 0o755)  # array tasks may run as another process on another node
+    try:
+        staged = staging / destination.name
+        groups = split_blocks(create_output(volume, str(staged), config), tasks)
+        common = {"volume": volume, "segmentation": str(staged), "model": model}
+        common["artifact"] = artifact
+        calls = [{**common, "config": {**config, "blocks": group}} for group in groups]
+        log(f"segment: {sum(map(len, groups))} blocks in {len(groups)} array tasks")
+        results = submit_array("segment", calls, resources, job_name, folder)
+        replace_directory(staged, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    seconds = time.monotonic() - started
+    voxels = sum(result["voxels"] for result in results.values())
+    record = {
+        "stage": "segment",
+        "model": next(iter(results.values()))["model"],
+        "volume": volume,
+        "segmentation": segmentation,
+        "config": config,
+        "tasks": [
+            {key: result[key] for key in ("voxels", "seconds", "voxels_per_s", "blocks")}
+            | {
+                "array_task": task,
+                "node": result["provenance"]["slurm_node"],
+                "threads": result["threads"],
+            }
+            for task, result in results.items()
+        ],
+        "voxels": voxels,
+        "seconds": round(seconds, 3),  # wall time, queueing included
+        "voxels_per_s": voxels / seconds,
+        "task_voxels_per_s": sum(result["voxels_per_s"] for result in results.values()),
+        "provenance": provenance.collect(),
+    }
+    if metrics:
+        write_json(metrics, record)
+    return record
