@@ -122,7 +122,7 @@ def test_reads_are_bounded_by_a_block_and_its_halo(volume, tmp_path):
     source = CountingSource(volume)
     target = create_target(str(tmp_path / "out.zarr"), volume, (1, 40, 40))
     predict_volume(fixed_conv(2), source, target, **SETTINGS[2], **QUIET)
-    block_with_halo = 1 * (40 + 2 * 8) * (40 + 2 * 8)
+    block_with_halo = 1 * (40 + 2 * 4) * (40 + 2 * 4)  # halo: half the overlap
     assert len(source.reads) == plan_blocks(target)
     assert max(source.reads) <= block_with_halo < volume.size / 10
 

@@ -1,15 +1,16 @@
 """Tiled, overlapped, blended inference over a chunked Zarr volume larger than memory.
 
 The unit of work is a block: one chunk of the target array. A block reads its region of the
-source plus a halo (the tile overlap on each side; mirrored where it passes the volume's edge),
+source plus a halo (half the tile overlap on each side, mirrored where it passes the volume's
+edge: a block's border voxels then have as much context as the voxels of a seam between tiles),
 covers that with overlapping tiles, runs them through the model in fixed-size batches, blends the
 tiles' membrane probabilities with smooth weights (`blend_window`: tile borders, where a
 zero-padded network errs, get none; neighbours cross-fade with a raised cosine, so seams vanish)
-and writes exactly its own target chunk. Nothing outside the block enters its
-computation, and a block's batches are always the same (the last one padded to full size), so
-its output is the same bits whichever process computes it, in whatever order, beside whatever
-other blocks: workers of a job array can each take a set of blocks and write into one target,
-and the result equals a single-process run. Memory is bounded by one block plus its halo.
+and writes exactly its own target chunk. Nothing outside the block enters its computation, and a
+block's batches are always the same (the last one padded to full size), so its output is the same
+bits whichever process computes it, in whatever order, beside whatever other blocks: workers of a
+job array can each take a set of blocks and write into one target, and the result equals a
+single-process run. Memory is bounded by one block plus its halo.
 """
 
 from __future__ import annotations
@@ -178,7 +179,8 @@ def predict_volume(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     tile3 = (1, *tile) if dims == 2 else tuple(tile)
-    halo = (0, *overlap) if dims == 2 else tuple(overlap)
+    overlap3 = (0, *overlap) if dims == 2 else tuple(overlap)
+    halo = tuple(math.ceil(o / 2) for o in overlap3)  # deeper than blend_window's zero margin
     todo = list(range(plan_blocks(target))) if blocks is None else list(blocks)
     device = _model_device(model)
     started = time.monotonic()
@@ -195,7 +197,9 @@ def predict_volume(
         inner = tuple(
             slice(piece.start - a, piece.stop - a) for piece, a in zip(region, start, strict=True)
         )
-        target[region] = _predict_region(model, image, inner, dims, tile3, halo, batch_size, device)
+        target[region] = _predict_region(
+            model, image, inner, dims, tile3, overlap3, batch_size, device
+        )
         voxels += math.prod(int(piece.stop - piece.start) for piece in region)
         elapsed = time.monotonic() - started
         eta = elapsed / done * (len(todo) - done)
