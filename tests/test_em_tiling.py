@@ -104,6 +104,9 @@ def test_only_the_given_blocks_are_written(volume, tmp_path):
     written[block_region(target, 3)] = True
     assert not np.isnan(target[:][written]).any() and np.isnan(target[:][~written]).all()
     assert result["voxels"] == written.sum() and result["blocks"] == 1
+    # Block 3 is rows 40-69, columns 0-39 of section 0; with its halo of 4, a 38 x 48 region:
+    # two 32 x 32 tiles per axis.
+    assert result["tile_voxels"] == 4 * 32 * 32
 
 
 class CountingSource:

@@ -110,7 +110,8 @@ def _model_device(model) -> torch.device:
 
 
 def _predict_region(model, image: np.ndarray, inner, dims, tile, overlap, batch_size, device):
-    """Blended membrane probability over the `inner` part of one padded region (uint8 Z, Y, X)."""
+    """(blended membrane probability over the `inner` part of one padded region (uint8 Z, Y, X),
+    voxels the model saw)."""
     window = functools.reduce(
         np.multiply.outer, [blend_window(t, o) for t, o in zip(tile, overlap, strict=True)]
     )
@@ -147,7 +148,7 @@ def _predict_region(model, image: np.ndarray, inner, dims, tile, overlap, batch_
             blended[region] += probability * window
             weights[region] += window
     # Only the region's outer margin (inside the halo) can lack weight; `inner` never does.
-    return blended[inner] / weights[inner]
+    return blended[inner] / weights[inner], len(origins) * math.prod(tile)
 
 
 def predict_volume(
@@ -184,7 +185,7 @@ def predict_volume(
     todo = list(range(plan_blocks(target))) if blocks is None else list(blocks)
     device = _model_device(model)
     started = time.monotonic()
-    voxels = 0
+    voxels = tile_voxels = 0
     for done, block in enumerate(todo, 1):
         region = block_region(target, block)
         # The block plus its halo, widened (about its centre) to at least one tile.
@@ -197,9 +198,10 @@ def predict_volume(
         inner = tuple(
             slice(piece.start - a, piece.stop - a) for piece, a in zip(region, start, strict=True)
         )
-        target[region] = _predict_region(
+        target[region], seen = _predict_region(
             model, image, inner, dims, tile3, overlap3, batch_size, device
         )
+        tile_voxels += seen
         voxels += math.prod(int(piece.stop - piece.start) for piece in region)
         elapsed = time.monotonic() - started
         eta = elapsed / done * (len(todo) - done)
@@ -213,4 +215,7 @@ def predict_volume(
         "seconds": round(seconds, 3),
         "voxels_per_s": float(voxels / seconds) if seconds > 0 else float("nan"),
         "blocks": len(todo),
+        # Voxels the model computed (tiles overlap, blocks carry halos; padding is not counted):
+        # tile_voxels / voxels is the tiling's overhead at this geometry.
+        "tile_voxels": tile_voxels,
     }
