@@ -1,7 +1,12 @@
 """The segment stage: blocks written by separate runs equal one run; on the local Slurm, a 3-task
-job array writes the same bits as a single process, and a failed task is named by its array id."""
+job array writes the same bits as a single process, a failed task is named by its array id, and
+stopping the submitter cancels every task."""
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +17,7 @@ from PIL import Image
 from quantpipe import models
 from quantpipe.segment import create_output, run, run_as_array, split_blocks
 from quantpipe.submit import submit_array
+from slurmtools import run as slurm
 from slurmtools import wait_sacct
 
 SHARED_EM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012-em"
@@ -121,3 +127,48 @@ def test_a_failed_array_task_is_named_by_its_array_id(volume, checkpoint, tmp_pa
     assert f"1 of 3 array tasks failed: {array_id}_1\n" in said.out
     assert "missing.zarr" in said.err
     assert os.path.isdir(output)
+
+
+@pytest.mark.slurm
+def test_stopping_the_array_submitter_cancels_every_task(tmp_path, cluster):
+    """SIGTERM to the waiting process cancels all array tasks and leaves no output behind."""
+    if "unet2d" not in models.MODELS:
+        pytest.skip("quantpipe.em.unet (the U-Nets) is not in this checkout")
+    architecture = {"name": "unet2d", "num_classes": 1, "width": 16}
+    model = str(tmp_path / "model.pt")
+    torch.save({"architecture": architecture, "record": {},
+                "state_dict": models.build_model(**architecture).state_dict()}, model)  # fmt: skip
+    volume = str(tmp_path / "image.zarr")
+    sections = np.stack(
+        [np.asarray(Image.open(SHARED_EM / "image" / f"{n}.png")) for n in range(6)]
+    )
+    zarr.create_array(store=volume, data=sections, chunks=(1, 512, 512))
+    config = {**CONFIG, "tile": [256, 256], "chunks": None}  # a few seconds per 512 x 512 block
+    output = str(tmp_path / "out" / "segmentation.zarr")
+    script = (
+        "from quantpipe.segment import run_as_array\n"
+        f"run_as_array({volume!r}, {output!r}, {config!r}, tasks=3, resources={ONE_CPU!r}, "
+        f"job_name='qp-test-segment-stop', folder={str(tmp_path / 'logs')!r}, model={model!r})\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        states = slurm(["squeue", "-h", "-n", "qp-test-segment-stop", "-o", "%T"]).stdout.split()
+        if states.count("RUNNING") >= 2:
+            break
+        time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail(f"the array tasks did not start: {states}")
+    process.send_signal(signal.SIGTERM)
+    said, _ = process.communicate(timeout=60)
+    assert process.returncode != 0, said
+    cancelled = said.split("cancelling job ")[1].split("\n")[0].split(", ")
+    assert len(cancelled) == 3 and len({task.split("_")[0] for task in cancelled}) == 1, said
+    for task in cancelled:
+        assert wait_sacct(task)["State"].startswith("CANCELLED")
+    # Nothing was installed. (A task still dying may recreate a chunk in the staging directory
+    # after it was removed: what can be left is only that, named as a temporary.)
+    left = os.listdir(tmp_path / "out")
+    assert all(name.startswith(".segmentation.zarr.") and name.endswith(".tmp") for name in left)

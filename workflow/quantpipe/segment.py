@@ -12,7 +12,9 @@ quantpipe.em.tiling, into a float32 Zarr array of membrane probability whose chu
 
 `run_as_array` is the job-array driver: it creates the output beside the destination, splits the
 blocks into `tasks` groups, submits them as ONE Slurm job array (quantpipe.submit.submit_array),
-waits for every task, and installs the output only when all succeeded. A block's result depends
+waits for every task, and installs the output only when all succeeded (stopped or failed, it
+removes what it staged; a cancelled task still winding down may leave a `.NAME.*.tmp` directory
+beside the output, which is safe to delete). A block's result depends
 on nothing but its block, so the array's output is bit-identical to a single-process run with the
 same threads.
 
