@@ -24,7 +24,7 @@ Config: dims (2 or 3), tile, overlap ((Y, X) or (Z, Y, X)), batch_size, block_se
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
 import tempfile
 import time
@@ -55,6 +55,22 @@ def create_output(volume: str, segmentation: str, config: dict) -> int:
     """Create the (empty, NaN-filled) output array for `run` tasks; return its number of blocks."""
     source = zarr.open_array(volume, mode="r")
     return plan_blocks(create_target(segmentation, source, output_chunks(source, config)))
+
+
+@contextlib.contextmanager
+def staged_output(segmentation: str):
+    """Yield a path beside `segmentation` to build the output at; it replaces `segmentation` only
+    if the block succeeds, and is removed either way."""
+    destination = Path(segmentation)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    )
+    try:
+        yield str(staging / destination.name)
+        replace_directory(staging / destination.name, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_model(model: str | None, artifact: str | None, config: dict):
@@ -92,18 +108,9 @@ def run(
     geometry.update(tile=tuple(config["tile"]), overlap=tuple(config["overlap"]))
     log(f"segment: {description}, {source.shape} volume {volume}, {threads} threads")
     if blocks is None:
-        destination = Path(segmentation)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(
-            tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-        )
-        try:
-            staged = staging / destination.name
-            target = create_target(str(staged), source, output_chunks(source, config))
+        with staged_output(segmentation) as staged:
+            target = create_target(staged, source, output_chunks(source, config))
             timing = predict_volume(module, source, target, **geometry, log=log)
-            replace_directory(staged, destination)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
     else:
         try:
             target = zarr.open_array(segmentation, mode="r+")
@@ -146,23 +153,12 @@ def run_as_array(
     from quantpipe.submit import submit_array
 
     started = time.monotonic()
-    destination = Path(segmentation)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
-    )
-    os.chmod(staging, 0o755)  # array tasks may run as another process on another node
-    try:
-        staged = staging / destination.name
-        groups = split_blocks(create_output(volume, str(staged), config), tasks)
-        common = {"volume": volume, "segmentation": str(staged), "model": model}
-        common["artifact"] = artifact
+    with staged_output(segmentation) as staged:
+        groups = split_blocks(create_output(volume, staged, config), tasks)
+        common = {"volume": volume, "segmentation": staged, "model": model, "artifact": artifact}
         calls = [{**common, "config": {**config, "blocks": group}} for group in groups]
         log(f"segment: {sum(map(len, groups))} blocks in {len(groups)} array tasks")
         results = submit_array("segment", calls, resources, job_name, folder)
-        replace_directory(staged, destination)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     seconds = time.monotonic() - started
     voxels = sum(result["voxels"] for result in results.values())
     record = {
