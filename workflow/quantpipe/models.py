@@ -5,13 +5,17 @@ quantized; at width 64 its state_dict has torchvision's exact keys and shapes (t
 torchvision weights load into it. `resnet18_cifar` swaps the stem for one 3x3 stride-1 convolution
 and drops the max-pool, the usual CIFAR variant. Each residual add goes through a FloatFunctional so
 the eager quantization backend can replace it with a quantized add; every ReLU is its own module,
-which both fusion and PT2E annotation need.
+which both fusion and PT2E annotation need. The EM task's U-Nets (quantpipe.em.unet) are registered
+here too, so train, quantize and benchmark build every model through `build_model`.
 """
 
 from torch import nn
 from torch.ao.nn.quantized import FloatFunctional
 
-MODELS = ("resnet18", "resnet18_cifar")
+from quantpipe.em.unet import UNETS, UNet, build_unet
+
+RESNETS = ("resnet18", "resnet18_cifar")
+MODELS = RESNETS + UNETS
 
 
 class BasicBlock(nn.Module):
@@ -89,9 +93,12 @@ class ResNet18(nn.Module):
         return groups
 
 
-def build_model(name: str, num_classes: int = 10, width: int = 64) -> ResNet18:
+def build_model(name: str, num_classes: int = 10, width: int = 64) -> ResNet18 | UNet:
+    """`num_classes` sizes a ResNet's classifier; a U-Net always predicts one membrane channel."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
     if width < 1:
         raise ValueError(f"model width must be a positive integer, got {width}")
+    if name in UNETS:
+        return build_unet(name, width)
     return ResNet18(num_classes=num_classes, width=width, cifar_stem=name == "resnet18_cifar")
