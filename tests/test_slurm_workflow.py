@@ -46,16 +46,18 @@ def test_every_stage_ran_as_a_slurm_job_where_asked(slurm_run):
     jobs = accounted_jobs(since, "resnet18_cifar-8-0").set_index("JobName")
     assert (jobs["State"] == "COMPLETED").all(), jobs
     stages = jobs.index.str.split("-").str[0]
-    assert sorted(stages) == sorted(["train", "quantize", "quantize", "benchmark", "benchmark",
-                                     "benchmark", "benchmark", "report", "summary"])  # fmt: skip
-    on_gpu = jobs.index.str.startswith("train-") | jobs.index.str.endswith("fp32-gpu")
-    assert (jobs.loc[on_gpu, "Partition"] == "gpu").all() and on_gpu.sum() == 2
+    # Benchmarks: fp32-cpu, fp32-gpu, bf16-gpu, fp16-gpu and the two INT8 methods.
+    assert sorted(stages) == sorted(["train", "quantize", "quantize", *["benchmark"] * 6,
+                                     "report", "summary"])  # fmt: skip
+    on_gpu = jobs.index.str.startswith("train-") | jobs.index.str.endswith("-gpu")
+    assert (jobs.loc[on_gpu, "Partition"] == "gpu").all() and on_gpu.sum() == 4
     assert jobs.loc[on_gpu, "AllocTRES"].str.contains("gres/gpu=1").all()
     assert (jobs.loc[~on_gpu, "Partition"] == "cpu").all()
     assert not jobs.loc[~on_gpu, "AllocTRES"].str.contains("gres/gpu").any()
     report = pd.read_csv(workdir / "results" / "report.csv")
     assert set(report["slurm_job_id"].astype(str)) <= set(jobs["JobID"])
-    gpu_rows = report[report["variant"] == "fp32-gpu"]
+    gpu_rows = report[report["variant"].str.endswith("-gpu")]
+    assert len(gpu_rows) == 6
     assert gpu_rows["reason"].str.contains("CUDA cannot use the allocated GPU").all()
 
 

@@ -57,10 +57,20 @@ def test_report_compares_fp32_and_int8(finished_run):
 def test_gpu_rows_say_skipped_with_no_numbers(finished_run):
     workdir, _ = finished_run
     report = pd.read_csv(workdir / "results" / "report.csv")
-    gpu = report[report["variant"] == "fp32-gpu"]
-    assert len(gpu) == 2 and (gpu["status"] == "skipped").all()
+    gpu = report[report["device"] == "cuda"]
+    assert sorted(gpu["variant"] + " " + gpu["method"]) == sorted(
+        f"{precision}-gpu {method}"
+        for precision in ("fp32", "bf16", "fp16")
+        for method in ("eager", "compiled")
+    )
+    assert (gpu["precision"] == gpu["variant"].str.split("-").str[0]).all()
+    assert (gpu["status"] == "skipped").all()
     assert gpu["reason"].str.contains("CUDA").all()
     assert gpu[["accuracy", "images_per_s", "latency_ms_p50", "size_mb"]].isna().all().all()
+    # The summary lists each of them, not measured, with the reason.
+    markdown = (workdir / "results" / "summary.md").read_text()
+    for label in ("FP32 GPU eager", "BF16 GPU compiled", "FP16 GPU eager"):
+        assert re.search(rf"{label} \|[^\n]*not measured: [^\n]*CUDA", markdown), label
 
 
 def test_a_second_run_does_nothing(finished_run):
@@ -81,7 +91,7 @@ def test_a_new_calibration_size_runs_only_its_jobs(finished_run):
 def test_a_new_seed_runs_only_that_seeds_jobs(finished_run):
     workdir, _ = finished_run
     jobs = planned_jobs(workdir, "--config", "seeds=[0,1]")
-    assert jobs == {"train": 1, "quantize": 2, "benchmark": 3, "benchmark_gpu": 1, "report": 1,
+    assert jobs == {"train": 1, "quantize": 2, "benchmark": 3, "benchmark_gpu": 3, "report": 1,
                     "summary": 1, "all": 1}  # fmt: skip
 
 
@@ -89,7 +99,7 @@ def test_a_changed_training_setting_reruns_train_and_downstream(finished_run):
     workdir, config = finished_run
     changed = {**config["train"], "epochs": config["train"]["epochs"] + 1}
     jobs = planned_jobs(workdir, "--config", f"train={changed}")
-    assert jobs == {"train": 1, "quantize": 2, "benchmark": 3, "benchmark_gpu": 1, "report": 1,
+    assert jobs == {"train": 1, "quantize": 2, "benchmark": 3, "benchmark_gpu": 3, "report": 1,
                     "summary": 1, "all": 1}  # fmt: skip
 
 
@@ -116,3 +126,13 @@ def test_a_new_calibration_method_runs_only_its_jobs(finished_run):
     workdir, _ = finished_run
     jobs = planned_jobs(workdir, "--config", "calibration_methods=[histogram,minmax_per_tensor]")
     assert jobs == {"quantize": 2, "benchmark": 2, "report": 1, "summary": 1, "all": 1}
+
+
+def test_qat_runs_as_its_own_gpu_rule(finished_run):
+    """Method qat (a fine-tune) goes to quantize_gpu, which the profiles send to a GPU; the
+    other methods' quantize jobs stay where they are."""
+    workdir, _ = finished_run
+    jobs = planned_jobs(workdir, "--config", "methods=[pt2e,eager,qat]")
+    assert jobs == {"quantize_gpu": 1, "benchmark": 1, "report": 1, "summary": 1, "all": 1}
+    jobs = planned_jobs(workdir, "--config", "methods=[pt2e,eager,qat]", "qat={steps: 10}")
+    assert jobs == {"quantize_gpu": 1, "benchmark": 1, "report": 1, "summary": 1, "all": 1}

@@ -1,8 +1,9 @@
 """The benchmark stage: accuracy, throughput, latency and size of one model variant.
 
 Variants: `fp32-cpu` (eager, the study's baseline, and torch.compile; or, given a peer `method`,
-that peer runtime's FP32), `fp32-gpu` (the same on CUDA, or rows marked skipped with the reason
-where CUDA is absent) and `int8-cpu` (a quantize artifact).
+that peer runtime's FP32), `fp32-gpu`, `bf16-gpu` and `fp16-gpu` (the same on CUDA, channels_last;
+bf16 and fp16 under autocast, quantpipe.precision; or rows marked skipped with the reason where
+CUDA or the precision is unusable) and `int8-cpu` (a quantize artifact).
 Every measurement follows a warm-up and runs with as many threads as the CPUs the job was given.
 Throughput is the timed pass over all 10,000 test images at the large batch (the study's "time over
 the test set"); latency is per batch-1 call. Per-image predictions are stored for paired tests.
@@ -20,8 +21,9 @@ import torch
 from quantpipe import ceilings, provenance
 from quantpipe.artifacts import atomic_path, write_json
 from quantpipe.datasets import load_splits, normalize
+from quantpipe.precision import GPU_VARIANTS, for_precision, unusable
 
-VARIANTS = ("fp32-cpu", "fp32-gpu", "int8-cpu")
+VARIANTS = ("fp32-cpu", *GPU_VARIANTS, "int8-cpu")
 
 
 def _synchronize(device: torch.device) -> None:
@@ -96,7 +98,7 @@ def _implementations(variant: str, model: str, artifact: str | None, method: str
 
         yield method, torch.device("cpu"), load_for_cpu(method, artifact), os.path.getsize(artifact)
         return
-    device = torch.device("cuda" if variant == "fp32-gpu" else "cpu")
+    device = torch.device("cuda" if variant in GPU_VARIANTS else "cpu")
     net, _ = load_trained(model)
     if method:  # a peer runtime's FP32 (ONNX Runtime, OpenVINO)
         from quantpipe.quantize import backend
@@ -107,7 +109,8 @@ def _implementations(variant: str, model: str, artifact: str | None, method: str
     net = net.to(device)
     if device.type == "cuda":
         net = net.to(memory_format=torch.channels_last)
-    size = state_dict_bytes(net)
+    size = state_dict_bytes(net)  # FP32 weights, also under autocast
+    net = for_precision(net, variant.split("-")[0])
     yield "eager", device, net, size
     yield "compiled", device, torch.compile(net), size
 
@@ -128,7 +131,7 @@ def run(
     threads = provenance.set_threads()
     base = {
         "variant": variant,
-        "device": "cuda" if variant == "fp32-gpu" else "cpu",
+        "device": "cuda" if variant in GPU_VARIANTS else "cpu",
         "precision": variant.split("-")[0],
         "calibration_method": config.get("calibration_method"),
         "calibration_size": config.get("calibration_size"),
@@ -136,14 +139,9 @@ def run(
     }
     machine = None
     rows, kept_predictions = [], {}
-    if variant == "fp32-gpu" and not torch.cuda.is_available():
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        reason = (
-            f"CUDA cannot use the allocated GPU (CUDA_VISIBLE_DEVICES={visible})"
-            if visible
-            else "no CUDA device on this node"
-        )
-        log(f"benchmark: fp32-gpu skipped: {reason}")
+    reason = unusable(base["precision"]) if variant in GPU_VARIANTS else None
+    if reason:
+        log(f"benchmark: {variant} skipped: {reason}")
         rows = [
             {**base, "method": label, "status": "skipped", "reason": reason}
             for label in ("eager", "compiled")
@@ -151,7 +149,7 @@ def run(
     else:
         test_images, test_labels = load_splits(data, config["val_size"])["test"]
         test_images = normalize(test_images)
-        if variant != "fp32-gpu":
+        if variant not in GPU_VARIANTS:
             from quantpipe.train import load_trained
 
             macs = ceilings.macs_per_image(load_trained(model)[0], tuple(test_images.shape[1:]))

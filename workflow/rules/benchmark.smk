@@ -18,8 +18,9 @@ rule benchmark:
 
 
 # The same stage on a GPU node; a separate rule so profiles can send it to the GPU partition.
+# One variant per precision: fp32, and bf16 / fp16 under autocast (quantpipe.precision).
 use rule benchmark as benchmark_gpu with:
     input:
         unpack(benchmark_inputs),
     wildcard_constraints:
-        variant="fp32-gpu",
+        variant="(fp32|bf16|fp16)-gpu",

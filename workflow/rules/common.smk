@@ -25,8 +25,18 @@ def runs():
         yield {"model": model, "width": width, "seed": seed}
 
 
+def gpu_precisions():
+    """The precisions of the GPU variants ({precision}-gpu); bf16 and fp16 are the CIFAR
+    benchmark's (quantpipe.precision), other tasks keep fp32."""
+    if not config["benchmark"]["gpu"]:
+        return []
+    if config.get("task", "cifar10") != "cifar10":
+        return ["fp32"]
+    return config["benchmark"]["gpu_precisions"]
+
+
 def benchmark_variants():
-    variants = ["fp32-cpu"] + (["fp32-gpu"] if config["benchmark"]["gpu"] else [])
+    variants = ["fp32-cpu"] + [f"{precision}-gpu" for precision in gpu_precisions()]
     # A peer runtime (ONNX Runtime, OpenVINO) runs its own FP32 beside its INT8.
     variants += [
         f"fp32-cpu-{method}" for method in config["methods"] if method in PEER_METHODS
@@ -78,6 +88,7 @@ def benchmark_config(wildcards):
         "variant": wildcards.variant,
     }
     settings.pop("gpu")
+    settings.pop("gpu_precisions", None)  # the variant names its own precision
     if wildcards.variant.startswith("fp32-cpu-"):
         settings.update(
             variant="fp32-cpu", method=wildcards.variant.removeprefix("fp32-cpu-")

@@ -1,0 +1,84 @@
+"""The GPU precision variants (fp32-gpu, bf16-gpu, fp16-gpu): what can be checked without CUDA.
+
+The autocast wrapper runs on the CPU too (bf16 and fp16 autocast exist there), so its dtype logic
+is tested here; where CUDA is absent every GPU row says skipped, with the reason and no number.
+"""
+
+import json
+
+import pytest
+import torch
+from quantpipe import benchmark, precision
+from quantpipe import summary as qs
+from quantpipe.models import build_model
+
+needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("resnet18_cifar", width=4).eval()
+
+
+@pytest.mark.parametrize("name, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_autocast_runs_convolutions_in_the_precision_and_returns_fp32(name, dtype):
+    model, x = tiny_model(), torch.randn(4, 3, 32, 32)
+    seen = []
+    model.conv1.register_forward_hook(lambda _module, _input, output: seen.append(output.dtype))
+    wrapped = precision.for_precision(model, name)
+    with torch.no_grad():
+        reference, output = model(x), wrapped(x)
+    assert seen == [torch.float32, dtype]  # the plain call, then the autocast one
+    assert output.dtype == torch.float32 and output.shape == reference.shape
+    assert ((output - reference).norm() / reference.norm()).item() < 0.05
+    assert wrapped.module is model  # the FP32 weights are shared, not converted
+
+
+def test_fp32_is_the_model_itself_and_unknown_precisions_are_named():
+    model = tiny_model()
+    assert precision.for_precision(model, "fp32") is model
+    with pytest.raises(ValueError, match="'int4'.*fp32, bf16, fp16"):
+        precision.for_precision(model, "int4")
+    assert precision.GPU_VARIANTS == ("fp32-gpu", "bf16-gpu", "fp16-gpu")
+    assert set(precision.GPU_VARIANTS) <= set(benchmark.VARIANTS)
+
+
+def test_autocast_compiles():
+    """torch.compile traces the autocast region (the compiled GPU rows run it so)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(10))  # fmt: skip
+    x = torch.randn(2, 3, 8, 8)
+    model(x)  # materialise the lazy layer
+    compiled = torch.compile(precision.for_precision(model, "bf16"))
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), precision.for_precision(model, "bf16")(x),
+                                   rtol=0.05, atol=0.05)  # fmt: skip
+
+
+@needs_no_cuda
+def test_without_cuda_every_precision_is_unusable_and_says_why(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    for name in ("fp32", "bf16", "fp16"):
+        assert precision.unusable(name) == "no CUDA device on this node"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    reason = precision.unusable("bf16")
+    assert reason == "CUDA cannot use the allocated GPU (CUDA_VISIBLE_DEVICES=0)"
+
+
+@needs_no_cuda
+@pytest.mark.parametrize("variant", ["fp32-gpu", "bf16-gpu", "fp16-gpu"])
+def test_gpu_variant_rows_say_skipped_with_no_numbers(variant, tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    config = {"variant": variant, "model": "resnet18_cifar", "width": 4, "seed": 0}
+    metrics, predictions = str(tmp_path / "metrics.json"), str(tmp_path / "predictions.pt")
+    record = benchmark.run("unread.pt", "unread", metrics, predictions, config, log=lambda _: None)
+    rows = json.loads((tmp_path / "metrics.json").read_text())["rows"]
+    assert rows == record["rows"] and [row["method"] for row in rows] == ["eager", "compiled"]
+    for row in rows:
+        assert row["status"] == "skipped" and row["reason"] == "no CUDA device on this node"
+        assert row["device"] == "cuda" and row["precision"] == variant.split("-")[0]
+        assert not {"accuracy", "images_per_s", "latency_ms_p50", "size_bytes"} & set(row)
+        label = qs.variant_label(row)
+        assert label == f"{variant.split('-')[0].upper()} GPU {row['method']}"
+    assert torch.load(tmp_path / "predictions.pt", weights_only=True) == {}
