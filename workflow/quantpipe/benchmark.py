@@ -8,7 +8,8 @@ Every measurement follows a warm-up and runs with as many threads as the CPUs th
 Throughput is the timed pass over all 10,000 test images at the large batch (the study's "time over
 the test set"); latency is per batch-1 call. Per-image predictions are stored for paired tests.
 CPU rows also say what fraction of the machine's multiply-accumulate ceiling for their precision
-they reach (quantpipe.ceilings, measured in the same job).
+they reach (quantpipe.ceilings, measured in the same job). With `task: isbi2012_em` the variants
+are measured on the tiled EM volume instead (quantpipe.em.benchmark).
 """
 
 import io
@@ -125,6 +126,10 @@ def run(
     log=print,
 ) -> dict:
     """Benchmark `config['variant']`: rows to `metrics`, per-image predictions to `predictions`."""
+    if config.get("task") == "isbi2012_em":
+        from quantpipe.em.benchmark import run as benchmark_em
+
+        return benchmark_em(model, data, metrics, predictions, config, artifact, log)
     variant = config["variant"]
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")

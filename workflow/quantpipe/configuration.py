@@ -45,10 +45,55 @@ PEER_METHODS = {
     "openvino": ("openvino", "nncf"),
 }
 PEERS_INSTALL = "pip install -e .[peers]"
+# What each task may run: its models (quantpipe.models.RESNETS and UNETS, spelled out so that
+# the Snakefile need not import torch), and for isbi2012_em the quantize methods its stages take.
+TASK_MODELS = {"cifar10": ("resnet18", "resnet18_cifar"), "isbi2012_em": ("unet2d", "unet3d_aniso")}
+EM_METHODS = ("pt2e", "eager")
+EM_POOLING = 8  # quantpipe.em.unet.MIN_SIZE: in-plane sizes must be multiples of it
 
 
 def check_consistency(config: dict) -> None:
     """Rules across keys, which a JSON schema cannot state; raise before any job is submitted."""
+    task = config.get("task", "cifar10")
+    allowed = TASK_MODELS[task]
+    foreign = [model for model in config.get("models", ()) if model not in allowed]
+    if foreign:
+        raise ValueError(
+            f"models {foreign} do not belong to task {task!r}: for task {task!r} choose models "
+            f"from {', '.join(allowed)}"
+        )
+    if task == "isbi2012_em":
+        _check_em(config)
+    else:
+        _check_cifar10(config)
+
+
+def _check_em(config: dict) -> None:
+    unsupported = [method for method in config["methods"] if method not in EM_METHODS]
+    if unsupported:
+        raise ValueError(
+            f"methods {unsupported} are not supported for task 'isbi2012_em': choose methods "
+            f"from {', '.join(EM_METHODS)}"
+        )
+    em = config["em"]
+    for key in ("patch_size", "tile"):
+        if em[key] % EM_POOLING:
+            raise ValueError(
+                f"em.{key} = {em[key]} must be a multiple of {EM_POOLING} (the U-Nets pool "
+                "three times)"
+            )
+    if em["overlap"] >= em["tile"]:
+        raise ValueError(
+            f"em.overlap = {em['overlap']} must be smaller than em.tile = {em['tile']}"
+        )
+    if em["section_overlap"] >= em["sections"] and "unet3d_aniso" in config["models"]:
+        raise ValueError(
+            f"em.section_overlap = {em['section_overlap']} must be smaller than em.sections = "
+            f"{em['sections']}"
+        )
+
+
+def _check_cifar10(config: dict) -> None:
     training_split = CIFAR10_TRAIN_IMAGES - config["val_size"]
     too_large = [size for size in config["calibration_sizes"] if size > training_split]
     if too_large:

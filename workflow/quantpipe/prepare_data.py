@@ -667,15 +667,21 @@ def prepare_data(
 
 
 def run(data: str, metrics: str, config: dict, log=log) -> dict:
-    """The pipeline's stage: `config` is the experiment's `data` section (see the config schema)."""
+    """The pipeline's stage: `config` is the experiment's `data` section (see the config schema);
+    with `task: isbi2012_em` the ISBI 2012 EM stack goes to `data` as a Zarr volume instead."""
     from quantpipe import provenance
 
-    result = prepare_data(
-        data,
-        copy_from=config.get("cifar10_copy") or None,
-        allow_download=config.get("allow_download", True),
-        allow_npm=config.get("allow_npm", True),
-    )
+    if config.get("task") == "isbi2012_em":
+        from quantpipe.em.data import prepare
+
+        result = prepare(config["isbi2012_copy"], data, log=log)
+    else:
+        result = prepare_data(
+            data,
+            copy_from=config.get("cifar10_copy") or None,
+            allow_download=config.get("allow_download", True),
+            allow_npm=config.get("allow_npm", True),
+        )
     result = {
         "stage": "prepare_data",
         "config": config,

@@ -868,8 +868,16 @@ def run(
 ) -> dict:
     """Summarize `report` over seeds with paired tests: a CSV, markdown, HTML and figures.
 
-    `figures` are paths named `<figure>.<png|svg>`, the figure one of FIGURES.
+    `figures` are paths named `<figure>.<png|svg>`, the figure one of FIGURES. With
+    `task: isbi2012_em` in `config`, quantpipe.em.summary writes the same outputs for the EM task.
     """
+    if config.get("task") == "isbi2012_em":
+        from quantpipe.em.summary import run as summarize_em
+
+        return summarize_em(
+            report, benchmark_metrics, predictions, data, summary, markdown, tables, figures,
+            config, log,
+        )  # fmt: skip
     unknown = sorted({Path(path).stem for path in figures} - set(FIGURES))
     if unknown:
         raise ValueError(f"unknown figures {unknown}: choose from {', '.join(FIGURES)}")

@@ -5,6 +5,8 @@ epoch, history); a restarted job resumes from it when the training config is unc
 epoch's shuffling and augmentation draw from a generator seeded by (seed, epoch), so a resumed run
 ends with the same weights as an uninterrupted one. The model is chosen by nothing: the last epoch
 is kept, and the validation split (held out of the training set) is reported, never the test set.
+With `task: isbi2012_em` the stage trains a U-Net instead (quantpipe.em.train), through the same
+device choice, checkpoints, resume and record, which live here as functions.
 """
 
 import math
@@ -59,8 +61,107 @@ def _rng_states() -> dict:
     return states
 
 
+def one_cycle(optimizer: torch.optim.Optimizer, lr: float, total_steps: int):
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=total_steps, pct_start=0.25
+    )
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """Each epoch's shuffling and augmentation: the same after a resume as without one."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
+
+def checkpoint_path_for(model: str) -> Path:
+    return Path(model).parent / "checkpoints" / CHECKPOINT_NAME
+
+
+def resume(checkpoint_path: Path, config: dict, net, optimizer, scheduler, log) -> tuple[int, list]:
+    """(epochs done, history) of the last checkpoint if made with `config`; else (0, [])."""
+    if not checkpoint_path.exists():
+        return 0, []
+    state = load_torch(
+        checkpoint_path,
+        ("model", "optimizer", "scheduler", "epoch", "config"),
+        f"Delete {checkpoint_path} to train from the start.",
+        # RNG states must stay CPU tensors; load_state_dict moves weights to the device.
+        map_location="cpu",
+    )
+    if state["config"] != config:
+        log(f"train: ignoring {checkpoint_path}: it was made with another training config")
+        return 0, []
+    net.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if torch.cuda.is_available() and "cuda" in state["rng"]:
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    log(f"train: resuming from {checkpoint_path} after epoch {state['epoch']}")
+    return state["epoch"], state["history"]
+
+
+def save_checkpoint(
+    checkpoint_path: Path, config: dict, net, optimizer, scheduler, epoch: int, history: list
+) -> None:
+    with atomic_path(checkpoint_path) as tmp:
+        torch.save(
+            {
+                "model": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": _rng_states(),
+                "epoch": epoch,
+                "history": history,
+                "config": config,
+            },
+            tmp,
+        )
+
+
+def save_trained(
+    model: str,
+    metrics: str,
+    net: nn.Module,
+    config: dict,
+    *,
+    architecture: dict,
+    device: torch.device,
+    device_reason: str,
+    start_epoch: int,
+    started: float,
+    history: list,
+    scores: dict,
+) -> dict:
+    """Write the final weights (CPU tensors) with their architecture and the run's record, and
+    the record alone to `metrics`; `scores` are the last epoch's validation figures."""
+    result = {
+        "stage": "train",
+        "config": config,
+        "architecture": architecture,
+        "device": device.type,
+        "device_reason": device_reason,
+        "epochs_run_here": config["epochs"] - start_epoch,
+        "resumed_from_epoch": start_epoch,
+        "seconds": time.perf_counter() - started,
+        "history": history,
+        **scores,
+        "provenance": provenance.collect(),
+    }
+    weights = {name: tensor.cpu() for name, tensor in net.state_dict().items()}
+    with atomic_path(model) as tmp:
+        torch.save(
+            {"architecture": result["architecture"], "state_dict": weights, "record": result}, tmp
+        )
+    write_json(metrics, result)
+    return result
+
+
 def run(data: str, model: str, metrics: str, config: dict, log=print) -> dict:
     """Train per `config`; write the final weights to `model` and the run's record to `metrics`."""
+    if config.get("task") == "isbi2012_em":
+        from quantpipe.em.train import run as train_em
+
+        return train_em(data, model, metrics, config, log)
     threads = provenance.set_threads()
     device, device_reason = choose_device(config)
     log(f"train: {device_reason}; {threads} CPU threads")
@@ -81,40 +182,16 @@ def run(data: str, model: str, metrics: str, config: dict, log=print) -> dict:
         weight_decay=config["weight_decay"],
     )
     steps_per_epoch = math.ceil(len(train_images) / config["batch_size"])
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer,
-        max_lr=config["lr"],
-        total_steps=config["epochs"] * steps_per_epoch,
-        pct_start=0.25,
-    )
+    scheduler = one_cycle(optimizer, config["lr"], config["epochs"] * steps_per_epoch)
     criterion = nn.CrossEntropyLoss(label_smoothing=config["label_smoothing"])
 
-    checkpoint_path = Path(model).parent / "checkpoints" / CHECKPOINT_NAME
-    start_epoch, history = 0, []
-    if checkpoint_path.exists():
-        state = load_torch(
-            checkpoint_path,
-            ("model", "optimizer", "scheduler", "epoch", "config"),
-            f"Delete {checkpoint_path} to train from the start.",
-            # RNG states must stay CPU tensors; load_state_dict moves weights to the device.
-            map_location="cpu",
-        )
-        if state["config"] == config:
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng"]["torch"])
-            if on_gpu and "cuda" in state["rng"]:
-                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-            start_epoch, history = state["epoch"], state["history"]
-            log(f"train: resuming from {checkpoint_path} after epoch {start_epoch}")
-        else:
-            log(f"train: ignoring {checkpoint_path}: it was made with another training config")
+    checkpoint_path = checkpoint_path_for(model)
+    start_epoch, history = resume(checkpoint_path, config, net, optimizer, scheduler, log)
 
     started = time.perf_counter()
     for epoch in range(start_epoch, config["epochs"]):
         net.train()
-        generator = torch.Generator().manual_seed(config["seed"] * 100_003 + epoch)
+        generator = epoch_generator(config["seed"], epoch)
         order = torch.randperm(len(train_images), generator=generator)
         epoch_start, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
         for step, index in enumerate(batches(order, config["batch_size"]), 1):
@@ -152,40 +229,21 @@ def run(data: str, model: str, metrics: str, config: dict, log=print) -> dict:
             f"train: epoch {epoch + 1} done: loss {record['train_loss']:.4f} "
             f"train acc {record['train_accuracy']:.4f} val acc {val_accuracy:.4f}"
         )
-        with atomic_path(checkpoint_path) as tmp:
-            torch.save(
-                {
-                    "model": net.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": _rng_states(),
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "config": config,
-                },
-                tmp,
-            )
+        save_checkpoint(checkpoint_path, config, net, optimizer, scheduler, epoch + 1, history)
 
-    result = {
-        "stage": "train",
-        "config": config,
-        "architecture": architecture(config),
-        "device": device.type,
-        "device_reason": device_reason,
-        "epochs_run_here": config["epochs"] - start_epoch,
-        "resumed_from_epoch": start_epoch,
-        "seconds": time.perf_counter() - started,
-        "history": history,
-        "val_accuracy": history[-1]["val_accuracy"] if history else None,
-        "provenance": provenance.collect(),
-    }
-    weights = {name: tensor.cpu() for name, tensor in net.state_dict().items()}
-    with atomic_path(model) as tmp:
-        torch.save(
-            {"architecture": result["architecture"], "state_dict": weights, "record": result}, tmp
-        )
-    write_json(metrics, result)
-    return result
+    return save_trained(
+        model,
+        metrics,
+        net,
+        config,
+        architecture=architecture(config),
+        device=device,
+        device_reason=device_reason,
+        start_epoch=start_epoch,
+        started=started,
+        history=history,
+        scores={"val_accuracy": history[-1]["val_accuracy"] if history else None},
+    )
 
 
 def load_trained(path: str) -> tuple[nn.Module, dict]:

@@ -5,7 +5,26 @@ from quantpipe.configuration import PEER_METHODS
 RUN = "{model}-w{width}-s{seed}"
 SUBMIT = "../scripts/submit_stage.py"
 ENV = "../../envs/quantpipe.yaml"
-DATA = "resources/cifar-10-batches-py"
+TASK = config["task"]
+DATA = {
+    "cifar10": "resources/cifar-10-batches-py",
+    "isbi2012_em": "resources/isbi2012-em.zarr",
+}[TASK]
+# Task isbi2012_em: the `em` keys each stage reads, and the keys of the stage's own config
+# section that still apply (the rest of train, quantize, benchmark is the CIFAR recipe). A stage
+# reruns only when a setting it reads changes.
+EM_SETTINGS = {
+    "train": ("sections", "patch_size", "epochs", "steps_per_epoch", "batch_size", "lr",
+              "weight_decay", "membrane_weight"),
+    "quantize": ("sections", "tile"),
+    "benchmark": ("sections", "tile", "overlap", "section_overlap", "inference_batch_size",
+                  "threshold"),
+}  # fmt: skip
+EM_SHARED_SETTINGS = {
+    "train": ("device", "log_every"),
+    "quantize": ("calibration_batch_size",),
+    "benchmark": ("gpu",),
+}
 
 
 wildcard_constraints:
@@ -49,13 +68,48 @@ def benchmark_variants():
 
 
 def run_config(wildcards):
-    return {
+    run = {
         "model": wildcards.model,
         "width": int(wildcards.width),
         "seed": int(wildcards.seed),
-        "num_classes": config["num_classes"],
-        "val_size": config["val_size"],
     }
+    if TASK == "cifar10":
+        return {
+            **run,
+            "num_classes": config["num_classes"],
+            "val_size": config["val_size"],
+        }
+    return {"task": TASK, **run}
+
+
+def task_settings(section):
+    """What the stage of config section `section` (train, quantize, benchmark) reads."""
+    if TASK == "cifar10":
+        return dict(config[section])
+    return {
+        **{key: config[section][key] for key in EM_SHARED_SETTINGS[section]},
+        **{key: config["em"][key] for key in EM_SETTINGS[section]},
+    }
+
+
+def data_config():
+    """prepare_data's settings: the data keys of this task only, so the other task's change
+    nothing here."""
+    if TASK == "cifar10":
+        return {
+            key: value
+            for key, value in config["data"].items()
+            if key != "isbi2012_copy"
+        }
+    return {"task": TASK, "isbi2012_copy": config["data"]["isbi2012_copy"]}
+
+
+def experiment_config():
+    """The experiment, hashed into every summary output. Not `data`: where the data was copied
+    from changes no number (the copy is verified by content hash), so it must not rerun the
+    summary; nor, for CIFAR, the em task's keys."""
+    excluded = {"data"} | ({"task", "em"} if TASK == "cifar10" else set())
+    return {key: value for key, value in config.items() if key not in excluded}
 
 
 def int8_variant(variant):
@@ -84,7 +138,7 @@ def benchmark_inputs(wildcards):
 def benchmark_config(wildcards):
     settings = {
         **run_config(wildcards),
-        **config["benchmark"],
+        **task_settings("benchmark"),
         "variant": wildcards.variant,
     }
     settings.pop("gpu")

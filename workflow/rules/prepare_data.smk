@@ -6,9 +6,9 @@ localrules:
 rule prepare_data:
     output:
         data=directory(DATA),
-        metrics="results/prepare_data/cifar10.json",
+        metrics=f"results/prepare_data/{TASK}.json",
     log:
-        "logs/prepare_data/cifar10.log",
+        f"logs/prepare_data/{TASK}.log",
     conda:
         ENV
     resources:
@@ -16,6 +16,6 @@ rule prepare_data:
         slurm_partition="",
     params:
         stage="prepare_data",
-        config=config["data"],
+        config=data_config(),
     script:
         SUBMIT

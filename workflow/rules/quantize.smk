@@ -21,7 +21,7 @@ rule quantize:
             "calibration_size": int(wildcards.calibration_size),
             # Only qat reads (and so reruns on) the fine-tune's settings.
             **({"qat": config["qat"]} if wildcards.method == "qat" else {}),
-            **config["quantize"],
+            **task_settings("quantize"),
         },
     script:
         SUBMIT

@@ -1,11 +1,15 @@
-# The figures of the summary stage (quantpipe.summary.FIGURES): each a PNG shown in the HTML report
-# with its caption from workflow/report/, and an SVG beside it.
-SUMMARY_FIGURES = [
-    "accuracy_vs_throughput",
-    "accuracy_delta_vs_calibration",
-    "speedup_and_size",
-    "latency_batch1",
-]
+# The figures of the summary stage (quantpipe.summary.FIGURES; quantpipe.em.summary.FIGURES for
+# task isbi2012_em): each a PNG shown in the HTML report with its caption from workflow/report/,
+# and an SVG beside it.
+SUMMARY_FIGURES = {
+    "cifar10": [
+        "accuracy_vs_throughput",
+        "accuracy_delta_vs_calibration",
+        "speedup_and_size",
+        "latency_batch1",
+    ],
+    "isbi2012_em": ["quality_vs_throughput", "cost_per_mm3"],
+}[TASK]
 
 
 rule summary:
@@ -64,8 +68,6 @@ rule summary:
         ENV
     params:
         stage="summary",
-        # The experiment, hashed into every output. Not `data`: where CIFAR-10 was copied from
-        # changes no number (the copy is verified by content hash), so it must not rerun this.
-        config={key: value for key, value in config.items() if key != "data"},
+        config=experiment_config(),
     script:
         SUBMIT

@@ -10,6 +10,6 @@ rule train:
         ENV
     params:
         stage="train",
-        config=lambda wildcards: {**run_config(wildcards), **config["train"]},
+        config=lambda wildcards: {**run_config(wildcards), **task_settings("train")},
     script:
         SUBMIT

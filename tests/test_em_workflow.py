@@ -1,0 +1,74 @@
+"""The whole DAG on the tiny EM config (task isbi2012_em), on this machine, in a copy of the
+repository: both U-Nets trained a few steps, quantized by both methods, segmented tile by tile."""
+
+import math
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import REPO
+from test_workflow import planned_jobs
+from workflowtools import copy_repository, snakemake
+
+pytestmark = pytest.mark.workflow
+ISBI = REPO.parent / "shared" / "data" / "isbi2012-em"
+MODELS = ("unet2d", "unet3d_aniso")
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("em_workflow")
+    copy_repository(workdir)
+    config = yaml.safe_load((REPO / "tests" / "configs" / "tiny_em.yaml").read_text())
+    config["data"]["isbi2012_copy"] = str(ISBI)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    snakemake(workdir)
+    return workdir, config
+
+
+def test_report_scores_fp32_and_both_int8_methods(finished_run):
+    workdir, _ = finished_run
+    report = pd.read_csv(workdir / "results" / "report.csv")
+    for model in MODELS:
+        rows = report[report["model"] == model]
+        ok = rows[rows["status"] == "ok"].set_index(["variant", "method"])
+        assert set(ok.index) == {("fp32-cpu", "eager"), ("fp32-cpu", "compiled"),
+                                 ("int8-cpu", "pt2e"), ("int8-cpu", "eager")}  # fmt: skip
+        for column in ("v_rand", "v_info", "pixel_error"):
+            assert ok[column].between(0, 1).all(), column
+        assert (ok["voxels_per_s"] > 0).all() and (ok["threads"] >= 1).all()
+        for _, row in ok.iterrows():
+            hours = 1.5625e15 / row["voxels_per_s"] / 3600
+            assert math.isclose(row["job_hours_per_mm3"], hours, rel_tol=1e-9)
+        fp32 = ok.loc[("fp32-cpu", "eager")]
+        assert fp32["speedup_vs_fp32_cpu_eager"] == 1 and fp32["v_rand_delta"] == 0
+        assert ok["accuracy"].isna().all()  # a CIFAR column, empty for EM rows
+        gpu = rows[rows["variant"] == "fp32-gpu"]
+        assert len(gpu) == 2 and (gpu["status"] == "skipped").all()
+        assert gpu["reason"].str.contains("CUDA").all() and gpu["v_rand"].isna().all()
+
+
+def test_summary_has_a_cost_table_per_model(finished_run):
+    workdir, _ = finished_run
+    results = workdir / "results"
+    markdown = (results / "summary.md").read_text()
+    for model in MODELS:
+        assert f"Cost per cubic millimetre: {model}" in markdown
+    assert "job-hours per mm³" in markdown and "cost vs FP32 CPU" in markdown
+    for name in ("quality_vs_throughput", "cost_per_mm3"):
+        for kind in ("png", "svg"):
+            assert (results / "summary" / f"{name}.{kind}").stat().st_size > 0
+
+
+def test_a_second_run_does_nothing(finished_run):
+    workdir, _ = finished_run
+    done = snakemake(workdir)
+    assert "Nothing to be done" in done.stdout + done.stderr
+
+
+def test_a_new_tile_size_reruns_inference_not_training(finished_run):
+    workdir, config = finished_run
+    em = {**config["em"], "tile": config["em"]["tile"] // 2}
+    jobs = planned_jobs(workdir, "--config", f"em={em}")
+    assert jobs == {"quantize": 4, "benchmark": 6, "benchmark_gpu": 2, "report": 1,
+                    "summary": 1, "all": 1}  # fmt: skip

@@ -1,0 +1,164 @@
+"""The benchmark stage for task isbi2012_em: segment the 5 test sections through the tiled volume
+path and score the result.
+
+Each variant (`fp32-cpu`: eager and torch.compile; `fp32-gpu`: the same on CUDA, or rows marked
+skipped with the reason; `int8-cpu`: a quantize artifact) runs quantpipe.em.tiling.predict_volume
+over a Zarr copy of the test sections (overlapping tiles, blended, one block per output chunk),
+first once on one block untimed (a compiled module compiles on its first tiles), then timed over
+the whole volume: voxels/s with the threads recorded. The probability map is then scored against
+the labels on the full test volume: pixel error, V_rand and V_info (quantpipe.em.metrics).
+
+From the measured rate, `job_hours_per_mm3` is how long ONE such job (this many threads, this
+node) would take to segment a cubic millimetre of cortex at 4x4x40 nm, 1.5625e15 voxels:
+node-hours per mm^3 when one job uses the whole node, otherwise per job with the threads shown.
+"""
+
+import os
+import tempfile
+
+import numpy as np
+import torch
+import zarr
+
+from quantpipe import provenance
+from quantpipe.artifacts import atomic_path, write_json
+from quantpipe.benchmark import VARIANTS, _implementations
+from quantpipe.em.data import load_split
+from quantpipe.em.metrics import scores
+from quantpipe.em.tiling import create_target, predict_volume
+from quantpipe.precision import GPU_VARIANTS, unusable
+
+VOXELS_PER_MM3 = 1.5625e15  # 1 mm / 4 nm * 1 mm / 4 nm * 1 mm / 40 nm
+
+
+def job_hours_per_mm3(voxels_per_s: float) -> float:
+    return VOXELS_PER_MM3 / voxels_per_s / 3600
+
+
+def tiling(config: dict) -> dict:
+    """predict_volume's geometry for this model: tiles, overlaps and the blocks (output chunks),
+    one section per block for unet2d, `sections` per block for unet3d_aniso."""
+    if config["model"] == "unet3d_aniso":
+        return {
+            "dims": 3,
+            "tile": (config["sections"], config["tile"], config["tile"]),
+            "overlap": (config["section_overlap"], config["overlap"], config["overlap"]),
+            "block_sections": config["sections"],
+        }
+    return {
+        "dims": 2,
+        "tile": (config["tile"], config["tile"]),
+        "overlap": (config["overlap"], config["overlap"]),
+        "block_sections": 1,
+    }
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+def segment(
+    module, image: zarr.Array, folder: str, config: dict, log=print
+) -> tuple[dict, np.ndarray]:
+    """Warm up on one block, then time the whole volume: (predict_volume's record, probability)."""
+    geometry = tiling(config)
+    arguments = {
+        "dims": geometry["dims"],
+        "tile": geometry["tile"],
+        "overlap": geometry["overlap"],
+        "batch_size": config["inference_batch_size"],
+    }
+    chunks = (geometry["block_sections"], *image.shape[1:])
+    warmup = create_target(os.path.join(folder, "warmup.zarr"), image, chunks)
+    predict_volume(module, image, warmup, blocks=[0], log=_quiet, **arguments)
+    target = create_target(os.path.join(folder, "probability.zarr"), image, chunks)
+    timed = predict_volume(module, image, target, log=log, **arguments)
+    return timed, target[:]
+
+
+def run(
+    model: str,
+    data: str,
+    metrics: str,
+    predictions: str,
+    config: dict,
+    artifact: str | None = None,
+    log=print,
+) -> dict:
+    """Benchmark `config['variant']` on the test sections: rows to `metrics`, each row's membrane
+    probability (uint8, probability * 255) to `predictions`."""
+    variant = config["variant"]
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+    threads = provenance.set_threads()
+    base = {
+        "variant": variant,
+        "device": "cuda" if variant in GPU_VARIANTS else "cpu",
+        "precision": variant.split("-")[0],
+        "calibration_method": config.get("calibration_method"),
+        "calibration_size": config.get("calibration_size"),
+        "batch_size": config["inference_batch_size"],
+        **{key: config[key] for key in ("model", "width", "seed")},
+    }
+    rows, kept = [], {}
+    reason = unusable(base["precision"]) if variant in GPU_VARIANTS else None
+    if reason:
+        log(f"benchmark: {variant} skipped: {reason}")
+        rows = [
+            {**base, "method": label, "status": "skipped", "reason": reason}
+            for label in ("eager", "compiled")
+        ]
+    else:
+        test_image, test_membrane = load_split(data, "test")
+        with tempfile.TemporaryDirectory(prefix="em-benchmark-") as folder:
+            image = zarr.create_array(
+                store=os.path.join(folder, "image.zarr"),
+                shape=test_image.shape,
+                chunks=(1, *test_image.shape[1:]),
+                dtype="uint8",
+            )
+            image[:] = test_image
+            for label, device, module, size in _implementations(
+                variant, model, artifact, config.get("method")
+            ):
+                log(
+                    f"benchmark: {variant} {label} on {device}, {threads} threads, "
+                    f"test volume {test_image.shape}"
+                )
+                timed, probability = segment(
+                    module, image, os.path.join(folder, label), config, log
+                )
+                quality = scores(probability, test_membrane, config["threshold"])
+                kept[label] = torch.from_numpy(np.rint(probability * 255).astype(np.uint8))
+                rows.append(
+                    {
+                        **base,
+                        "method": label,
+                        "status": "ok",
+                        "reason": "",
+                        **quality,
+                        "voxels": timed["voxels"],
+                        "tile_voxels": timed["tile_voxels"],
+                        "voxels_per_s": timed["voxels_per_s"],
+                        "test_set_seconds": timed["seconds"],
+                        "job_hours_per_mm3": job_hours_per_mm3(timed["voxels_per_s"]),
+                        "size_bytes": size,
+                    }
+                )
+                log(
+                    f"benchmark: {variant} {label}: V_rand {quality['v_rand']:.4f}, V_info "
+                    f"{quality['v_info']:.4f}, pixel error {quality['pixel_error']:.4f}, "
+                    f"{timed['voxels_per_s']:,.0f} voxels/s ({threads} threads), "
+                    f"{rows[-1]['job_hours_per_mm3']:,.0f} job-hours per mm^3"
+                )
+    with atomic_path(predictions) as tmp:
+        torch.save(kept, tmp)
+    record = {
+        "stage": "benchmark",
+        "config": config,
+        "rows": rows,
+        "ceilings": None,
+        "provenance": provenance.collect(),
+    }
+    write_json(metrics, record)
+    return record

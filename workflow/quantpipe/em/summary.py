@@ -1,0 +1,205 @@
+"""The summary stage for task isbi2012_em: what membrane segmentation costs per cubic millimetre.
+
+report.csv's EM rows aggregated over seeds (mean and 95% Student t interval, as the CIFAR summary)
+into summary.csv; summary.md (and the same tables as HTML) shows, per model, a cost table: quality
+on the test sections (V_rand, V_info, pixel error), voxels/s with the threads used, the job-hours
+to segment 1 mm^3 at 4x4x40 nm (1.5625e15 voxels) at that rate, and speed and cost as ratios
+against FP32 CPU eager. Figures: V_rand against voxels/s, and job-hours per mm^3 per variant.
+"""
+
+import datetime
+import os
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+
+from quantpipe.artifacts import atomic_path
+from quantpipe.summary import (
+    PROVENANCE_COLUMNS,
+    _distinct,
+    _figure,
+    _plain_log_axis,
+    config_hash,
+    estimate,
+    mean_interval,
+    provenance,
+    provenance_line,
+    save_figure,
+    to_html,
+    to_markdown,
+    variant_label,
+)
+
+GROUP_KEYS = [
+    "model", "width", "variant", "method", "calibration_method", "calibration_size", "batch_size",
+]  # fmt: skip
+METRICS = [
+    "v_rand", "v_rand_delta", "v_info", "v_info_delta", "pixel_error", "pixel_error_delta",
+    "voxels_per_s", "job_hours_per_mm3", "speedup_vs_fp32_cpu_eager", "size_mb", "size_ratio",
+]  # fmt: skip
+FIGURES = ("quality_vs_throughput", "cost_per_mm3")
+# (header, metric, scale, digits) of the cost table's measured cells.
+COST_COLUMNS = [
+    ("V_rand", "v_rand", 1, 4),
+    ("ΔV_rand", "v_rand_delta", 1, 4),
+    ("V_info", "v_info", 1, 4),
+    ("pixel error", "pixel_error", 1, 4),
+    ("voxels/s", "voxels_per_s", 1, 0),
+    ("job-hours per mm³", "job_hours_per_mm3", 1, 0),
+    ("speed vs FP32 CPU", "speedup_vs_fp32_cpu_eager", 1, 2),
+    ("cost vs FP32 CPU", "cost_vs_fp32_cpu_eager", 1, 3),
+    ("size (MB)", "size_mb", 1, 2),
+]
+READING = (
+    "Quality is scored on the 5 held-out test sections (25-29) of the ISBI 2012 stack: V_rand and "
+    "V_info are the challenge's foreground-restricted Rand and information scores of the "
+    "thresholded prediction's connected components (1 is perfect), pixel error the fraction of "
+    "pixels misclassified. Speed is measured on the tiled volume path (overlapping tiles, "
+    "blended, read from and written to Zarr), per job with the threads shown. Job-hours per mm³ "
+    "= 1.5625e15 voxels (1 mm³ at 4x4x40 nm) / voxels/s / 3600: the hours ONE such job needs, "
+    "node-hours where the job has the whole node. Speed and cost ratios compare with FP32 CPU "
+    "eager of the same seed (cost = 1 / speed). Numbers are means over seeds ± the half-width of "
+    "their 95% confidence interval (one seed shows its value alone); all are in summary.csv."
+)
+
+
+def summarize(report: pd.DataFrame, config_digest: str) -> pd.DataFrame:
+    """report.csv's rows aggregated over seeds, one row per configuration."""
+    report = report.copy()
+    report["calibration_method"] = report["calibration_method"].fillna("")
+    report["cost_vs_fp32_cpu_eager"] = 1 / report["speedup_vs_fp32_cpu_eager"]
+    rows = []
+    for keys, group in report.groupby(GROUP_KEYS, dropna=False, sort=False):
+        measured = group[group["status"] == "ok"]
+        row = {
+            **dict(zip(GROUP_KEYS, keys, strict=True)),
+            "status": "ok" if len(measured) else "skipped",
+            "reason": _distinct(group.loc[group["status"] != "ok", "reason"]),
+            "seeds": len(group),
+        }
+        for metric in [*METRICS, "cost_vs_fp32_cpu_eager"]:
+            for statistic, value in mean_interval(measured[metric]).items():
+                row[f"{metric}_{statistic}"] = value
+        row["config_hash"] = config_digest
+        for column in PROVENANCE_COLUMNS:
+            row[column] = _distinct(group[column])
+        rows.append(row)
+    order = ["model", "width", "variant", "method", "calibration_method", "calibration_size"]
+    return pd.DataFrame(rows).sort_values(order, na_position="first").reset_index(drop=True)
+
+
+def cost_table(group: pd.DataFrame) -> tuple:
+    header = ["variant", "threads", *(name for name, *_ in COST_COLUMNS)]
+    rows = []
+    for _, row in group.iterrows():
+        if row["status"] == "ok":
+            cells = [
+                estimate(row, metric, scale, digits) for _, metric, scale, digits in COST_COLUMNS
+            ]
+        else:
+            cells = [f"not measured: {row['reason']}"] + ["—"] * (len(COST_COLUMNS) - 1)
+        rows.append([variant_label(row), row["threads"] or "—", *cells])
+    return ("table", header, rows)
+
+
+def document(summary: pd.DataFrame, facts: dict, figures: dict[str, str]) -> list[tuple]:
+    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    blocks = [
+        ("h1", "quantpipe summary: membrane segmentation of ISBI 2012 EM"),
+        ("p", f"Provenance: {provenance_line(facts)} · summarized {now}"),
+        ("p", READING),
+    ]
+    for (model, width), group in summary.groupby(["model", "width"], sort=True):
+        blocks += [("h2", f"Cost per cubic millimetre: {model}, width {width}"), cost_table(group)]
+    blocks += [
+        ("h2", "Figures"),
+        *[("image", name.replace("_", " "), src) for name, src in figures.items()],
+    ]
+    return blocks
+
+
+def plot_quality_vs_throughput(summary: pd.DataFrame):
+    figure = _figure(8, 4.5)
+    ax = figure.add_subplot()
+    measured = summary[summary["status"] == "ok"]
+    for index, (_, row) in enumerate(measured.iterrows()):
+        int8 = row["variant"] == "int8-cpu"
+        ax.plot(
+            row["voxels_per_s_mean"], row["v_rand_mean"], "os^Dv<>"[index % 7],
+            markerfacecolor="white" if int8 else "black", color="black",
+            label=variant_label(row, with_model=True),
+        )  # fmt: skip
+    for _, row in summary[summary["status"] != "ok"].iterrows():
+        ax.plot([], [], " ", label=f"{variant_label(row, True)}: not measured ({row['reason']})")
+    ax.set_xscale("log")
+    _plain_log_axis(ax.xaxis)
+    ax.set_xlabel("voxels/s on the tiled test volume (per job, threads in summary.md)")
+    ax.set_ylabel("V_rand on the test sections (higher is better)")
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(True, which="major", color="0.85")
+    return figure
+
+
+def plot_cost_per_mm3(summary: pd.DataFrame):
+    measured = summary[summary["status"] == "ok"]
+    figure = _figure(8, 1.5 + 0.35 * max(len(measured), 1))
+    ax = figure.add_subplot()
+    labels = [variant_label(row, with_model=True) for _, row in measured.iterrows()]
+    hatches = ["//" if variant == "int8-cpu" else "" for variant in measured["variant"]]
+    bars = ax.barh(labels, measured["job_hours_per_mm3_mean"], color="0.7", edgecolor="black")
+    for bar, hatch in zip(bars, hatches, strict=True):
+        bar.set_hatch(hatch)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    _plain_log_axis(ax.xaxis)
+    ax.set_xlabel("job-hours to segment 1 mm³ at 4x4x40 nm (one job, its threads; lower is better)")
+    return figure
+
+
+def run(
+    report: str,
+    benchmark_metrics: list[str],
+    predictions: list[str],
+    data: str,
+    summary: str,
+    markdown: str,
+    tables: str,
+    figures: list[str],
+    config: dict,
+    log=print,
+) -> dict:
+    """quantpipe.summary.run's outputs for the EM task; `figures` are named after FIGURES."""
+    unknown = sorted({Path(path).stem for path in figures} - set(FIGURES))
+    if unknown:
+        raise ValueError(f"unknown figures {unknown}: choose from {', '.join(FIGURES)}")
+    table = pd.read_csv(report)
+    digest = config_hash(config)
+    log(f"summary: {len(table)} report rows, {len(benchmark_metrics)} benchmark files")
+    result = summarize(table, digest)
+    with atomic_path(summary) as tmp:
+        result.to_csv(tmp, index=False)
+    facts = provenance(table, digest)
+    pngs = {
+        Path(p).stem: os.path.relpath(p, Path(markdown).parent)
+        for p in figures
+        if p.endswith(".png")
+    }
+    blocks = document(result, facts, pngs)
+    with atomic_path(markdown) as tmp:
+        tmp.write_text(to_markdown(blocks))
+    with atomic_path(tables) as tmp:
+        tmp.write_text(to_html(blocks))
+    footer = "Provenance: " + provenance_line(facts)
+    rendered = {
+        "quality_vs_throughput": plot_quality_vs_throughput(result),
+        "cost_per_mm3": plot_cost_per_mm3(result),
+    }
+    for path in figures:
+        figure = rendered[Path(path).stem]
+        figure.text(0.01, 0.01, textwrap.fill(footer, int(figure.get_figwidth() * 20)),
+                    fontsize=6, color="0.3", va="bottom")  # fmt: skip
+        save_figure(figure, path)
+        log(f"summary: figure {path}")
+    return {"stage": "summary", "configurations": len(result), "summary": summary,
+            "markdown": markdown, "figures": figures}  # fmt: skip
