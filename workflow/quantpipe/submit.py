@@ -412,14 +412,21 @@ def submit_array(
         results, failed = {}, []
         for job in jobs:
             try:
-                results[job.job_id] = job.result()
+                results[job.job_id] = _wait(job, stage, cluster, resources)
             except (
                 submitit.core.utils.FailedJobError,
                 submitit.core.utils.UncompletedJobError,
             ) as error:
                 log(f"{stage}: array task {job.job_id} failed:")
                 print(str(error), file=sys.stderr, flush=True)
+                if why := _why_failed(job, error, resources):
+                    log(f"{stage}: {why}")
                 failed.append(job.job_id)
+            except SystemExit:  # a task no node can start (see _QueueWatch): nor can the rest
+                for other in jobs:
+                    with contextlib.suppress(Exception):
+                        other.cancel(check=False)
+                raise
     if failed:
         log(f"{stage}: {len(failed)} of {len(jobs)} array tasks failed: {', '.join(failed)}")
         raise SystemExit(1)
