@@ -40,7 +40,7 @@ include: "workflow/rules/summary.smk"
 #   results/quantize/RUN/{method}-{calibration_method}-c{calibration_size}/{int8.pt,metrics.json}
 #       (int8.pt: the backend's own format; an ONNX file or a zipped OpenVINO IR for the peers)
 #   results/benchmark/RUN/{variant}/{metrics.json,predictions.pt}
-#       variant = fp32-cpu | fp32-gpu | fp32-cpu-{peer}
+#       variant = fp32-cpu | {fp32,bf16,fp16}-gpu | fp32-cpu-{peer}
 #               | int8-cpu-{method}-{calibration_method}-c{calibration_size}
 #   results/report.csv                                 one row per measurement
 #   results/summary.{csv,md}                           seed statistics, paired tests, Table 1

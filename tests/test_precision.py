@@ -82,3 +82,35 @@ def test_gpu_variant_rows_say_skipped_with_no_numbers(variant, tmp_path, monkeyp
         label = qs.variant_label(row)
         assert label == f"{variant.split('-')[0].upper()} GPU {row['method']}"
     assert torch.load(tmp_path / "predictions.pt", weights_only=True) == {}
+
+
+@needs_no_cuda
+def test_gpu_check_script_packs_and_reports_skipped_rows(tmp_path, cifar_dir, capsys):
+    """workflow/scripts/gpu_check.py, as a lent GPU machine runs it, here without CUDA."""
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location(
+        "gpu_check", REPO / "workflow" / "scripts" / "gpu_check.py"
+    )
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    architecture = {"name": "resnet18_cifar", "width": 4, "num_classes": 10}
+    weights = build_model(**architecture).state_dict()
+    torch.save({"architecture": architecture, "record": {}, "state_dict": weights},
+               tmp_path / "m.pt")  # fmt: skip
+    bundle = tmp_path / "bundle"
+    gpu_check.main(["pack", "--model", str(tmp_path / "m.pt"), "--data", str(cifar_dir),
+                    "--out", str(bundle)])  # fmt: skip
+    assert sorted(path.name for path in bundle.iterdir()) == ["model.pt", "test.pt"]
+    gpu_check.main(["run", "--bundle", str(bundle), "--json", str(tmp_path / "rows.json")])
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [(row["variant"], row["method"]) for row in rows] == [
+        (f"{name}-gpu", method)
+        for name in ("fp32", "bf16", "fp16")
+        for method in ("eager", "compiled")
+    ]
+    assert all(row["reason"] == "no CUDA device on this node" for row in rows)
+    printed = capsys.readouterr().out
+    assert "| bf16-gpu | compiled | skipped: no CUDA device on this node |" in printed

@@ -16,7 +16,8 @@ most 64 MiB with the repository), then run there in one go (a few minutes on an 
 
 2. There, from the repository root:
 
-       pip install -q --no-deps --target /tmp/site resources/gpu_check/wheels/*.whl  # --qat only
+       python3 -m pip install -q --no-index --no-deps --target /tmp/site \\
+           resources/gpu_check/wheels/*.whl  # for --qat only
        PYTHONPATH=workflow:/tmp/site PYTHONUNBUFFERED=1 \\
            python3 workflow/scripts/gpu_check.py run --bundle resources/gpu_check [--qat]
 
