@@ -1,6 +1,8 @@
 # quantpipe: train a ResNet18 on CIFAR-10, quantize it to INT8, benchmark FP32 (GPU, CPU) against
 # INT8 (CPU), and merge every measurement into results/report.csv. Every stage runs through
 # submitit: locally by default, on Slurm with `snakemake --profile slurm` (see README.md).
+# `task: isbi2012_em` runs the same rules on membrane U-Nets for serial-section EM instead
+# (workflow/experiments/connectomics.yaml): each stage dispatches on the task.
 
 from snakemake.utils import min_version, validate
 
@@ -34,17 +36,20 @@ include: "workflow/rules/summary.smk"
 
 
 # Output paths, with RUN = {model}-w{width}-s{seed}:
-#   resources/cifar-10-batches-py/                     prepare_data (verified CIFAR-10)
-#   results/prepare_data/cifar10.json                  prepare_data record
+#   resources/cifar-10-batches-py/                     prepare_data (verified CIFAR-10), or
+#   resources/isbi2012-em.zarr/                        (task isbi2012_em) the verified EM stack
+#   results/prepare_data/{task}.json                   prepare_data record (cifar10.json, ...)
 #   results/train/RUN/{model.pt,metrics.json}          FP32 weights (+ checkpoints/ for resume)
 #   results/quantize/RUN/{method}-{calibration_method}-c{calibration_size}/{int8.pt,metrics.json}
 #       (int8.pt: the backend's own format; an ONNX file or a zipped OpenVINO IR for the peers)
 #   results/benchmark/RUN/{variant}/{metrics.json,predictions.pt}
 #       variant = fp32-cpu | {fp32,bf16,fp16}-gpu | fp32-cpu-{peer}
 #               | int8-cpu-{method}-{calibration_method}-c{calibration_size}
+#       (EM: predictions.pt holds each row's membrane probability of the test sections, uint8)
 #   results/report.csv                                 one row per measurement
 #   results/summary.{csv,md}                           seed statistics, paired tests, Table 1
 #   results/summary/{figure}.{png,svg}, tables.html    figures and tables for --report
+#       (EM: summary.md is the cost per mm^3 table; figures quality_vs_throughput, cost_per_mm3)
 #   logs/<stage>/...                                   each job's log and submitit files
 rule all:
     input:
