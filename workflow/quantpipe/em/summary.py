@@ -153,7 +153,7 @@ def plot_cost_per_mm3(summary: pd.DataFrame):
     ax.invert_yaxis()
     ax.set_xscale("log")
     _plain_log_axis(ax.xaxis)
-    ax.set_xlabel("job-hours to segment 1 mm³ at 4x4x40 nm (one job, its threads; lower is better)")
+    ax.set_xlabel("job-hours per mm³ at 4x4x40 nm (one job, its threads; lower is better)")
     return figure
 
 
