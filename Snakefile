@@ -33,6 +33,7 @@ include: "workflow/rules/quantize.smk"
 include: "workflow/rules/benchmark.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/summary.smk"
+include: "workflow/rules/segment.smk"
 
 
 # Output paths, with RUN = {model}-w{width}-s{seed}:
@@ -50,8 +51,15 @@ include: "workflow/rules/summary.smk"
 #   results/summary.{csv,md}                           seed statistics, paired tests, Table 1
 #   results/summary/{figure}.{png,svg}, tables.html    figures and tables for --report
 #       (EM: summary.md is the cost per mm^3 table; figures quality_vs_throughput, cost_per_mm3)
+#   results/segment/RUN/{fp32-cpu|int8-cpu-...}/{membrane.zarr,metrics.json}
+#       (EM only) the whole stack's membrane probability, made by one job array
 #   logs/<stage>/...                                   each job's log and submitit files
 rule all:
     input:
         "results/report.csv",
         rules.summary.output,
+        [
+            f"results/segment/{RUN}/{variant}/metrics.json".format(**run)
+            for run in runs()
+            for variant in segment_variants()
+        ],

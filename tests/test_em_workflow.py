@@ -1,11 +1,14 @@
 """The whole DAG on the tiny EM config (task isbi2012_em), on this machine, in a copy of the
 repository: a U-Net trained a few steps, quantized by both methods, segmented tile by tile."""
 
+import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+import zarr
 from conftest import REPO
 from test_workflow import planned_jobs
 from workflowtools import copy_repository, snakemake
@@ -70,5 +73,22 @@ def test_a_new_tile_size_reruns_inference_not_training(finished_run):
     workdir, config = finished_run
     em = {**config["em"], "tile": config["em"]["tile"] // 2}
     jobs = planned_jobs(workdir, "--config", f"em={em}")
-    assert jobs == {"quantize": 2, "benchmark": 3, "benchmark_gpu": 1, "report": 1,
-                    "summary": 1, "all": 1}  # fmt: skip
+    assert jobs == {"quantize": 2, "benchmark": 3, "benchmark_gpu": 1, "segment": 3,
+                    "report": 1, "summary": 1, "all": 1}  # fmt: skip
+
+
+def test_the_whole_stack_is_segmented_by_a_job_array_per_variant(finished_run):
+    workdir, _ = finished_run
+    for model in MODELS:
+        runs = sorted((workdir / "results" / "segment").glob(f"{model}-*/*/metrics.json"))
+        variants = {path.parent.name for path in runs}
+        assert variants == {"fp32-cpu", "int8-cpu-pt2e-histogram-c8",
+                            "int8-cpu-eager-histogram-c8"}  # fmt: skip
+        for path in runs:
+            record = json.loads(path.read_text())
+            assert len(record["tasks"]) == 3  # em.array_tasks, by default
+            assert record["voxels"] == 30 * 512 * 512
+            probability = zarr.open_array(path.parent / "membrane.zarr", mode="r")[:]
+            assert probability.shape == (30, 512, 512)
+            assert np.isfinite(probability).all()  # every block was written
+            assert ((probability >= 0) & (probability <= 1)).all()

@@ -1,9 +1,10 @@
 """The segment stage: a model's membrane probability over a whole Zarr volume, block by block.
 
-`run` segments a uint8 (Z, Y, X) Zarr array with an FP32 checkpoint (`model`, from the train
-stage) or an INT8 artifact (`artifact` with `config['method']`, from the quantize stage) through
-quantpipe.em.tiling, into a float32 Zarr array of membrane probability whose chunks are the blocks
-(`config['block_sections']` whole sections each, unless `config['chunks']` says otherwise).
+`run` segments a uint8 (Z, Y, X) Zarr array (or a group's `image` array) with an FP32 checkpoint
+(`model`, from the train stage) or an INT8 artifact (`artifact` with `config['method']`, from the
+quantize stage) through quantpipe.em.tiling, into a float32 Zarr array of membrane probability
+whose chunks are the blocks (`config['block_sections']` whole sections each, unless
+`config['chunks']` says otherwise).
 
 - Without `config['blocks']` it does the whole volume in this process and installs the output
   atomically (built beside it, then renamed).
@@ -47,13 +48,24 @@ def split_blocks(blocks: int, groups: int) -> list[list[int]]:
     return [part.tolist() for part in np.array_split(np.arange(blocks), min(blocks, groups))]
 
 
+def open_volume(volume: str) -> zarr.Array:
+    """The uint8 (Z, Y, X) array at `volume`, or the `image` array of a group there (what
+    prepare_data writes for task isbi2012_em)."""
+    opened = zarr.open(volume, mode="r")
+    if isinstance(opened, zarr.Group):
+        if "image" not in opened:
+            raise ValueError(f"{volume} is a Zarr group without an `image` array to segment")
+        return opened["image"]
+    return opened
+
+
 def output_chunks(volume: zarr.Array, config: dict) -> tuple[int, ...]:
     return tuple(config.get("chunks") or (config["block_sections"], *volume.shape[1:]))
 
 
 def create_output(volume: str, segmentation: str, config: dict) -> int:
     """Create the (empty, NaN-filled) output array for `run` tasks; return its number of blocks."""
-    source = zarr.open_array(volume, mode="r")
+    source = open_volume(volume)
     return plan_blocks(create_target(segmentation, source, output_chunks(source, config)))
 
 
@@ -102,7 +114,7 @@ def run(
     """Segment `volume` (a uint8 Zarr array) into `segmentation` (float32 membrane probability)."""
     threads = provenance.set_threads()
     module, description = load_model(model, artifact, config)
-    source = zarr.open_array(volume, mode="r")
+    source = open_volume(volume)
     blocks = config.get("blocks")
     geometry = {key: config[key] for key in ("dims", "batch_size")}
     geometry.update(tile=tuple(config["tile"]), overlap=tuple(config["overlap"]))

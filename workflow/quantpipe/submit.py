@@ -445,8 +445,15 @@ def from_snakemake(smk) -> None:
     stage = smk.params.stage
     name = "-".join([stage, *(str(v) for v in smk.wildcards)])
     log_path = Path(smk.log[0])
+    resources, folder = dict(smk.resources.items()), str(log_path.parent / "submitit")
     with open(log_path, "a") as stream, contextlib.redirect_stdout(_Tee(sys.stdout, stream)):
-        submit(stage, kwargs, dict(smk.resources.items()), name, str(log_path.parent / "submitit"))
+        if stage == "segment":  # one job array over the volume's blocks, not one job
+            from quantpipe.segment import run_as_array
+
+            run_as_array(**kwargs, tasks=smk.params.tasks, resources=resources,
+                         job_name=name, folder=folder, log=log)  # fmt: skip
+        else:
+            submit(stage, kwargs, resources, name, folder)
 
 
 class _Tee:

@@ -156,3 +156,39 @@ def benchmark_config(wildcards):
             calibration_size=int8[2],
         )
     return settings
+
+
+def segment_variants():
+    """Task isbi2012_em: the CPU variants that segment the whole stack (FP32 and each INT8)."""
+    if TASK == "cifar10":
+        return []
+    return [
+        variant
+        for variant in benchmark_variants()
+        if variant == "fp32-cpu" or variant.startswith("int8-cpu-")
+    ]
+
+
+def segment_inputs(wildcards):
+    inputs = benchmark_inputs(wildcards)
+    inputs["volume"] = inputs.pop("data")
+    return inputs
+
+
+def segment_config(wildcards):
+    """quantpipe.segment's config: the benchmark's tiling of this model, on the CPU."""
+    from quantpipe.em.benchmark import tiling
+
+    em = config["em"]
+    geometry = tiling(
+        {"model": wildcards.model}
+        | {key: em[key] for key in ("sections", "tile", "overlap", "section_overlap")}
+    )
+    int8 = int8_variant(wildcards.variant)
+    return {
+        **{key: list(value) if isinstance(value, tuple) else value
+           for key, value in geometry.items()},
+        "batch_size": em["inference_batch_size"],
+        "method": int8[0] if int8 else "fp32",
+        "device": "cpu",
+    }  # fmt: skip
