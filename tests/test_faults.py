@@ -1,7 +1,9 @@
 """Faults on the local Slurm and bad input to the workflow: clear errors, nothing lost."""
 
+import contextlib
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -227,10 +229,24 @@ def test_a_second_snakemake_in_the_same_directory_is_refused(tmp_path):
     command = [SNAKEMAKE, "--profile", "profiles/local"]
     first = subprocess.Popen(command, cwd=tmp_path, env=user_env(), **quiet)
     try:
-        wait_for(lambda: (tmp_path / "logs" / "train").exists(), 120, "the first run's training")
+        submitted = tmp_path / "logs" / "train" / "submitit"
+        wait_for(lambda: any(submitted.glob("*_submitted.pkl")), 120, "the first run's training")
         second = snakemake(tmp_path, check=False)
         assert second.returncode != 0
         assert "cannot be locked" in second.stdout + second.stderr
     finally:
         first.terminate()
         first.wait(timeout=120)
+    # Stopping the first run stopped its training too: no process of this directory runs on.
+    wait_for(lambda: not processes_under(tmp_path), 60, "the stopped run's processes to end")
+
+
+def processes_under(folder) -> list[str]:
+    """Command lines of live processes that mention `folder` (e.g. submitit's local jobs)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if str(folder) in text:
+                found.append(text)
+    return found

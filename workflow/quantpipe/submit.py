@@ -24,6 +24,7 @@ import submitit
 STAGES = ("prepare_data", "train", "quantize", "benchmark", "report", "summary", "segment")
 # Slurm accepts more, but these survive every shell, log file name and sacct format.
 SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+SUBMITTER = "submit_stage.py"  # the rule script (workflow/scripts/) that runs from_snakemake
 RESOURCE_KEYS = {
     "slurm_partition": "slurm_partition",
     "slurm_account": "slurm_account",
@@ -295,8 +296,7 @@ def _cancel_on_signal(*jobs: submitit.Job):
         ids = ", ".join(job.job_id for job in jobs)
         log(f"received {signal.Signals(signum).name}: cancelling job {ids}")
         for job in jobs:
-            with contextlib.suppress(Exception):
-                job.cancel(check=False)
+            _cancel(job)
         raise SystemExit(128 + signum)
 
     previous = {sig: signal.signal(sig, cancel) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -305,6 +305,29 @@ def _cancel_on_signal(*jobs: submitit.Job):
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def _cancel(job: submitit.Job) -> None:
+    """Cancel `job`; for a local job, make sure its whole process tree is gone. submitit cancels
+    one by a SIGINT to its controller, which misses a task it is still starting (that task then
+    runs on, orphaned, ignoring SIGTERM as submitit's tasks do)."""
+    local = isinstance(job, submitit.LocalJob)
+    tree = _descendants(int(job.job_id)) + [int(job.job_id)] if local else []
+    with contextlib.suppress(Exception):
+        job.cancel(check=False)
+    deadline = time.monotonic() + 5
+    while tree and time.monotonic() < deadline and any(_alive(pid) for pid in tree):
+        time.sleep(0.1)
+    for pid in tree:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    return False
 
 
 def _descendants(root: int) -> list[int]:
@@ -334,9 +357,14 @@ def cancel_jobs_on_sigterm() -> None:
     graceful = signal.getsignal(signal.SIGTERM)
 
     def stop(signum, frame):
+        # Only the submitters: they cancel their jobs. A local job's own processes must not get
+        # it first: submitit's local controller dies of SIGTERM without stopping its task, which
+        # ignores SIGTERM (Slurm's pre-emption warning) and would run on.
         for pid in _descendants(os.getpid()):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                    if SUBMITTER.encode() in handle.read():
+                        os.kill(pid, signal.SIGTERM)
         if callable(graceful):
             graceful(signum, frame)
 
