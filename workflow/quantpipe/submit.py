@@ -297,6 +297,9 @@ def _cancel_on_signal(*jobs: submitit.Job):
         log(f"received {signal.Signals(signum).name}: cancelling job {ids}")
         for job in jobs:
             _cancel(job)
+        if stopping := _stop_marker():
+            with contextlib.suppress(OSError):
+                stopping.touch()
         raise SystemExit(128 + signum)
 
     previous = {sig: signal.signal(sig, cancel) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -462,8 +465,31 @@ def submit_array(
     return results
 
 
+def _stop_marker() -> Path | None:
+    """A file naming the Snakemake run above this process, or None outside Snakemake.
+
+    A stop signal cancels the jobs, so their rules fail; Snakemake may then retry one (`retries`)
+    while it winds down, and nothing would cancel that new job. The stopped submitter leaves this
+    marker and a retry of the same run refuses to submit."""
+    pid = os.getppid()
+    while pid > 1:
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if any(Path(arg.decode(errors="replace")).name == "snakemake" for arg in argv[:2]):
+                return Path(".snakemake") / f"quantpipe-stopped-{pid}"
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
 def from_snakemake(smk) -> None:
     """Entry point of workflow/scripts/submit_stage.py: a rule's files and params become kwargs."""
+    stopping = _stop_marker()
+    if stopping and stopping.exists():
+        log(f"{smk.params.stage}: not submitted: this Snakemake run is being stopped")
+        raise SystemExit(1)
     kwargs = {}
     for files in (smk.input, smk.output):
         for name, value in files.items():
