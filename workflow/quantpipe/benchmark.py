@@ -90,7 +90,7 @@ def state_dict_bytes(module: torch.nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
-def _implementations(variant: str, model: str, artifact: str | None, method: str | None):
+def implementations(variant: str, model: str, artifact: str | None, method: str | None):
     """(method label, device, callable module, size in bytes) for each row of this variant."""
     from quantpipe.train import load_trained
 
@@ -131,27 +131,11 @@ def run(
 
         return benchmark_em(model, data, metrics, predictions, config, artifact, log)
     variant = config["variant"]
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
     threads = provenance.set_threads()
-    base = {
-        "variant": variant,
-        "device": "cuda" if variant in GPU_VARIANTS else "cpu",
-        "precision": variant.split("-")[0],
-        "calibration_method": config.get("calibration_method"),
-        "calibration_size": config.get("calibration_size"),
-        **{key: config[key] for key in ("model", "width", "seed")},
-    }
+    base, rows = start_rows(config, log)
     machine = None
-    rows, kept_predictions = [], {}
-    reason = unusable(base["precision"]) if variant in GPU_VARIANTS else None
-    if reason:
-        log(f"benchmark: {variant} skipped: {reason}")
-        rows = [
-            {**base, "method": label, "status": "skipped", "reason": reason}
-            for label in ("eager", "compiled")
-        ]
-    else:
+    kept_predictions = {}
+    if not rows:
         test_images, test_labels = load_splits(data, config["val_size"])["test"]
         test_images = normalize(test_images)
         if variant not in GPU_VARIANTS:
@@ -164,7 +148,7 @@ def run(
                 f"{machine['fp32_gmac_per_s']:.0f} GMAC/s, INT8 {machine['int8_gmac_per_s']:.0f} "
                 f"GMAC/s; the model: {macs / 1e9:.3f} GMAC per image"
             )
-        for label, device, module, size in _implementations(
+        for label, device, module, size in implementations(
             variant, model, artifact, config.get("method")
         ):
             log(f"benchmark: {variant} {label} on {device}, {threads} threads")
@@ -197,8 +181,40 @@ def run(
                 f"benchmark: {variant} {label}: accuracy {result['accuracy']:.4f}, "
                 f"{result['images_per_s']:.0f} img/s, p50 {result['latency_ms_p50']:.2f} ms"
             )
+    return write_results(metrics, predictions, config, rows, kept_predictions, machine)
+
+
+def start_rows(config: dict, log=print, **extra) -> tuple[dict, list[dict]]:
+    """(what every row of this variant says, `extra` included; the rows when it cannot run:
+    skipped, with why)."""
+    variant = config["variant"]
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
+    base = {
+        "variant": variant,
+        "device": "cuda" if variant in GPU_VARIANTS else "cpu",
+        "precision": variant.split("-")[0],
+        "calibration_method": config.get("calibration_method"),
+        "calibration_size": config.get("calibration_size"),
+        **{key: config[key] for key in ("model", "width", "seed")},
+        **extra,
+    }
+    reason = unusable(base["precision"]) if variant in GPU_VARIANTS else None
+    if not reason:
+        return base, []
+    log(f"benchmark: {variant} skipped: {reason}")
+    return base, [
+        {**base, "method": label, "status": "skipped", "reason": reason}
+        for label in ("eager", "compiled")
+    ]
+
+
+def write_results(
+    metrics: str, predictions: str, config: dict, rows: list, kept: dict, machine: dict | None
+) -> dict:
+    """Each row's predictions to `predictions`, the rows and provenance to `metrics`."""
     with atomic_path(predictions) as tmp:
-        torch.save(kept_predictions, tmp)
+        torch.save(kept, tmp)
     record = {
         "stage": "benchmark",
         "config": config,

@@ -85,7 +85,7 @@ def precision_rows(bundle: Path, config: dict) -> list[dict]:
             rows += [{"variant": variant, "method": m, "status": "skipped", "reason": reason}
                      for m in ("eager", "compiled")]  # fmt: skip
             continue
-        implementations = benchmark._implementations(variant, str(bundle / "model.pt"), None, None)
+        implementations = benchmark.implementations(variant, str(bundle / "model.pt"), None, None)
         for label, device, module, size in implementations:
             started = time.perf_counter()
             result = benchmark.measure(module, images, test["labels"], device, config, log=print)

@@ -21,12 +21,10 @@ import torch
 import zarr
 
 from quantpipe import provenance
-from quantpipe.artifacts import atomic_path, write_json
-from quantpipe.benchmark import VARIANTS, _implementations
+from quantpipe.benchmark import implementations, start_rows, write_results
 from quantpipe.em.data import load_split
 from quantpipe.em.metrics import scores
 from quantpipe.em.tiling import create_target, predict_volume
-from quantpipe.precision import GPU_VARIANTS, unusable
 
 VOXELS_PER_MM3 = 1.5625e15  # 1 mm / 4 nm * 1 mm / 4 nm * 1 mm / 40 nm
 
@@ -88,27 +86,10 @@ def run(
     """Benchmark `config['variant']` on the test sections: rows to `metrics`, each row's membrane
     probability (uint8, probability * 255) to `predictions`."""
     variant = config["variant"]
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}: choose one of {', '.join(VARIANTS)}")
     threads = provenance.set_threads()
-    base = {
-        "variant": variant,
-        "device": "cuda" if variant in GPU_VARIANTS else "cpu",
-        "precision": variant.split("-")[0],
-        "calibration_method": config.get("calibration_method"),
-        "calibration_size": config.get("calibration_size"),
-        "batch_size": config["inference_batch_size"],
-        **{key: config[key] for key in ("model", "width", "seed")},
-    }
-    rows, kept = [], {}
-    reason = unusable(base["precision"]) if variant in GPU_VARIANTS else None
-    if reason:
-        log(f"benchmark: {variant} skipped: {reason}")
-        rows = [
-            {**base, "method": label, "status": "skipped", "reason": reason}
-            for label in ("eager", "compiled")
-        ]
-    else:
+    base, rows = start_rows(config, log, batch_size=config["inference_batch_size"])
+    kept = {}
+    if not rows:
         test_image, test_membrane = load_split(data, "test")
         with tempfile.TemporaryDirectory(prefix="em-benchmark-") as folder:
             image = zarr.create_array(
@@ -118,7 +99,7 @@ def run(
                 dtype="uint8",
             )
             image[:] = test_image
-            for label, device, module, size in _implementations(
+            for label, device, module, size in implementations(
                 variant, model, artifact, config.get("method")
             ):
                 log(
@@ -151,14 +132,4 @@ def run(
                     f"{timed['voxels_per_s']:,.0f} voxels/s ({threads} threads), "
                     f"{rows[-1]['job_hours_per_mm3']:,.0f} job-hours per mm^3"
                 )
-    with atomic_path(predictions) as tmp:
-        torch.save(kept, tmp)
-    record = {
-        "stage": "benchmark",
-        "config": config,
-        "rows": rows,
-        "ceilings": None,
-        "provenance": provenance.collect(),
-    }
-    write_json(metrics, record)
-    return record
+    return write_results(metrics, predictions, config, rows, kept, machine=None)
