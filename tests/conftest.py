@@ -4,14 +4,25 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar-10-batches-py"
+
+
+# The tests read the data where the pipeline does: the machine's verified cache (filled once, from
+# $QUANTPIPE_DATA when set, else by download; quantpipe.datacache). The first worker to ask fills
+# it; the others wait on its lock.
+@pytest.fixture(scope="session")
+def cifar_dir() -> Path:
+    """CIFAR-10 in torchvision's cifar-10-batches-py layout."""
+    from quantpipe import datacache
+
+    return Path(datacache.cifar10()["path"])
 
 
 @pytest.fixture(scope="session")
-def cifar_dir() -> Path:
-    if not SHARED_CIFAR.exists():
-        pytest.fail(f"CIFAR-10 copy not found at {SHARED_CIFAR} (tests use ../shared/data)")
-    return SHARED_CIFAR
+def isbi_dir() -> Path:
+    """The ISBI 2012 stack: image/N.png and label/N.png, N = 0..29."""
+    from quantpipe import datacache
+
+    return Path(datacache.isbi2012()["path"])
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +38,36 @@ def cluster() -> dict[str, int]:
     from slurmtools import require_cluster
 
     return require_cluster()
+
+
+# Tiers (tests/run.sh): `fast` deselects slurm, workflow, slow and gpu. Every test has a time limit
+# (pytest-timeout; pyproject.toml sets the default), so a hung Snakemake or Slurm job fails the test
+# in minutes; whole-DAG and Slurm tests get a longer one.
+LONG_TIMEOUT_S = 900
+
+
+def cuda_usable() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+NO_GPU = "no usable CUDA device: torch.cuda.is_available() is False on this machine"
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        slurm = item.get_closest_marker("slurm") is not None
+        if slurm:
+            # One local Slurm: its tests (node DOWN, accounting stopped, ...) run one at a time,
+            # on one pytest-xdist worker, while the other worker runs the rest.
+            item.add_marker(pytest.mark.xdist_group("slurm"))
+        if item.get_closest_marker("gpu") is not None and not cuda_usable():
+            # The other tiers skip the GPU tests, saying why; `bash tests/run.sh gpu` demands CUDA.
+            if os.environ.get("QUANTPIPE_REQUIRE_GPU") == "1":
+                raise pytest.UsageError(f"the GPU tier needs a GPU: {NO_GPU}")
+            item.add_marker(pytest.mark.skip(reason=f"GPU tier: {NO_GPU}"))
+        long = slurm or item.get_closest_marker("workflow") is not None
+        if long and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(LONG_TIMEOUT_S))

@@ -1,17 +1,33 @@
 #!/usr/bin/env bash
-# The test command (README.md): installs what the tests need -- the pinned .venv and a real
-# single-node Slurm (munge, MariaDB, slurmdbd, slurmctld, slurmd) -- then runs every test.
-# Extra arguments go to pytest, e.g. `bash tests/run.sh -m "not workflow"`.
+# The test command (README.md). It installs what the tests need, then runs one tier:
+#   bash tests/run.sh        full: every test, with the peer runtimes and a real single-node Slurm
+#                            (munge, MariaDB, slurmdbd, slurmctld, slurmd), on 2 pytest-xdist
+#                            workers (the Slurm tests on one, one at a time; the rest on the other)
+#   bash tests/run.sh fast   units and quantize on tiny inputs: no Slurm, no whole DAG, nothing
+#                            slow (the tier to run while working)
+#   bash tests/run.sh gpu    the GPU tier: training, benchmarks and QAT on CUDA; fails without a
+#                            usable GPU
+# Further arguments go to pytest, e.g. `bash tests/run.sh fast -k quantize`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+tier=full
+case "${1:-}" in fast | full | gpu) tier=$1 && shift ;; esac
+
 bash workflow/scripts/bootstrap.sh
+# The workflow tests find `snakemake` the way a user does.
+export PATH="$PWD/.venv/bin:$PATH"
+case $tier in
+fast) exec .venv/bin/pytest -ra -m "not slurm and not workflow and not slow and not gpu" "$@" ;;
+gpu) QUANTPIPE_REQUIRE_GPU=1 exec .venv/bin/pytest -ra -m gpu "$@" ;;
+esac
+
 # The optional peer runtimes (ONNX Runtime, OpenVINO) are tested too.
 .venv/bin/pip install --quiet --disable-pip-version-check -r envs/peers.txt 2>&1 \
     | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import onnxruntime, openvino, nncf"
 bash workflow/scripts/local_slurm.sh start
-# The workflow tests find `snakemake` and the `slurm` profile the way a user does.
-export PATH="$PWD/.venv/bin:$PATH"
+# Slurm's clients, and the jobs the tests submit, find that cluster through SLURM_CONF.
+eval "$(bash workflow/scripts/local_slurm.sh env)"
 # Under this command a missing Slurm fails the Slurm tests instead of skipping them.
 export QUANTPIPE_REQUIRE_SLURM=1
-exec .venv/bin/pytest -ra "$@"
+exec .venv/bin/pytest -ra -n 2 --dist loadgroup "$@"

@@ -6,7 +6,9 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -30,15 +32,31 @@ TERMINAL = {
     "BOOT_FAIL",
     "DEADLINE",
 }
-START_HINT = "start it with: workflow/scripts/local_slurm.sh start"
+START_HINT = (
+    "start it with `bash workflow/scripts/local_slurm.sh start` and point the tests at it with "
+    '`eval "$(bash workflow/scripts/local_slurm.sh env)"` (tests/run.sh does both)'
+)
 
 
 def run(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def local_slurm(command: str) -> None:
+    """Run `workflow/scripts/local_slurm.sh COMMAND` on the cluster that SLURM_CONF names."""
+    state = Path(os.environ["SLURM_CONF"]).parents[1]  # <state dir>/etc/slurm.conf
+    script = Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "local_slurm.sh"
+    env = {**os.environ, "QUANTPIPE_SLURM_DIR": str(state)}
+    done = subprocess.run(["bash", str(script), command], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, f"local_slurm.sh {command} failed:\n{done.stdout}{done.stderr}"
+
+
 def require_cluster() -> dict[str, int]:
     """Skip unless the local quantpipe cluster answers; return its node's CPU and GPU counts."""
+    # Only through SLURM_CONF: without it the clients would read the machine's own /etc/slurm.
+    if not os.environ.get("SLURM_CONF"):
+        unavailable(f"SLURM_CONF is not set ({START_HINT})")
     if shutil.which("sinfo") is None:
         unavailable(f"sinfo is not on PATH: no Slurm client installed ({START_HINT})")
     try:
@@ -64,7 +82,11 @@ def require_cluster() -> dict[str, int]:
     if state.rstrip("*~#") not in {"idle", "mix", "alloc", "comp"} or state.endswith("*"):
         unavailable(f"the node is {state!r}, not usable ({START_HINT})")
     g = re.search(r"gpu(?::[^:(,]+)?:(\d+)", gres)
-    return {"cpus": cpus, "gpus": int(g.group(1)) if g else 0}
+    if not g or int(g.group(1)) < 1:  # the Slurm profile sends training to a GPU node
+        unavailable(
+            f"the node has no fake GPU (gres {gres!r}; QUANTPIPE_SLURM_GPUS=0?) ({START_HINT})"
+        )
+    return {"cpus": cpus, "gpus": int(g.group(1))}
 
 
 def wait_sacct(job: str, need: tuple[str, ...] = (), timeout: float = 30) -> dict[str, str]:
@@ -86,3 +108,25 @@ def wait_sacct(job: str, need: tuple[str, ...] = (), timeout: float = 30) -> dic
     queue = run(["squeue", "-j", job, "-o", "%i %P %T %r"]).stdout
     run(["scancel", job])
     pytest.fail(f"job {job} not finished after {timeout} s; sacct: {row}; squeue:\n{queue}")
+
+
+class Output:
+    """A process's stdout as it comes, so that a test can wait for a line while the process runs."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.process, self.lines = process, []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait(self, timeout: float) -> str:
+        """The whole output once the process has exited."""
+        self.process.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        return self.text()

@@ -1,6 +1,7 @@
 """The machine's ceilings, a model's multiply-accumulates, `quantpipe compare` on a tiny model."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,13 +12,16 @@ from quantpipe.quantize import peers
 from torch import nn
 
 
-def test_ceilings_are_positive_and_int8_beats_fp32():
+def test_ceilings_are_measured_and_positive():
+    # Which ceiling is higher is a measurement, not a test: 0.3 s on a shared machine can come
+    # out either way. The benchmark stage logs both; `quantpipe compare` prints each variant's
+    # fraction of them.
     found = ceilings.measure(seconds=0.3)
     print(found)
-    assert found["fp32_gmac_per_s"] > 0 and found["int8_gmac_per_s"] > 0
+    for key in ("fp32_gmac_per_s", "int8_gmac_per_s"):
+        assert math.isfinite(found[key]) and found[key] > 0, key
     assert found["threads"] == torch.get_num_threads()
-    # Every CPU this runs on has INT8 dot products (VNNI or AMX) that beat FP32 FMAs.
-    assert found["int8_gmac_per_s"] > found["fp32_gmac_per_s"]
+    assert "conv2d" in found["fp32_kernel"] and "_int_mm" in found["int8_kernel"]
 
 
 def test_macs_are_counted_once_per_image():
@@ -81,6 +85,7 @@ def tiny_checkpoint(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_compare_prints_every_variant(tiny_checkpoint, cifar_dir, tmp_path, capsys):
     out = tmp_path / "compare.json"
     status = cli.main([
@@ -118,5 +123,8 @@ def test_compare_prints_every_variant(tiny_checkpoint, cifar_dir, tmp_path, caps
             assert rows[f"INT8 {method}"]["throughput_vs_best_peer"] is not None
 
 
-def test_cli_lists_compare():
+def test_cli_lists_compare(capsys):
     assert cli.main([]) == 2
+    usage = capsys.readouterr().out  # usage: quantpipe {prepare_data,train,...,compare} ...
+    listed = usage.removeprefix("usage: quantpipe {").split("}", 1)[0].split(",")
+    assert {"train", "quantize", "benchmark", "report", "summary", "compare"} <= set(listed)

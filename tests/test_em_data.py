@@ -11,35 +11,32 @@ from PIL import Image
 from quantpipe.em import data
 from quantpipe.em.data import IMAGE_SHA256, SPLITS, DataError, load_split, prepare
 
-SHARED_EM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012-em"
 QUIET = {"log": lambda _: None}
 
 
 @pytest.fixture(scope="module")
-def volume(tmp_path_factory) -> tuple[Path, dict]:
-    if not SHARED_EM.exists():
-        pytest.fail(f"ISBI 2012 stack not found at {SHARED_EM} (tests use ../shared/data)")
+def volume(tmp_path_factory, isbi_dir) -> tuple[Path, dict]:
     destination = tmp_path_factory.mktemp("em") / "isbi2012.zarr"
-    return destination, prepare(str(SHARED_EM), str(destination), **QUIET)
+    return destination, prepare(str(isbi_dir), str(destination), **QUIET)
 
 
 @pytest.fixture
-def source_copy(tmp_path) -> Path:
+def source_copy(tmp_path, isbi_dir) -> Path:
     copy = tmp_path / "isbi2012-em"
-    shutil.copytree(SHARED_EM, copy)
+    shutil.copytree(isbi_dir, copy)
     return copy
 
 
-def test_the_volume_holds_the_verified_stack(volume):
+def test_the_volume_holds_the_verified_stack(volume, isbi_dir):
     destination, record = volume
     group = zarr.open_group(destination, mode="r")
     assert group.metadata.zarr_format == 3
     for name in ("image", "membrane"):
         assert group[name].shape == (30, 512, 512) and group[name].dtype == np.uint8
         assert group[name].chunks == (1, 512, 512)
-    label = np.asarray(Image.open(SHARED_EM / "label" / "12.png"))
+    label = np.asarray(Image.open(isbi_dir / "label" / "12.png"))
     assert np.array_equal(group["membrane"][12], (label == 0).astype(np.uint8))
-    assert np.array_equal(group["image"][3], np.asarray(Image.open(SHARED_EM / "image" / "3.png")))
+    assert np.array_equal(group["image"][3], np.asarray(Image.open(isbi_dir / "image" / "3.png")))
     assert record["voxel_size_nm"] == {"z": 50, "y": 4, "x": 4}
     assert record["sha256"]["image"][0] == IMAGE_SHA256[0]
     assert dict(group.attrs)["membrane_fraction"] == record["membrane_fraction"]
@@ -85,7 +82,7 @@ def test_a_wrong_shape_is_named(source_copy, tmp_path):
 
 
 def test_a_failed_write_keeps_the_previous_volume_and_leaves_no_temporary(
-    volume, tmp_path, monkeypatch
+    volume, isbi_dir, tmp_path, monkeypatch
 ):
     destination = tmp_path / "isbi2012.zarr"
     shutil.copytree(volume[0], destination)
@@ -96,16 +93,16 @@ def test_a_failed_write_keeps_the_previous_volume_and_leaves_no_temporary(
 
     monkeypatch.setattr(zarr.Group, "create_array", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        prepare(str(SHARED_EM), str(destination), **QUIET)
+        prepare(str(isbi_dir), str(destination), **QUIET)
     assert sorted(p.relative_to(destination) for p in destination.rglob("*")) == before
     assert [p.name for p in tmp_path.iterdir()] == ["isbi2012.zarr"]
 
 
-def test_a_rerun_replaces_the_volume(volume, tmp_path):
+def test_a_rerun_replaces_the_volume(volume, isbi_dir, tmp_path):
     destination = tmp_path / "isbi2012.zarr"
     shutil.copytree(volume[0], destination)
     (destination / "stale-file").write_text("from an older run")
-    prepare(str(SHARED_EM), str(destination), **QUIET)
+    prepare(str(isbi_dir), str(destination), **QUIET)
     assert not (destination / "stale-file").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["isbi2012.zarr"]
     assert load_split(str(destination), "val")[0].shape == (5, 512, 512)

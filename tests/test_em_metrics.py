@@ -133,13 +133,10 @@ def test_agrees_with_a_brute_force_count_on_random_slices(seed):
     assert 0 < result["v_rand"] < 1 and 0 < result["v_info"] < 1
 
 
-def test_on_a_real_slice_noise_costs_more_than_a_one_pixel_shift():
-    from pathlib import Path
-
+def test_on_a_real_slice_noise_costs_more_than_a_one_pixel_shift(isbi_dir):
     from PIL import Image
 
-    shared = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012-em"
-    membrane = (np.asarray(Image.open(shared / "label" / "25.png")) == 0).astype(np.uint8)
+    membrane = (np.asarray(Image.open(isbi_dir / "label" / "25.png")) == 0).astype(np.uint8)
     shifted = np.roll(membrane, 1, axis=1).astype(np.float32)
     noisy = np.clip(membrane + np.random.default_rng(0).normal(0, 0.4, membrane.shape), 0, 1)
     shifted_scores, noisy_scores = scores(shifted, membrane), scores(noisy, membrane)

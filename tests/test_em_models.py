@@ -6,7 +6,6 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
 from quantpipe.em.data import read_stack
 from quantpipe.em.unet import SectionConvBnReLU, build_unet
 from quantpipe.models import build_model
@@ -15,15 +14,12 @@ from torch import nn
 from torch.ao.nn import intrinsic, quantized
 
 warnings.filterwarnings("ignore")
-ISBI = REPO.parent / "shared" / "data" / "isbi2012-em"
 SHAPES = {"unet2d": (4, 1, 64, 64), "unet3d_aniso": (2, 1, 3, 64, 64)}
 
 
 @pytest.fixture(scope="module")
-def sections() -> np.ndarray:
-    if not ISBI.exists():
-        pytest.fail(f"ISBI 2012 copy not found at {ISBI} (tests use ../shared/data)")
-    return read_stack(ISBI)[0]
+def sections(isbi_dir) -> np.ndarray:
+    return read_stack(isbi_dir)[0]
 
 
 def em_patches(sections: np.ndarray, shape: tuple[int, ...], count: int, seed: int):

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,6 @@ from quantpipe.submit import submit_array
 from slurmtools import run as slurm
 from slurmtools import wait_sacct
 
-SHARED_EM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012-em"
 CONFIG = {"dims": 2, "tile": [64, 64], "overlap": [16, 16], "batch_size": 4, "block_sections": 1,
           "chunks": [1, 64, 64]}  # fmt: skip
 ONE_CPU = {"slurm_partition": "cpu", "cpus_per_task": 1, "mem_mb": 2000, "runtime": 10}
@@ -28,10 +26,10 @@ QUIET = {"log": lambda _: None}
 
 
 @pytest.fixture(scope="module")
-def volume(tmp_path_factory) -> str:
+def volume(tmp_path_factory, isbi_dir) -> str:
     """Three 128x128 crops of test sections 25-27 as a uint8 Zarr array (12 blocks of 64x64)."""
     crops = [
-        np.asarray(Image.open(SHARED_EM / "image" / f"{n}.png"))[:128, :128] for n in (25, 26, 27)
+        np.asarray(Image.open(isbi_dir / "image" / f"{n}.png"))[:128, :128] for n in (25, 26, 27)
     ]
     path = str(tmp_path_factory.mktemp("volume") / "image.zarr")
     array = zarr.create_array(store=path, shape=(3, 128, 128), chunks=(1, 128, 128), dtype="uint8")
@@ -42,8 +40,6 @@ def volume(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> str:
     """A small, randomly initialised 2D U-Net in the train stage's checkpoint format."""
-    if "unet2d" not in models.MODELS:
-        pytest.skip("quantpipe.em.unet (the U-Nets) is not in this checkout")
     torch.manual_seed(0)
     architecture = {"name": "unet2d", "num_classes": 1, "width": 2}
     net = models.build_model(**architecture)
@@ -130,18 +126,14 @@ def test_a_failed_array_task_is_named_by_its_array_id(volume, checkpoint, tmp_pa
 
 
 @pytest.mark.slurm
-def test_stopping_the_array_submitter_cancels_every_task(tmp_path, cluster):
+def test_stopping_the_array_submitter_cancels_every_task(tmp_path, cluster, isbi_dir):
     """SIGTERM to the waiting process cancels all array tasks and leaves no output behind."""
-    if "unet2d" not in models.MODELS:
-        pytest.skip("quantpipe.em.unet (the U-Nets) is not in this checkout")
     architecture = {"name": "unet2d", "num_classes": 1, "width": 16}
     model = str(tmp_path / "model.pt")
     torch.save({"architecture": architecture, "record": {},
                 "state_dict": models.build_model(**architecture).state_dict()}, model)  # fmt: skip
     volume = str(tmp_path / "image.zarr")
-    sections = np.stack(
-        [np.asarray(Image.open(SHARED_EM / "image" / f"{n}.png")) for n in range(6)]
-    )
+    sections = np.stack([np.asarray(Image.open(isbi_dir / "image" / f"{n}.png")) for n in range(6)])
     zarr.create_array(store=volume, data=sections, chunks=(1, 512, 512))
     config = {**CONFIG, "tile": [256, 256], "chunks": None}  # a few seconds per 512 x 512 block
     output = str(tmp_path / "out" / "segmentation.zarr")

@@ -2,12 +2,10 @@
 
 import pytest
 import torch
-from conftest import REPO
 from quantpipe.em.data import prepare
 from quantpipe.quantize import EXAMPLE_BATCH
 from quantpipe.train import load_trained, run
 
-ISBI = REPO.parent / "shared" / "data" / "isbi2012-em"
 CONFIG = {
     "task": "isbi2012_em", "model": "unet3d_aniso", "width": 2, "seed": 1, "sections": 3,
     "patch_size": 32, "epochs": 2, "steps_per_epoch": 3, "batch_size": 2, "lr": 0.003,
@@ -20,11 +18,9 @@ class Killed(Exception):
 
 
 @pytest.fixture(scope="module")
-def volume(tmp_path_factory):
-    if not ISBI.exists():
-        pytest.fail(f"ISBI 2012 copy not found at {ISBI} (tests use ../shared/data)")
+def volume(tmp_path_factory, isbi_dir):
     path = tmp_path_factory.mktemp("em") / "isbi2012-em.zarr"
-    prepare(str(ISBI), str(path), log=lambda _: None)
+    prepare(str(isbi_dir), str(path), log=lambda _: None)
     return str(path)
 
 
@@ -34,7 +30,10 @@ def train(volume, out, log=lambda _: None):
 
 def test_the_record_says_what_ran(volume, tmp_path):
     record = train(volume, tmp_path)
-    assert record["device"] == "cpu" and "no CUDA" in record["device_reason"]
+    if torch.cuda.is_available():
+        assert record["device"] == "cuda" and record["device_reason"].startswith("CUDA device")
+    else:
+        assert record["device"] == "cpu" and "no CUDA" in record["device_reason"]
     assert record["architecture"] == {"name": "unet3d_aniso", "width": 2}
     assert len(record["history"]) == 2 and 0 <= record["val_pixel_error"] <= 1
     net, _ = load_trained(tmp_path / "model.pt")
@@ -42,6 +41,7 @@ def test_the_record_says_what_ran(volume, tmp_path):
     assert net(x).shape == x.shape
 
 
+@pytest.mark.slow
 def test_a_resumed_run_ends_with_the_same_weights(volume, tmp_path):
     train(volume, tmp_path / "straight")
 

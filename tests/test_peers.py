@@ -64,6 +64,7 @@ def test_peer_fp32_matches_torch(method, tiny):
     assert size > sum(p.numel() * 4 for p in tiny.parameters()) * 0.9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", peer_params())
 def test_peer_calibration_methods_map_to_their_own_settings(method, tiny, tmp_path):
     module = backend(method)

@@ -1,7 +1,8 @@
 """The GPU precision variants (fp32-gpu, bf16-gpu, fp16-gpu): what can be checked without CUDA.
 
 The autocast wrapper runs on the CPU too (bf16 and fp16 autocast exist there), so its dtype logic
-is tested here; where CUDA is absent every GPU row says skipped, with the reason and no number.
+is tested here; where CUDA is absent every GPU row says skipped, with the reason and no number
+(tested on every machine by hiding CUDA). tests/test_gpu.py measures the rows on a GPU.
 """
 
 import json
@@ -12,7 +13,12 @@ from quantpipe import benchmark, precision
 from quantpipe import summary as qs
 from quantpipe.models import build_model
 
-needs_no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA path")
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """This process as on a node without a usable GPU, also where one is present."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
 
 def tiny_model() -> torch.nn.Module:
@@ -56,9 +62,7 @@ def test_autocast_compiles():
                                    rtol=0.05, atol=0.05)  # fmt: skip
 
 
-@needs_no_cuda
-def test_without_cuda_every_precision_is_unusable_and_says_why(monkeypatch):
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+def test_without_cuda_every_precision_is_unusable_and_says_why(no_cuda, monkeypatch):
     for name in ("fp32", "bf16", "fp16"):
         assert precision.unusable(name) == "no CUDA device on this node"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
@@ -66,10 +70,18 @@ def test_without_cuda_every_precision_is_unusable_and_says_why(monkeypatch):
     assert reason == "CUDA cannot use the allocated GPU (CUDA_VISIBLE_DEVICES=0)"
 
 
-@needs_no_cuda
+def test_the_precisions_are_usable_where_cuda_is():
+    """On this machine: usable with CUDA (bf16 where the GPU has it natively), else the reason."""
+    if not torch.cuda.is_available():
+        assert "CUDA" in precision.unusable("fp32") and "CUDA" in precision.unusable("fp16")
+        return
+    assert precision.unusable("fp32") is None and precision.unusable("fp16") is None
+    native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    assert (precision.unusable("bf16") is None) == native_bf16
+
+
 @pytest.mark.parametrize("variant", ["fp32-gpu", "bf16-gpu", "fp16-gpu"])
-def test_gpu_variant_rows_say_skipped_with_no_numbers(variant, tmp_path, monkeypatch):
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+def test_gpu_variant_rows_say_skipped_with_no_numbers(variant, tmp_path, no_cuda):
     config = {"variant": variant, "model": "resnet18_cifar", "width": 4, "seed": 0}
     metrics, predictions = str(tmp_path / "metrics.json"), str(tmp_path / "predictions.pt")
     record = benchmark.run("unread.pt", "unread", metrics, predictions, config, log=lambda _: None)
@@ -84,9 +96,9 @@ def test_gpu_variant_rows_say_skipped_with_no_numbers(variant, tmp_path, monkeyp
     assert torch.load(tmp_path / "predictions.pt", weights_only=True) == {}
 
 
-@needs_no_cuda
-def test_gpu_check_script_packs_and_reports_skipped_rows(tmp_path, cifar_dir, capsys):
-    """workflow/scripts/gpu_check.py, as a lent GPU machine runs it, here without CUDA."""
+def test_gpu_check_script_packs_and_reports_the_rows(tmp_path, cifar_dir, capsys):
+    """workflow/scripts/gpu_check.py, as a lent GPU machine runs it: measured rows with CUDA,
+    skipped ones with the reason without."""
     import importlib.util
 
     from conftest import REPO
@@ -104,13 +116,21 @@ def test_gpu_check_script_packs_and_reports_skipped_rows(tmp_path, cifar_dir, ca
     gpu_check.main(["pack", "--model", str(tmp_path / "m.pt"), "--data", str(cifar_dir),
                     "--out", str(bundle)])  # fmt: skip
     assert sorted(path.name for path in bundle.iterdir()) == ["model.pt", "test.pt"]
-    gpu_check.main(["run", "--bundle", str(bundle), "--json", str(tmp_path / "rows.json")])
+    gpu_check.main(["run", "--bundle", str(bundle), "--warmup", "1", "--latency-iterations", "20",
+                    "--json", str(tmp_path / "rows.json")])  # fmt: skip
     rows = json.loads((tmp_path / "rows.json").read_text())
     assert [(row["variant"], row["method"]) for row in rows] == [
         (f"{name}-gpu", method)
         for name in ("fp32", "bf16", "fp16")
         for method in ("eager", "compiled")
     ]
-    assert all(row["reason"] == "no CUDA device on this node" for row in rows)
     printed = capsys.readouterr().out
-    assert "| bf16-gpu | compiled | skipped: no CUDA device on this node |" in printed
+    for row in rows:
+        reason = precision.unusable(row["variant"].split("-")[0])
+        if reason:  # without CUDA: every row
+            assert row["status"] == "skipped" and row["reason"] == reason
+            assert f"| {row['variant']} | {row['method']} | skipped: {reason} |" in printed
+        else:
+            assert row["status"] == "ok" and 0 <= row["accuracy"] <= 1
+            assert row["images_per_s"] > 0 and row["latency_ms_p50"] > 0 and row["size_mb"] > 0
+            assert f"| {row['variant']} | {row['method']} | ok | {row['accuracy']:.4f} |" in printed

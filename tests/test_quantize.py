@@ -3,6 +3,7 @@
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -61,12 +62,19 @@ def trained_like(model: nn.Module) -> nn.Module:
 @pytest.mark.parametrize(
     "make",
     [
-        lambda: build_model("resnet18_cifar", width=8),
-        lambda: torchvision.models.resnet18(num_classes=10),  # reuses one ReLU per block
-        lambda: torchvision.models.mobilenet_v2(num_classes=10),
-        UnseenNet,
+        pytest.param(lambda: build_model("resnet18_cifar", width=8), id="ours"),
+        pytest.param(  # reuses one ReLU per block
+            lambda: torchvision.models.resnet18(num_classes=10),
+            id="torchvision-resnet18",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(
+            lambda: torchvision.models.mobilenet_v2(num_classes=10),
+            id="mobilenet_v2",
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(UnseenNet, id="unseen"),
     ],
-    ids=["ours", "torchvision-resnet18", "mobilenet_v2", "unseen"],
 )
 def test_pt2e_quantizes_any_cnn(make, tmp_path):
     torch.manual_seed(0)
@@ -101,6 +109,7 @@ def test_pt2e_artifact_holds_int8_weights_only(tmp_path):
     assert sum(t.numel() * t.element_size() for t in tensors) < 0.3 * 4 * params
 
 
+@pytest.mark.slow
 def test_pt2e_artifact_runs_in_a_fresh_process(tmp_path):
     """The benchmark job on another node has only the file: no model code, no calibration state."""
     model = trained_like(build_model("resnet18_cifar", width=8))
@@ -125,6 +134,7 @@ def test_pt2e_artifact_runs_in_a_fresh_process(tmp_path):
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "ok"  # the comparison ran to its end
 
 
 def test_eager_roundtrip_and_close_to_fp32(tmp_path):
@@ -152,6 +162,7 @@ def test_unknown_method_is_named():
         backend("fp8")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["pt2e", "eager"])
 def test_full_width_artifact_is_four_times_smaller(tmp_path, method):
     architecture = {"name": "resnet18_cifar", "width": 64, "num_classes": 10}
@@ -322,6 +333,7 @@ def test_eager_leaves_the_callers_model_alone():
     assert {name: type(module) for name, module in model.named_modules()} == before
 
 
+@pytest.mark.slow
 def test_per_tensor_pt2e_keeps_the_fused_int8_kernels():
     """Per-tensor weights written per channel still lower to oneDNN's fused INT8 convolution."""
     from torch._inductor.utils import run_and_get_code
@@ -336,6 +348,7 @@ def test_per_tensor_pt2e_keeps_the_fused_int8_kernels():
     assert "qconv" in "\n".join(code)
 
 
+@pytest.mark.slow
 def test_compiled_pt2e_runs_small_batches_through_the_cpp_wrapper():
     """compile_for_cpu: the C++-wrapper compilation for small batches, the Python one for large;
     both give the same logits."""
@@ -375,6 +388,7 @@ def accuracy(model, images, labels) -> float:
         return (model(normalize(images)).argmax(1) == labels).float().mean().item()
 
 
+@pytest.mark.slow
 def test_qat_artifact_loads_with_pt2e_and_keeps_accuracy(tmp_path):
     """A few QAT steps on a tiny trained model: an INT8 artifact pt2e's loader runs, accurate."""
     from quantpipe.datasets import augment, normalize
@@ -414,8 +428,9 @@ def test_qat_artifact_loads_with_pt2e_and_keeps_accuracy(tmp_path):
     assert any("observers frozen" in line for line in lines)
     record = fine_tune.record
     assert record["steps"] == 12 and record["freeze_bn_step"] < record["freeze_observers_step"]
-    assert record["device"] in ("cpu", "cuda") and record["device_reason"]
-    if not torch.cuda.is_available():
+    if torch.cuda.is_available():
+        assert record["device"] == "cuda" and record["device_reason"].startswith("CUDA device")
+    else:
         assert record["device"] == "cpu" and "CUDA" in record["device_reason"]
     assert len(record["history"]) == 3
     # The caller's FP32 model is left as it was.
@@ -434,12 +449,13 @@ def test_qat_settings_refuse_what_torchaos_qat_cannot_do():
     assert config.is_qat and config.input_activation.quant_max == 127
 
 
+@pytest.mark.slow
 def test_qat_stage_fine_tunes_on_the_training_split(tmp_path, cifar_dir):
     """The quantize stage with method qat: CIFAR-10's training split, the `qat` config section,
     the device and its reason in metrics.json, an artifact the benchmark's loader takes."""
     import json
 
-    from quantpipe.quantize import load_for_cpu, run
+    from quantpipe.quantize import run
 
     architecture = {"name": "resnet18_cifar", "width": 4, "num_classes": 10}
     torch.save(
@@ -456,8 +472,68 @@ def test_qat_stage_fine_tunes_on_the_training_split(tmp_path, cifar_dir):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["qat"]["steps"] == 4 and metrics["qat"]["training_images"] == 5000
     assert metrics["qat"]["label_smoothing"] == 0.0  # as the model was trained
-    assert metrics["qat"]["device"] in ("cpu", "cuda") and metrics["qat"]["device_reason"]
+    assert metrics["qat"]["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert metrics["qat"]["device_reason"]
     assert metrics["calibration_settings"]["weights"] == "per_channel"
+    # The benchmark loads method qat's artifact with pt2e's loader (its compiled path is
+    # test_compiled_pt2e_runs_small_batches_through_the_cpp_wrapper's).
+    assert backend("qat").load is pt2e.load
     with torch.no_grad():
-        assert pt2e.load(tmp_path / "int8.pt")(torch.zeros(3, 3, 32, 32)).shape == (3, 10)
-    assert callable(load_for_cpu)
+        logits = pt2e.load(tmp_path / "int8.pt")(torch.zeros(3, 3, 32, 32))
+    assert logits.shape == (3, 10) and torch.isfinite(logits).all()
+
+
+# --- the per-stage command line -----------------------------------------------------------------
+
+
+def test_the_quantize_command_works_as_the_readme_shows(tmp_path, cifar_dir):
+    """`quantpipe quantize --model ... --data ... --artifact ... --metrics ... --config ...` on a
+    checkpoint as the train stage writes it: an INT8 artifact close to the FP32 model, and its
+    record."""
+    import json
+    from importlib.metadata import version
+
+    from quantpipe.datasets import load_splits, normalize
+
+    run = {"model": "resnet18_cifar", "width": 4, "seed": 0, "num_classes": 10, "val_size": 45000}
+    architecture = {"name": "resnet18_cifar", "width": 4, "num_classes": 10}
+    splits = load_splits(str(cifar_dir), run["val_size"])
+    # A few SGD steps on CIFAR-10's training split: trained weights and batch norm statistics,
+    # in seconds (the train stage's own run is tests/test_train.py's).
+    torch.manual_seed(0)
+    model = build_model(**architecture)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    images, labels = splits["train"]
+    for start in range(0, 1280, 64):
+        loss = F.cross_entropy(model(normalize(images[start : start + 64])),
+                               labels[start : start + 64])  # fmt: skip
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    torch.save({"architecture": architecture, "state_dict": model.state_dict(),
+                "record": {"architecture": architecture, "config": run}},
+               tmp_path / "model.pt")  # fmt: skip
+    config = {**run, "method": "pt2e", "calibration_method": "histogram",
+              "calibration_size": 32, "calibration_batch_size": 16}  # fmt: skip
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump(config))
+    command = [str(Path(sys.executable).with_name("quantpipe")), "quantize",
+               "--model", str(tmp_path / "model.pt"), "--data", str(cifar_dir),
+               "--artifact", str(tmp_path / "int8.pt"), "--metrics", str(tmp_path / "q.json"),
+               "--config", str(tmp_path / "q.yaml")]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "q.json").read_text())
+    assert metrics["stage"] == "quantize" and metrics["config"] == config
+    assert metrics["method"] == "pt2e" and metrics["calibration_method"] == "histogram"
+    assert metrics["calibration_size"] == 32 and metrics["calibration_settings"]["weights"]
+    assert metrics["size_bytes"] == (tmp_path / "int8.pt").stat().st_size > 0
+    assert metrics["architecture"] == architecture
+    assert metrics["provenance"]["versions"]["torch"] == version("torch")
+    assert '"stage": "quantize"' in done.stdout  # the command prints the record
+    # The artifact is this model in INT8: its logits on test images stay close.
+    test_images = normalize(splits["test"][0][:256])
+    with torch.no_grad():
+        reference, int8 = model(test_images), pt2e.load(tmp_path / "int8.pt")(test_images)
+    print(f"relative error {relative_error(reference, int8):.3f}")
+    assert relative_error(reference, int8) < 0.25

@@ -15,9 +15,10 @@ from slurmtools import run, wait_sacct
 
 pytestmark = pytest.mark.slurm
 CPU = {"slurm_partition": "cpu", "cpus_per_task": 2, "mem_mb": 2000, "runtime": 10}
+# 2,000 training images (`images`) and 1,000 validation images: a few seconds an epoch.
 TRAIN = {
-    "model": "resnet18_cifar", "width": 4, "num_classes": 10, "seed": 5, "val_size": 48000,
-    "batch_size": 100, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
+    "model": "resnet18_cifar", "width": 4, "num_classes": 10, "seed": 5, "val_size": 1000,
+    "images": 2000, "batch_size": 100, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
     "label_smoothing": 0.1, "device": "auto", "log_every": 5,
 }  # fmt: skip
 
@@ -88,7 +89,8 @@ def test_a_cancelled_job_is_reported_failed(tmp_path):
     run(["scancel", job])
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 1, output
-    assert "failed" in output and job in output
+    assert f"train: job {job} failed (state CANCELLED" in output
+    assert f"job {job} was cancelled (`scancel` or an administrator): rerun Snakemake" in output
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -104,7 +106,7 @@ def test_stopping_the_submitter_cancels_its_job(tmp_path, signum):
 
 
 def test_a_requeued_training_job_resumes_and_matches_an_uninterrupted_run(tmp_path):
-    config = {**TRAIN, "epochs": 4}
+    config = {**TRAIN, "epochs": 3}
     name = "qp-test-requeue"
     files = {"data": str(pytest.cifar_dir), "model": str(tmp_path / "slurm" / "model.pt"),
              "metrics": str(tmp_path / "slurm" / "metrics.json"), "config": config}  # fmt: skip

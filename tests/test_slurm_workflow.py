@@ -1,4 +1,5 @@
-"""`snakemake --profile slurm`, exactly as the README gives it, on the real local Slurm."""
+"""`snakemake --profile slurm`, exactly as the README gives it, on the real local Slurm: the CIFAR
+DAG and the EM DAG, and stopping a run."""
 
 import datetime
 import os
@@ -9,33 +10,57 @@ import time
 import pandas as pd
 import pytest
 import yaml
-from slurmtools import run, wait_sacct
-from workflowtools import SNAKEMAKE, copy_repository, snakemake, tiny_config, user_env
+from conftest import REPO
+from slurmtools import TERMINAL, run, wait_sacct
+from test_slurm_submit import wait_for
+from workflowtools import (
+    SNAKEMAKE,
+    copy_repository,
+    processes_under,
+    snakemake,
+    tiny_config,
+    user_env,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
 
-def accounted_jobs(since: str, tag: str) -> pd.DataFrame:
-    fields = ["JobID", "JobName", "Partition", "State", "AllocTRES"]
-    # Partition fills in a few seconds after a fast job ends: wait for it.
-    for _ in range(50):
+def accounted_jobs(workdir, since: str, count: int) -> pd.DataFrame:
+    """sacct's record of the `count` jobs submitted from `workdir`, once every one has ended and
+    has its partition (which sacct fills in a few seconds after a fast job ends)."""
+    fields = ["JobID", "JobName", "Partition", "State", "AllocTRES", "WorkDir"]
+    deadline = time.monotonic() + 60
+    while True:
         out = run(["sacct", "-X", "-P", "-n", "-S", since, "-o", ",".join(fields)]).stdout
         rows = [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines()]
         jobs = pd.DataFrame(rows, columns=fields)
-        jobs = jobs[jobs["JobName"].str.contains(tag) | jobs["JobName"].isin(["report", "summary"])]
-        if (jobs["Partition"] != "").all():
+        jobs = jobs[jobs["WorkDir"] == str(workdir)]
+        ended = jobs["State"].str.split().str[0].isin(TERMINAL) & (jobs["Partition"] != "")
+        if len(jobs) == count and ended.all():
             return jobs
-        time.sleep(0.2)
-    return jobs
+        if time.monotonic() > deadline:
+            pytest.fail(f"sacct does not show {count} ended jobs from {workdir}:\n{jobs}")
+        time.sleep(0.5)
+
+
+def now() -> str:
+    """A start time for `sacct -S` that includes jobs submitted from now on."""
+    return (datetime.datetime.now() - datetime.timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 @pytest.fixture(scope="module")
 def slurm_run(cluster, tmp_path_factory):
+    """The README's command, in a copy of the repository, for a user whose own profile named
+    `slurm` is a broken link (a deleted checkout's): the copy's ./slurm must be the one used."""
     workdir = tmp_path_factory.mktemp("slurm_workflow")
     copy_repository(workdir)
     tiny_config(workdir)
-    since = (datetime.datetime.now() - datetime.timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S")
-    done = subprocess.run([SNAKEMAKE, "--profile", "slurm"], cwd=workdir, env=user_env(),
+    config_home = tmp_path_factory.mktemp("config_home")
+    (config_home / "snakemake").mkdir()
+    (config_home / "snakemake" / "slurm").symlink_to(config_home / "deleted-checkout")
+    since = now()
+    env = {**user_env(), "XDG_CONFIG_HOME": str(config_home)}
+    done = subprocess.run([SNAKEMAKE, "--profile", "slurm"], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=1800)  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     return workdir, since
@@ -43,14 +68,14 @@ def slurm_run(cluster, tmp_path_factory):
 
 def test_every_stage_ran_as_a_slurm_job_where_asked(slurm_run):
     workdir, since = slurm_run
-    jobs = accounted_jobs(since, "resnet18_cifar-8-0").set_index("JobName")
+    # train, quantize x2 (pt2e, eager), benchmark x6 (fp32-cpu, fp32/bf16/fp16-gpu, two INT8)
+    jobs = accounted_jobs(workdir, since, count=11).set_index("JobName")
     assert (jobs["State"] == "COMPLETED").all(), jobs
     stages = jobs.index.str.split("-").str[0]
-    # Benchmarks: fp32-cpu, fp32-gpu, bf16-gpu, fp16-gpu and the two INT8 methods.
     assert sorted(stages) == sorted(["train", "quantize", "quantize", *["benchmark"] * 6,
                                      "report", "summary"])  # fmt: skip
     on_gpu = jobs.index.str.startswith("train-") | jobs.index.str.endswith("-gpu")
-    assert (jobs.loc[on_gpu, "Partition"] == "gpu").all() and on_gpu.sum() == 4
+    assert on_gpu.sum() == 4 and (jobs.loc[on_gpu, "Partition"] == "gpu").all()
     assert jobs.loc[on_gpu, "AllocTRES"].str.contains("gres/gpu=1").all()
     assert (jobs.loc[~on_gpu, "Partition"] == "cpu").all()
     assert not jobs.loc[~on_gpu, "AllocTRES"].str.contains("gres/gpu").any()
@@ -63,19 +88,22 @@ def test_every_stage_ran_as_a_slurm_job_where_asked(slurm_run):
 
 def test_only_stale_stages_rerun_on_slurm(slurm_run):
     workdir, _ = slurm_run
-    done = snakemake(workdir, profile="slurm")
+    done = snakemake(workdir, profile="profiles/slurm")
     assert "Nothing to be done" in done.stdout + done.stderr
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_stopping_snakemake_cancels_its_slurm_jobs(cluster, tmp_path, how):
+def test_stopping_snakemake_cancels_its_slurm_jobs_and_submits_none_again(cluster, tmp_path, how):
     copy_repository(tmp_path)
     config = tiny_config(tmp_path)
     config["train"]["epochs"] = 50  # long enough to be running when we stop
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    process = subprocess.Popen([SNAKEMAKE, "--profile", "slurm"], cwd=tmp_path, env=user_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               start_new_session=True)  # fmt: skip
+    # the claim holds for the profile as shipped, which retries a failed rule once
+    profile = yaml.safe_load((tmp_path / "profiles" / "slurm" / "config.yaml").read_text())
+    assert profile["retries"] == 1
+    process = subprocess.Popen([SNAKEMAKE, "--profile", "profiles/slurm"], cwd=tmp_path,
+                               env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, start_new_session=True)  # fmt: skip
     try:
         job = wait_for_training_job(tmp_path)
         if how == "ctrl-c":  # the terminal signals the whole foreground process group
@@ -92,15 +120,55 @@ def test_stopping_snakemake_cancels_its_slurm_jobs(cluster, tmp_path, how):
         assert time.monotonic() < deadline, f"job {job} still queued after stop:\n{output[-3000:]}"
         time.sleep(0.5)
     assert wait_sacct(job)["State"].startswith("CANCELLED")
+    # Nothing of the run is left that could submit, and it submitted no second training job
+    # (squeue -t all lists every job of the last MinJobAge=600 s, ended ones too).
+    wait_for(lambda: not processes_under(tmp_path), 60, "the stopped run's processes to end")
+    assert training_jobs(tmp_path) == [job], output[-3000:]
+
+
+def training_jobs(workdir) -> list[str]:
+    """Ids of the training jobs submitted from `workdir`, ended ones included."""
+    found = []
+    for line in run(["squeue", "-h", "-t", "all", "-o", "%i|%j|%Z"]).stdout.splitlines():
+        job, name, where = line.split("|")
+        if name.startswith("train-") and where == str(workdir):
+            found.append(job)
+    return found
 
 
 def wait_for_training_job(workdir) -> str:
     """The id of the training job this run submitted (its working directory is `workdir`)."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        for line in run(["squeue", "-h", "-o", "%i|%j|%Z"]).stdout.splitlines():
-            job, name, where = line.split("|")
-            if name.startswith("train-") and where == str(workdir):
-                return job
+        if jobs := training_jobs(workdir):
+            return jobs[0]
         time.sleep(0.5)
     pytest.fail("the training job never appeared in squeue")
+
+
+def test_the_em_workflow_runs_on_slurm(cluster, tmp_path, isbi_dir):
+    """The EM task's DAG (tests/configs/tiny_em.yaml with one INT8 method, to keep it short):
+    every stage a Slurm job, the segment stage one job array per variant, all COMPLETED."""
+    copy_repository(tmp_path)
+    config = yaml.safe_load((REPO / "tests" / "configs" / "tiny_em.yaml").read_text())
+    config["methods"] = ["pt2e"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    since = now()
+    snakemake(tmp_path, profile="profiles/slurm")
+    # train, quantize, benchmark x2 (fp32-cpu, int8) + fp32-gpu, segment x2 arrays of 3 tasks,
+    # report, summary
+    jobs = accounted_jobs(tmp_path, since, count=13)
+    assert (jobs["State"] == "COMPLETED").all(), jobs
+    stages = jobs["JobName"].str.split("-").str[0]
+    assert sorted(stages) == sorted(["train", "quantize", *["benchmark"] * 3, *["segment"] * 6,
+                                     "report", "summary"])  # fmt: skip
+    arrays = jobs.loc[stages == "segment", "JobID"].str.split("_")
+    assert sorted(arrays.str[1]) == ["0", "0", "1", "1", "2", "2"] and arrays.str[0].nunique() == 2
+    on_gpu = jobs["JobName"].str.startswith("train-") | jobs["JobName"].str.endswith("-gpu")
+    assert on_gpu.sum() == 2 and (jobs.loc[on_gpu, "Partition"] == "gpu").all()
+    assert (jobs.loc[~on_gpu, "Partition"] == "cpu").all()
+    report = pd.read_csv(tmp_path / "results" / "report.csv")
+    ok = report[report["status"] == "ok"]
+    assert sorted(ok["variant"] + "/" + ok["method"]) == [
+        "fp32-cpu/compiled", "fp32-cpu/eager", "int8-cpu/pt2e"]  # fmt: skip
+    assert set(ok["slurm_job_id"].astype(str)) <= set(jobs["JobID"])

@@ -1,11 +1,14 @@
 """The submit layer: resource mapping (unit) and real submitit jobs on the local executor."""
 
 import os
+import re
 import subprocess
 import sys
 import time
 
 import pytest
+import submitit
+from quantpipe import submit as submit_module
 from quantpipe.artifacts import write_json
 from quantpipe.submit import StageCall, _descendants, executor_parameters, submit
 
@@ -30,11 +33,14 @@ def test_slurm_resources_map_to_submitit_parameters():
     }
 
 
-def test_no_partition_means_local_without_slurm_keys():
+@pytest.mark.parametrize("present, granted", [(0, 0), (1, 1), (4, 1)])
+def test_no_partition_means_local_without_slurm_keys(present, granted, monkeypatch):
+    # A local job gets the GPUs asked for, as far as the machine has them.
+    monkeypatch.setattr(submit_module, "_local_gpu_count", lambda: present)
     cluster, parameters = executor_parameters({"gpus": 1, "slurm_account": "lab"}, "report")
     assert cluster == "local"
     assert "slurm_account" not in parameters
-    assert parameters["gpus_per_node"] in (0, 1)
+    assert parameters["gpus_per_node"] == granted
 
 
 @pytest.mark.parametrize(
@@ -67,7 +73,7 @@ def test_local_job_runs_a_stage_and_returns_its_dict(tmp_path):
     assert out.read_text().startswith("model,width,seed")
 
 
-def test_failed_stage_exits_nonzero_and_writes_nothing(tmp_path):
+def test_failed_stage_exits_nonzero_and_writes_nothing(tmp_path, capsys):
     empty = tmp_path / "m.json"
     write_json(empty, {"rows": [], "provenance": {"versions": {}}})
     out = tmp_path / "report.csv"
@@ -76,6 +82,11 @@ def test_failed_stage_exits_nonzero_and_writes_nothing(tmp_path):
         submit("report", files, {}, "report", str(tmp_path / "logs"))
     assert failure.value.code == 1
     assert not out.exists()
+    # The rule's log says which job failed and the stage's own error.
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    assert re.search(r"report: job \S+ failed", printed)
+    assert "ValueError: no benchmark rows in 1 metrics files: nothing to report" in printed
 
 
 def test_failed_job_traceback_reaches_the_caller(tmp_path):
@@ -106,3 +117,103 @@ def test_descendants_are_found_through_the_process_tree():
         for pid in reversed(_descendants(os.getpid())):
             os.kill(pid, 9)
         child.wait()
+
+
+class _RequeuedCluster:
+    """Slurm's view of job 19 after a node failure, on a fake clock: Slurm requeued it, it pends
+    until t=10 s, runs again, and its second attempt ends at t=30 s (`second`: COMPLETED, with a
+    result, or FAILED, without). sacct goes on showing the first attempt's NODE_FAIL as the newest
+    record until t=12 s, and learns of the second attempt's end only at t=33 s."""
+
+    def __init__(self, folder, second: str) -> None:
+        self.now, self.second = 0.0, second
+        self.result = folder / "19_0_result.pkl"
+
+    # submit's `time` module, on the fake clock
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        if self.now >= 30 and self.second == "COMPLETED" and not self.result.exists():
+            self.result.write_text("the second attempt's result")
+
+    def strftime(self, _format: str) -> str:
+        return f"t={self.now:.0f}s"
+
+    def sacct(self) -> str:
+        return "NODE_FAIL" if self.now < 12 else "RUNNING" if self.now < 33 else self.second
+
+    def query(self, args: list[str]) -> tuple[bool, str]:
+        """submit._slurm_query's answers at this moment."""
+        if args[0] == "squeue":
+            if self.now < 10:
+                return True, "1|PENDING|BeginTime|cpu|"
+            state = "RUNNING" if self.now < 30 else self.second
+            return True, f"1|{state}|None|cpu|node1"
+        if args[0] == "sinfo":
+            return True, "node1|idle|none"
+        assert args[0] == "sacct", args
+        return True, self.sacct()
+
+
+class _Watcher:
+    """submitit's SlurmInfoWatcher as far as _wait sees it: a cached sacct state."""
+
+    def __init__(self, state: str | None) -> None:
+        self.state = state
+
+    def clear(self) -> None:
+        self.state = None
+
+
+class _RequeuedJob:
+    """A submitit SlurmJob that read sacct while the first attempt's NODE_FAIL was the newest
+    record: as in submitit, a state once final is not asked again unless the cache is cleared."""
+
+    job_id = "19"
+    FINAL = {"COMPLETED", "FAILED", "NODE_FAIL"}
+
+    def __init__(self, cluster: _RequeuedCluster, folder) -> None:
+        self.cluster = cluster
+        self.paths = type("Paths", (), {"folder": folder, "result_pickle": cluster.result})
+        self.watcher = _Watcher("NODE_FAIL")
+
+    def done(self, force_check: bool = False) -> bool:
+        if self.paths.result_pickle.exists():
+            return True
+        if self.watcher.state is None or (force_check and self.watcher.state not in self.FINAL):
+            self.watcher.state = self.cluster.sacct()
+        return self.watcher.state in self.FINAL
+
+    @property
+    def state(self) -> str:
+        return self.watcher.state or "UNKNOWN"
+
+    def result(self) -> str:
+        while not self.done():
+            self.cluster.sleep(1)
+        if not self.paths.result_pickle.exists():
+            raise submitit.core.utils.UncompletedJobError(
+                f"Job 19 has not produced any output (state: {self.state})"
+            )
+        return self.paths.result_pickle.read_text()
+
+
+@pytest.mark.parametrize("second", ["COMPLETED", "FAILED"])
+def test_a_requeued_job_is_over_only_when_its_last_attempt_is(tmp_path, monkeypatch, second):
+    """submitit says done (the first attempt's NODE_FAIL) while squeue shows the requeued job
+    pending, then running: the wait goes on until squeue shows the job ended and sacct's newest
+    record is final, and then returns the second attempt's result or its own failure."""
+    cluster = _RequeuedCluster(tmp_path, second)
+    monkeypatch.setattr(submit_module, "time", cluster)
+    monkeypatch.setattr(submit_module, "_slurm_query", cluster.query)
+    job = _RequeuedJob(cluster, tmp_path)
+    assert job.done() and job.state == "NODE_FAIL"  # what submitit says at the start
+    if second == "COMPLETED":
+        assert submit_module._wait(job, "train", "slurm", {}) == "the second attempt's result"
+        assert cluster.now >= 30
+    else:
+        with pytest.raises(submitit.core.utils.UncompletedJobError):
+            submit_module._wait(job, "train", "slurm", {})
+        assert job.state == "FAILED" and cluster.now >= 33

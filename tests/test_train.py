@@ -3,12 +3,20 @@
 import pytest
 import torch
 from quantpipe.artifacts import read_json
-from quantpipe.train import load_trained, run
+from quantpipe.train import (
+    checkpoint_path_for,
+    load_trained,
+    one_cycle,
+    resume,
+    run,
+    save_checkpoint,
+)
 
+# 2,000 training images (`images`) and 1,000 validation images: a few seconds an epoch.
 CONFIG = {
-    "model": "resnet18_cifar", "width": 4, "num_classes": 10, "seed": 3, "val_size": 48000,
-    "epochs": 2, "batch_size": 100, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4,
-    "label_smoothing": 0.1, "device": "auto", "log_every": 5,
+    "model": "resnet18_cifar", "width": 4, "num_classes": 10, "seed": 3, "val_size": 1000,
+    "images": 2000, "epochs": 2, "batch_size": 100, "lr": 0.1, "momentum": 0.9,
+    "weight_decay": 5e-4, "label_smoothing": 0.1, "device": "auto", "log_every": 5,
 }  # fmt: skip
 
 
@@ -35,8 +43,16 @@ def _data(cifar_dir):
     pytest.cifar_dir = cifar_dir
 
 
-def test_a_resumed_run_ends_with_the_same_weights(tmp_path):
-    straight, straight_dir = train(tmp_path, "straight")
+@pytest.fixture(scope="module")
+def straight_run(cifar_dir, tmp_path_factory):
+    """One uninterrupted run of CONFIG, shared by the tests that only read it."""
+    pytest.cifar_dir = cifar_dir
+    return train(tmp_path_factory.mktemp("train"), "straight")
+
+
+@pytest.mark.slow
+def test_a_resumed_run_ends_with_the_same_weights(tmp_path, straight_run):
+    straight, straight_dir = straight_run
     with pytest.raises(Killed):
         train(tmp_path, "resumed", log=kill_in_epoch(2))
     assert (tmp_path / "resumed" / "checkpoints" / "last.pt").exists()
@@ -54,28 +70,68 @@ def test_a_resumed_run_ends_with_the_same_weights(tmp_path):
     assert learning(resumed["history"]) == learning(straight["history"])
 
 
-def test_record_describes_the_run(tmp_path):
-    result, out = train(tmp_path, "one", epochs=1)
+@pytest.mark.slow
+def test_record_describes_the_run(straight_run):
+    result, out = straight_run
     record = read_json(out / "metrics.json")
-    assert record["config"]["seed"] == 3 and record["device"] == "cpu"
-    assert "no CUDA device" in record["device_reason"]
+    assert record["config"]["seed"] == 3 and record["config"]["images"] == 2000
+    assert [epoch["epoch"] for epoch in record["history"]] == [1, 2]
+    if torch.cuda.is_available():
+        assert record["device"] == "cuda" and record["device_reason"].startswith("CUDA device")
+    else:
+        assert record["device"] == "cpu" and "no CUDA device" in record["device_reason"]
     assert record["provenance"]["threads"] >= 1 and record["provenance"]["versions"]["torch"]
-    assert 0.15 < record["val_accuracy"] <= 1  # better than chance after one short epoch
+    assert 0.15 < record["val_accuracy"] <= 1  # better than chance (0.1) after two short epochs
     model, saved = load_trained(out / "model.pt")
     assert saved["val_accuracy"] == result["val_accuracy"]
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_another_config_is_not_resumed(tmp_path):
     with pytest.raises(Killed):
         train(tmp_path, "run", log=kill_in_epoch(2))
     lines = []
-    result, _ = train(tmp_path, "run", log=lines.append, lr=0.05)
-    assert result["resumed_from_epoch"] == 0
+
+    def log(line: str) -> None:  # stop once it is clear where training starts again
+        lines.append(line)
+        if "epoch " in line and "step" in line:
+            raise Killed(line)
+
+    with pytest.raises(Killed, match="epoch 1/2 step"):  # from the start, not from epoch 2
+        train(tmp_path, "run", log=log, lr=0.05)
     assert any("another training config" in line for line in lines)
+    assert not any("resuming from" in line for line in lines)
 
 
-def test_demanding_a_gpu_without_one_fails_clearly(tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a usable GPU")
+def test_demanding_a_gpu_without_one_fails_clearly(tmp_path, monkeypatch):
+    # As on a node without a usable GPU, also where this machine has one.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     with pytest.raises(RuntimeError, match="demands device 'cuda'.*set device: auto"):
         train(tmp_path, "gpu", device="cuda")
+
+
+def test_a_checkpoint_carries_the_cuda_rng_state_to_the_resumed_run(tmp_path, monkeypatch):
+    """Every CUDA generator's state goes into the checkpoint and is set back on resume. CUDA is
+    faked here, so the bookkeeping is checked on any machine; tests/test_gpu.py checks it on a
+    GPU."""
+    states = [torch.arange(16, dtype=torch.uint8), torch.full((16,), 7, dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in states])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+
+    def parts():
+        net = torch.nn.Linear(2, 2)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        return net, optimizer, one_cycle(optimizer, 0.1, 10)
+
+    path = checkpoint_path_for(str(tmp_path / "model.pt"))
+    save_checkpoint(path, CONFIG, *parts(), 1, [{"epoch": 1}])
+    assert restored == []
+    lines = []
+    assert resume(path, CONFIG, *parts(), lines.append) == (1, [{"epoch": 1}])
+    assert len(restored) == len(states)
+    for got, saved in zip(restored, states, strict=True):
+        assert torch.equal(got, saved)
+    assert any("resuming from" in line for line in lines)

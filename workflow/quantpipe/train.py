@@ -170,6 +170,11 @@ def run(data: str, model: str, metrics: str, config: dict, log=print) -> dict:
     torch.backends.cudnn.deterministic = True
     splits = load_splits(data, config["val_size"])
     train_images, train_labels = splits["train"]
+    if config.get("images"):  # a quick run: a fixed prefix of the (already shuffled) split
+        train_images, train_labels = (
+            train_images[: config["images"]],
+            train_labels[: config["images"]],
+        )
     net = build_model(**architecture(config)).to(device)
     on_gpu = device.type == "cuda"
     if on_gpu:

@@ -99,9 +99,15 @@ def data_config():
         return {
             key: value
             for key, value in config["data"].items()
-            if key != "isbi2012_copy"
+            if not key.startswith("isbi2012_")
         }
-    return {"task": TASK, "isbi2012_copy": config["data"]["isbi2012_copy"]}
+    return {
+        "task": TASK,
+        **{
+            key: config["data"][key]
+            for key in ("isbi2012_copy", "isbi2012_url", "allow_download")
+        },
+    }
 
 
 def experiment_config():

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up quantpipe on a fresh machine: a virtual environment in .venv with the pinned packages
-# (envs/quantpipe.txt) and the quantpipe package installed editable, and the Slurm profile linked
-# where `snakemake --profile slurm` finds it. Safe to run again: it only does what is missing.
+# (envs/quantpipe.txt) and the quantpipe package installed editable. Safe to run again: it only
+# does what is missing. It writes nothing outside this checkout.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 repo=$(pwd)
@@ -22,16 +22,15 @@ if [[ ! -f $stamp ]] || ! cmp -s envs/quantpipe.txt "$stamp"; then
     cp envs/quantpipe.txt "$stamp"
 fi
 
-# Snakemake finds `--profile NAME` in ~/.config/snakemake/NAME, never in ./profiles/.
-profiles=${XDG_CONFIG_HOME:-$HOME/.config}/snakemake
-mkdir -p "$profiles"
-link=$profiles/slurm
-if [[ -L $link && $(readlink "$link") != "$repo/profiles/slurm" ]]; then
-    echo "bootstrap: note: $link points to $(readlink "$link"); relinking it to this checkout"
-    ln -sfn "$repo/profiles/slurm" "$link"
-elif [[ -e $link && ! -L $link ]]; then
-    echo "bootstrap: $link exists and is not a link; leaving it. Use --profile $repo/profiles/slurm" >&2
-elif [[ ! -e $link ]]; then
-    ln -s "$repo/profiles/slurm" "$link"
+# `snakemake --profile slurm` run here finds ./slurm, this checkout's link to profiles/slurm,
+# before any profile of that name in ~/.config/snakemake. One there matters only for runs from
+# other directories: say so when it is not this checkout's.
+profile=${XDG_CONFIG_HOME:-$HOME/.config}/snakemake/slurm
+if [[ -L $profile && ! -e $profile ]]; then
+    echo "bootstrap: note: $profile is a broken link (to $(readlink "$profile")), perhaps left by a" \
+        "deleted checkout; runs from this checkout use ./slurm. Remove it: rm '$profile'"
+elif [[ -e $profile && $(readlink -f "$profile") != "$repo/profiles/slurm" ]]; then
+    echo "bootstrap: note: $profile is another Slurm profile ($(readlink -f "$profile")); runs" \
+        "from this checkout use ./slurm (its profiles/slurm). Left as it is."
 fi
-echo "bootstrap: ready (.venv/bin/snakemake; profile 'slurm' -> $(readlink -f "$link"))"
+echo "bootstrap: ready (.venv/bin/snakemake; from this checkout, --profile slurm is $repo/profiles/slurm)"

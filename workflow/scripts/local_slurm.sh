@@ -4,24 +4,31 @@
 #   local_slurm.sh start        install (if needed) and start munge, MariaDB, slurmdbd, slurmctld,
 #                               slurmd; idempotent: does nothing when the cluster is already healthy.
 #                               Waits until the node is idle and `sacct` answers.
-#   local_slurm.sh stop         cancel all jobs, stop every daemon it started (by pid file).
+#   local_slurm.sh stop         cancel all jobs, stop every daemon it started (by pid file) and
+#                               whatever its slurmd left running.
 #   local_slurm.sh status       show daemons, node and accounting; exit 0 only when healthy.
+#   local_slurm.sh env          print `export SLURM_CONF=...` for this cluster, to `eval` in a shell.
 #   local_slurm.sh stop-dbd | start-dbd | restart-dbd
 #                               stop/start only slurmdbd (fault injection: accounting goes away).
 #
-# Debian 12 packages (Slurm 22.05), runs as root, needs no systemd. Everything it writes lives under
-# QUANTPIPE_SLURM_DIR (default /var/tmp/quantpipe-slurm): conf files, pid files, logs, spool,
-# controller state, the MariaDB datadir, the munge key. The only things outside it:
-#   /etc/slurm/slurm.conf  a symlink to $DIR/etc/slurm.conf, so that sinfo/sbatch/sacct find it
-#                          (or export SLURM_CONF=$DIR/etc/slurm.conf yourself);
-#   /run/munge, /run/mysqld  the munge and MariaDB sockets (default paths the client libraries use).
+# Debian 12 packages (Slurm 22.05), runs as root, needs no systemd. It runs from its own
+# configuration only and leaves the machine's alone: /etc/slurm, /etc/munge, /run/munge and
+# /run/mysqld are never touched. Everything it writes lives under QUANTPIPE_SLURM_DIR (default
+# .slurm/ in this checkout, which git ignores): conf files, pid files, logs, spool, controller
+# state, the MariaDB datadir, the munge key and the munge and MariaDB sockets. Client commands
+# (sinfo, sbatch, squeue, sacct) find this cluster through SLURM_CONF:
+#   eval "$(bash workflow/scripts/local_slurm.sh env)"
+# and jobs submitted from that shell inherit it. `stop` stops every process it started; only the
+# Debian packages it installed stay.
 #
 # A start that finds slurmctld not running is a *fresh* start: the controller state AND the
 # accounting database are wiped together (job ids restart at 1; keeping only one of the two makes
 # `sacct -j 1` return an old job). A start that finds slurmctld running only starts what is missing.
+# Before it starts a daemon it checks that the daemon's TCP port is free: a port held by another
+# Slurm (the machine's own, or another checkout's) is an error that names the port and its holder.
 #
 # Environment:
-#   QUANTPIPE_SLURM_DIR     state directory (default /var/tmp/quantpipe-slurm)
+#   QUANTPIPE_SLURM_DIR     state directory (default <checkout>/.slurm)
 #   QUANTPIPE_SLURM_CPUS    CPUs the node advertises (default 8; more than the machine has, so a
 #                           sweep of small jobs runs concurrently; wrong for benchmarks)
 #   QUANTPIPE_SLURM_MEM_MB  RealMemory of the node in MB (default 64000; like the CPUs, more than the
@@ -29,15 +36,22 @@
 #   QUANTPIPE_SLURM_GPUS    fake GPUs (gres gpu, files are symlinks to /dev/null; default 2)
 #   QUANTPIPE_SLURM_MAXTIME partition MaxTime (default 2-00:00:00)
 #   QUANTPIPE_SLURM_TIMEOUT seconds to wait for each daemon (default 60)
+#   QUANTPIPE_SLURM_CTLD_PORT, QUANTPIPE_SLURM_SLURMD_PORT, QUANTPIPE_SLURM_DBD_PORT
+#                           TCP ports of slurmctld, slurmd and slurmdbd on 127.0.0.1 (default
+#                           6817, 6818, 6819, Slurm's own; choose others beside another Slurm)
 # Changing CPUS/MEM/GPUS/MAXTIME takes effect on the next fresh start (stop, then start).
 set -euo pipefail
 
-DIR=${QUANTPIPE_SLURM_DIR:-/var/tmp/quantpipe-slurm}
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+DIR=$(realpath -m "${QUANTPIPE_SLURM_DIR:-$REPO/.slurm}")
 CPUS=${QUANTPIPE_SLURM_CPUS:-8}
 MEM_MB=${QUANTPIPE_SLURM_MEM_MB:-64000}
 NGPUS=${QUANTPIPE_SLURM_GPUS:-2}
 MAXTIME=${QUANTPIPE_SLURM_MAXTIME:-2-00:00:00}
 TIMEOUT=${QUANTPIPE_SLURM_TIMEOUT:-60}
+CTLD_PORT=${QUANTPIPE_SLURM_CTLD_PORT:-6817}
+SLURMD_PORT=${QUANTPIPE_SLURM_SLURMD_PORT:-6818}
+DBD_PORT=${QUANTPIPE_SLURM_DBD_PORT:-6819}
 CLUSTER=quantpipe
 NODE=$(hostname -s)
 
@@ -48,12 +62,16 @@ STATE=$DIR/state
 DATADIR=$DIR/mysql
 MUNGEDIR=$DIR/munge
 GPUDEV=$DIR/dev
-MUNGE_SOCKET=/run/munge/munge.socket.2
-MYSQL_SOCKET=/run/mysqld/mysqld.sock
+# The sockets live in their own directories, owned by the daemon that creates them (as /run/munge
+# and /run/mysqld are); munged refuses a socket directory that others may write to.
+MUNGE_SOCKET=$RUN/munge/munge.socket.2
+MYSQL_SOCKET=$RUN/mysqld/mysqld.sock
 ACCT_DB=slurm_acct_db
 PACKAGES=(munge slurmctld slurmd slurm-client slurmdbd mariadb-server)
 
 export SLURM_CONF=$ETC/slurm.conf
+# Run from inside a job, this script's own processes must not look like a job's (see leftovers).
+unset SLURM_CLUSTER_NAME
 T0=${EPOCHREALTIME/[.,]/}
 
 # say MESSAGE: a progress line with the seconds since this invocation began.
@@ -263,7 +281,8 @@ SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=cred_expire=10
+# our munged, not the machine's (auth/munge and cred/munge both read socket=)
+AuthInfo=cred_expire=10,socket=$MUNGE_SOCKET
 MpiDefault=none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -277,8 +296,8 @@ SlurmctldDebug=info
 SlurmdDebug=info
 StateSaveLocation=$STATE/slurmctld
 SlurmdSpoolDir=$STATE/slurmd
-SlurmctldPort=6817
-SlurmdPort=6818
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
 # scheduling: start jobs at once (defaults make 20 tiny jobs take 26 s instead of ~2 s)
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_interval=2
@@ -301,7 +320,9 @@ $gres_types
 # accounting through slurmdbd, so that sacct (and submitit, snakemake) see finished jobs
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
-AccountingStoragePort=6819
+AccountingStoragePort=$DBD_PORT
+# for slurmdbd, the munge socket is given here (slurmdbd.conf's AuthInfo on the other side)
+AccountingStoragePass=$MUNGE_SOCKET
 AccountingStorageTRES=gres/gpu
 # memory limits without cgroups: the accounting poller reads each step's RSS every 2 s and kills
 # a step that uses more than the job's --mem (the job ends OUT_OF_MEMORY)
@@ -350,37 +371,22 @@ write_configs() {
         cat >"$ETC/slurmdbd.conf" <<EOF
 # Written by workflow/scripts/local_slurm.sh
 AuthType=auth/munge
+AuthInfo=socket=$MUNGE_SOCKET
 DbdHost=localhost
 DbdAddr=127.0.0.1
-DbdPort=6819
+DbdPort=$DBD_PORT
 SlurmUser=root
 DebugLevel=info
 LogFile=$LOG/slurmdbd.log
 PidFile=$RUN/slurmdbd.pid
 StorageType=accounting_storage/mysql
+# localhost: through the socket that MYSQL_UNIX_PORT names (see start_slurmdbd)
 StorageHost=localhost
 StorageUser=root
 StorageLoc=$ACCT_DB
 EOF
     )
     chmod 600 "$ETC/slurmdbd.conf"
-
-    link_client_conf
-}
-
-# Client commands read /etc/slurm/slurm.conf unless SLURM_CONF is set: point it at ours.
-link_client_conf() {
-    local sys=/etc/slurm/slurm.conf
-    if [[ -L $sys && $(readlink "$sys") == "$ETC/slurm.conf" ]]; then return 0; fi
-    mkdir -p /etc/slurm
-    if [[ -e $sys || -L $sys ]]; then
-        local bak
-        bak="$sys.before-quantpipe.$(date +%Y%m%d%H%M%S)"
-        warn "moving the existing $sys aside to $bak"
-        mv -f "$sys" "$bak"
-    fi
-    ln -s "$ETC/slurm.conf" "$sys"
-    say "linked $sys -> $ETC/slurm.conf"
 }
 
 # ---------------------------------------------------------------- the daemons, one by one
@@ -399,8 +405,8 @@ start_munge() {
     fi
     chown munge:munge "$key"
     chmod 400 "$key"
-    rm -rf /run/munge
-    install -d -o munge -g munge -m 0755 /run/munge
+    rm -rf "${MUNGE_SOCKET%/*}"
+    install -d -o munge -g munge -m 0755 "${MUNGE_SOCKET%/*}"
     spawn "$MUNGEDIR/munged.out" runuser -u munge -- /usr/sbin/munged \
         --key-file="$key" --pid-file="$MUNGEDIR/munged.pid" --log-file="$MUNGEDIR/munged.log" \
         --seed-file="$MUNGEDIR/munged.seed" --socket="$MUNGE_SOCKET"
@@ -417,7 +423,7 @@ start_mariadb() {
     bin=$(mariadbd_bin)
     local log=$LOG/mariadb.log
     if [[ -S $MYSQL_SOCKET ]] && mysql_q 'SELECT 1' >/dev/null 2>&1; then
-        die "another MariaDB/MySQL server already answers on $MYSQL_SOCKET; stop it first"
+        die "a MariaDB server whose pid file is lost still answers on $MYSQL_SOCKET; stop it first"
     fi
     touch "$log"
     chown mysql:mysql "$log"
@@ -430,8 +436,8 @@ start_mariadb() {
             >"$LOG/mariadb-install-db.log" 2>&1 ||
             die "mariadb-install-db failed" "$LOG/mariadb-install-db.log"
     fi
-    rm -rf /run/mysqld
-    install -d -o mysql -g mysql -m 0755 /run/mysqld
+    rm -rf "${MYSQL_SOCKET%/*}"
+    install -d -o mysql -g mysql -m 0755 "${MYSQL_SOCKET%/*}"
     say "starting MariaDB (socket only: $MYSQL_SOCKET)"
     spawn "$log" "$bin" --no-defaults --user=mysql --datadir="$DATADIR" \
         --socket="$MYSQL_SOCKET" --pid-file="$DATADIR/mariadbd.pid" --log-error="$log" \
@@ -449,7 +455,8 @@ dbd_answers() { sacctmgr -n -P list cluster format=cluster; }
 start_slurmdbd() {
     if alive slurmdbd; then return 0; fi
     say "starting slurmdbd"
-    spawn "$LOG/slurmdbd.out" /usr/sbin/slurmdbd
+    # slurmdbd.conf cannot name a MariaDB socket; the client library takes it from MYSQL_UNIX_PORT.
+    spawn "$LOG/slurmdbd.out" env MYSQL_UNIX_PORT="$MYSQL_SOCKET" /usr/sbin/slurmdbd
     wait_for "$TIMEOUT" slurmdbd dbd_answers ||
         die "slurmdbd did not come up" "$LOG/slurmdbd.log" "$LOG/slurmdbd.out" "$LOG/mariadb.log"
     say "slurmdbd up (pid $(pid_of slurmdbd))"
@@ -484,6 +491,86 @@ node_usable() { [[ $(node_state) =~ ^(idle|mix|alloc|comp)$ ]]; }
 node_idle() { [[ $(node_state) == idle ]]; }
 sacct_answers() { sacct -n -X -S now -E now; }
 
+# ---------------------------------------------------------------- ports and leftovers
+
+# listeners PORT: a line for each socket listening on TCP PORT; nothing when the port is free.
+listeners() {
+    if command -v ss >/dev/null; then
+        ss -Hltnp "sport = :$1"
+    else # in /proc/net/tcp* the local address ends in the port in hex; state 0A is LISTEN
+        awk -v port="$(printf ':%04X' "$1")" '$4 == "0A" && substr($2, length($2) - 4) == port' \
+            /proc/net/tcp /proc/net/tcp6 2>/dev/null
+    fi
+}
+
+# check_port DAEMON PORT VARIABLE: exit naming the holder and the fix if PORT is taken.
+check_port() {
+    local daemon=$1 port=$2 variable=$3 found pid holder="" conf state fix
+    found=$(listeners "$port") || true
+    [[ -z $found ]] && return 0
+    pid=$(grep -o 'pid=[0-9]*' <<<"$found" | head -n 1 | cut -d= -f2) || true
+    if [[ -n $pid ]]; then
+        holder=" by $(cat "/proc/$pid/comm" 2>/dev/null || echo '?') (pid $pid)"
+        conf=$(tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | sed -n 's/^SLURM_CONF=//p' | head -n 1) || true
+    fi
+    fix="Stop it if it is not needed, or give this cluster another port"
+    if [[ -n ${conf:-} ]] && grep -qs 'Written by workflow/scripts/local_slurm.sh' "$conf"; then
+        state=${conf%/etc/slurm.conf}
+        holder+=", the local Slurm of $state"
+        fix="Stop that one with 'QUANTPIPE_SLURM_DIR=$state bash $0 stop', or give this cluster another port"
+    elif [[ $holder == " by slurm"* ]]; then
+        fix="Leave this machine's own Slurm running and give this cluster another port"
+    elif [[ -z $pid ]]; then
+        holder+=" (the holder is not visible to this user: see 'ss -ltnp')"
+    fi
+    die "TCP port $port, which $daemon needs, is already in use$holder. $fix: '$variable=<free port> bash $0 start' (QUANTPIPE_SLURM_CTLD_PORT, _SLURMD_PORT and _DBD_PORT choose all three)"
+}
+
+# check_ports DAEMON...: check the port of each daemon named that is not running yet.
+check_ports() {
+    local d
+    for d in "$@"; do
+        alive "$d" && continue
+        case $d in
+        slurmctld) check_port slurmctld "$CTLD_PORT" QUANTPIPE_SLURM_CTLD_PORT ;;
+        slurmd) check_port slurmd "$SLURMD_PORT" QUANTPIPE_SLURM_SLURMD_PORT ;;
+        slurmdbd) check_port slurmdbd "$DBD_PORT" QUANTPIPE_SLURM_DBD_PORT ;;
+        esac
+    done
+}
+
+# Processes of this cluster that its daemons no longer account for: a step's slurmstepd (started
+# with slurmd's environment, which has our SLURM_CONF) and any process of a job (our SLURM_CONF,
+# and the SLURM_CLUSTER_NAME that Slurm gives a job, in its environment). A job's process whose parent exits becomes init's child, and
+# proctrack/linuxproc then neither signals nor waits for it: one that ignores SIGTERM outlives
+# its job.
+leftovers() {
+    local file pid stat ancestors=" " up=$BASHPID
+    while ((up > 1)); do # never this script or what runs it
+        ancestors+="$up "
+        stat=$(cat "/proc/$up/stat" 2>/dev/null) || break
+        read -r _ up _ <<<"${stat##*) }" # after the command name: state, parent pid, ...
+    done
+    for file in $(grep -lzxF "SLURM_CONF=$SLURM_CONF" /proc/[0-9]*/environ 2>/dev/null); do
+        pid=${file#/proc/}
+        pid=${pid%/environ}
+        [[ $ancestors != *" $pid "* ]] || continue
+        if grep -qzx "SLURM_CLUSTER_NAME=$CLUSTER" "$file" 2>/dev/null ||
+            [[ $(cat "/proc/$pid/comm" 2>/dev/null) == slurmstepd ]]; then
+            echo "$pid"
+        fi
+    done
+}
+
+# An older version of this script linked /etc/slurm/slurm.conf to its own file: say so, and leave
+# the machine's /etc/slurm to its owner.
+note_old_link() {
+    local sys=/etc/slurm/slurm.conf
+    if [[ -L $sys && $(readlink "$sys") == */quantpipe-slurm/etc/slurm.conf ]]; then
+        warn "$sys links to $(readlink "$sys"), made by an older local_slurm.sh; this one leaves /etc/slurm alone (clients use SLURM_CONF). Remove the link, and put back the $sys.before-quantpipe.* file it moved aside if there is one."
+    fi
+}
+
 # ---------------------------------------------------------------- subcommands
 
 all_daemons=(munged mariadbd slurmdbd slurmctld slurmd)
@@ -502,6 +589,15 @@ check_settings() {
     ((CPUS >= 1 && MEM_MB >= 100)) || die "need QUANTPIPE_SLURM_CPUS >= 1 and QUANTPIPE_SLURM_MEM_MB >= 100"
     [[ $MAXTIME =~ ^([0-9]+-)?[0-9:]+$|^UNLIMITED$ ]] ||
         die "QUANTPIPE_SLURM_MAXTIME must look like 2-00:00:00, not '$MAXTIME'"
+    for v in CTLD_PORT SLURMD_PORT DBD_PORT; do
+        [[ ${!v} =~ ^[0-9]+$ ]] && ((${!v} >= 1 && ${!v} <= 65535)) ||
+            die "QUANTPIPE_SLURM_$v must be a TCP port number, not '${!v}'"
+    done
+    ((CTLD_PORT != SLURMD_PORT && CTLD_PORT != DBD_PORT && SLURMD_PORT != DBD_PORT)) ||
+        die "QUANTPIPE_SLURM_CTLD_PORT, _SLURMD_PORT and _DBD_PORT must differ"
+    # a Unix socket's path has at most 107 bytes
+    ((${#MUNGE_SOCKET} < 108 && ${#MYSQL_SOCKET} < 108)) ||
+        die "the state directory $DIR is too deep for the munge and MariaDB sockets in it: set QUANTPIPE_SLURM_DIR to a shorter path"
 }
 
 # The cluster keeps the settings of its last fresh start: say so when the environment asks for
@@ -518,9 +614,9 @@ warn_if_config_differs() {
 cmd_start() {
     [[ $EUID -eq 0 ]] || die "must run as root (the daemons run as root/munge/mysql)"
     check_settings
+    note_old_link
     mkdir -p "$DIR"
     if [[ -f $ETC/slurm.conf ]] && ! conf_outdated && healthy; then
-        link_client_conf
         say "already up and healthy: node $NODE $(node_state), accounting answers ($DIR)"
         warn_if_config_differs
         return 0
@@ -528,6 +624,11 @@ cmd_start() {
     install_packages
     mkdir -p "$DIR"
     chmod 755 "$DIR"
+    local user
+    for user in munge mysql; do # their daemons keep their files and sockets in here
+        runuser -u "$user" -- test -x "$DIR" ||
+            die "user $user cannot reach $DIR: a directory above it is closed to others (chmod o+x it), or set QUANTPIPE_SLURM_DIR to a path that all users can reach"
+    done
 
     local fresh=0
     if ! alive slurmctld; then
@@ -540,14 +641,13 @@ cmd_start() {
         say "slurmctld is running: starting only what is missing"
         [[ -f $ETC/slurm.conf ]] || die "slurmctld runs but $ETC/slurm.conf is missing; run stop first"
         if conf_outdated; then
-            say "$ETC/slurm.conf differs from what this script writes: restarting slurmctld and slurmd with the new one (jobs, controller state and accounting kept)"
-            stop_daemons slurmd slurmctld
+            say "$ETC/slurm.conf differs from what this script writes: restarting slurmdbd, slurmctld and slurmd with the new one (jobs, controller state and accounting kept)"
+            stop_daemons slurmd slurmctld slurmdbd
             write_configs
-        else
-            link_client_conf
         fi
     fi
 
+    check_ports slurmdbd slurmctld slurmd
     start_munge
     start_mariadb
     if ((fresh)); then
@@ -573,7 +673,7 @@ cmd_start() {
     wait_for "$TIMEOUT" "sacct to answer" sacct_answers ||
         die "sacct does not answer" "$LOG/slurmdbd.log" "$LOG/slurmctld.log"
     say "ready: cluster $CLUSTER, node $NODE $(node_state), partitions cpu (default) and gpu; sacct answers"
-    say "client config: /etc/slurm/slurm.conf -> $ETC/slurm.conf (or SLURM_CONF=$ETC/slurm.conf)"
+    say "clients find it through SLURM_CONF: eval \"\$(bash $0 env)\" sets it in your shell"
 }
 
 queue_empty() { [[ -z $(squeue -h -o %A 2>/dev/null) ]]; }
@@ -591,6 +691,13 @@ cmd_stop() {
     fi
     # the Slurm daemons first (they still need munge and, for slurmdbd, MariaDB to shut down)
     stop_daemons slurmd slurmctld slurmdbd
+    local pids
+    pids=$(leftovers | tr '\n' ' ')
+    if [[ -n $pids ]]; then
+        say "killing what the jobs left running: $pids"
+        # shellcheck disable=SC2086
+        kill -KILL $pids 2>/dev/null || true
+    fi
     stop_daemons mariadbd munged
     say "stopped (state kept in $DIR until the next start clears it)"
 }
@@ -627,6 +734,8 @@ cmd_stop_dbd() { stop_daemons slurmdbd; }
 
 cmd_start_dbd() {
     [[ -f $ETC/slurmdbd.conf ]] || die "no $ETC/slurmdbd.conf: run '$0 start' first"
+    DBD_PORT=$(sed -n 's/^DbdPort=//p' "$ETC/slurmdbd.conf") # the port the cluster started with
+    check_ports slurmdbd
     start_munge
     start_mariadb
     start_slurmdbd
@@ -635,21 +744,26 @@ cmd_start_dbd() {
     say "slurmdbd up, sacct answers"
 }
 
+cmd_env() {
+    printf 'export SLURM_CONF=%q\n' "$SLURM_CONF"
+    [[ -f $SLURM_CONF ]] || warn "$SLURM_CONF does not exist yet: run '$0 start'"
+}
+
 usage() {
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 main() {
     local cmd=${1:-}
     case $cmd in
-    start | stop | status | stop-dbd | start-dbd | restart-dbd) ;;
+    start | stop | status | env | stop-dbd | start-dbd | restart-dbd) ;;
     -h | --help | help) usage; return 0 ;;
     *) usage >&2; return 2 ;;
     esac
-    if [[ $cmd == status ]]; then
-        cmd_status
-        return
-    fi
+    case $cmd in
+    status) cmd_status; return ;;
+    env) cmd_env; return ;;
+    esac
     # One invocation at a time (spawn closes the lock fd 9 in every daemon).
     mkdir -p "$DIR"
     exec 9>"$DIR/.lock"

@@ -1,6 +1,7 @@
 """The ISBI 2012 EM stack as one verified Zarr volume, split by slice.
 
-Source: `image/N.png` and `label/N.png`, N = 0..29 (shared/data/isbi2012-em/README.md): 512x512
+Source: `image/N.png` and `label/N.png`, N = 0..29 (the zhixuhao/unet repository's copy of the
+challenge's training stack, data/membrane/train/; quantpipe.datacache fetches it): 512x512
 8-bit ssTEM slices, labels 255 inside cells and 0 on membranes. Every PNG is decoded and checked
 against the SHA-256 of its pixels (the 512x512 uint8 array's bytes in C order, so any lossless
 re-encoding of the same pixels passes) before anything is written.
@@ -25,12 +26,13 @@ import zarr
 from PIL import Image
 
 SLICES = 30
+KINDS = ("image", "label")  # the stack's two folders, each holding N.png for N = 0..SLICES-1
 SLICE_SHAPE = (512, 512)
 SPLITS = {"train": (0, 20), "val": (20, 25), "test": (25, 30)}
 VOXEL_SIZE_NM = {"z": 50, "y": 4, "x": 4}  # ~4x4 nm pixels, 50 nm sections (the data's README)
 FIX = (
-    "Restore the ISBI 2012 stack from its source (shared/data/isbi2012-em/README.md: the "
-    "zhixuhao/unet repository, data/membrane/train/) and rerun."
+    "Restore the ISBI 2012 stack from its source (the zhixuhao/unet repository, "
+    "data/membrane/train/, which prepare_data downloads from data.isbi2012_url) and rerun."
 )
 
 # SHA-256 of each decoded slice (512x512 uint8, C order), index = slice number.
@@ -108,22 +110,29 @@ def pixel_sha256(pixels: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(pixels).tobytes()).hexdigest()
 
 
-def _read_slice(path: Path, expected_sha256: str) -> np.ndarray:
+def read_slice(
+    path: str | os.PathLike, kind: str, index: int, name: str | None = None, fix: str = FIX
+) -> np.ndarray:
+    """Slice `index` of `kind` ("image" or "label") read from `path` and checked against its
+    pinned pixel hash; DataError naming `name` (default: `path`, e.g. the URL it came from) and
+    saying `fix` otherwise."""
+    name = str(path) if name is None else name
+    expected = {"image": IMAGE_SHA256, "label": LABEL_SHA256}[kind][index]
     try:
         with Image.open(path) as png:
             pixels = np.asarray(png)
     except OSError as error:
-        raise DataError(f"{path} cannot be read as a PNG ({error}). {FIX}") from None
+        raise DataError(f"{name} cannot be read as a PNG ({error}). {fix}") from None
     if pixels.shape != SLICE_SHAPE or pixels.dtype != np.uint8:
         raise DataError(
-            f"{path} holds {pixels.dtype} pixels of shape {pixels.shape}, expected uint8 of shape "
-            f"{SLICE_SHAPE}. {FIX}"
+            f"{name} holds {pixels.dtype} pixels of shape {pixels.shape}, expected uint8 of shape "
+            f"{SLICE_SHAPE}. {fix}"
         )
     actual = pixel_sha256(pixels)
-    if actual != expected_sha256:
+    if actual != expected:
         raise DataError(
-            f"{path}: its pixels have SHA-256 {actual}, expected {expected_sha256}: the file "
-            f"was altered or is from another stack. {FIX}"
+            f"{name}: its pixels have SHA-256 {actual}, expected {expected}: the file "
+            f"was altered or is from another stack. {fix}"
         )
     return pixels
 
@@ -131,10 +140,9 @@ def _read_slice(path: Path, expected_sha256: str) -> np.ndarray:
 def read_stack(source: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """(image, label) as (30, 512, 512) uint8 arrays, every slice verified; DataError otherwise."""
     root = Path(source)
-    expected = {"image": IMAGE_SHA256, "label": LABEL_SHA256}
     missing = [
         f"{kind}/{n}.png"
-        for kind in expected
+        for kind in KINDS
         for n in range(SLICES)
         if not (root / kind / f"{n}.png").is_file()
     ]
@@ -144,8 +152,8 @@ def read_stack(source: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             f"{', '.join(missing)}. {FIX}"
         )
     stacks = {
-        kind: np.stack([_read_slice(root / kind / f"{n}.png", hashes[n]) for n in range(SLICES)])
-        for kind, hashes in expected.items()
+        kind: np.stack([read_slice(root / kind / f"{n}.png", kind, n) for n in range(SLICES)])
+        for kind in KINDS
     }
     # The hashes pin the values too; this says what is wrong if someone updates the hashes alone.
     values = set(np.unique(stacks["label"]).tolist())
