@@ -28,7 +28,8 @@
 # Slurm (the machine's own, or another checkout's) is an error that names the port and its holder.
 #
 # Environment:
-#   QUANTPIPE_SLURM_DIR     state directory (default <checkout>/.slurm)
+#   QUANTPIPE_SLURM_DIR     state directory (default <checkout>/.slurm); the munge and mysql users
+#                           must reach it, so every directory above it must be open to others
 #   QUANTPIPE_SLURM_CPUS    CPUs the node advertises (default 8; more than the machine has, so a
 #                           sweep of small jobs runs concurrently; wrong for benchmarks)
 #   QUANTPIPE_SLURM_MEM_MB  RealMemory of the node in MB (default 64000; like the CPUs, more than the
@@ -37,9 +38,11 @@
 #   QUANTPIPE_SLURM_MAXTIME partition MaxTime (default 2-00:00:00)
 #   QUANTPIPE_SLURM_TIMEOUT seconds to wait for each daemon (default 60)
 #   QUANTPIPE_SLURM_CTLD_PORT, QUANTPIPE_SLURM_SLURMD_PORT, QUANTPIPE_SLURM_DBD_PORT
-#                           TCP ports of slurmctld, slurmd and slurmdbd on 127.0.0.1 (default
-#                           6817, 6818, 6819, Slurm's own; choose others beside another Slurm)
-# Changing CPUS/MEM/GPUS/MAXTIME takes effect on the next fresh start (stop, then start).
+#                           TCP ports of slurmctld, slurmd and slurmdbd, on all addresses
+#                           (default 6817, 6818, 6819, Slurm's own; choose others beside another
+#                           Slurm)
+# Changing CPUS/MEM/GPUS/MAXTIME takes effect on the next fresh start (stop, then start); changing
+# a port, on the next start (which restarts the Slurm daemons with it).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
