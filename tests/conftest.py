@@ -59,10 +59,11 @@ NO_GPU = "no usable CUDA device: torch.cuda.is_available() is False on this mach
 def pytest_collection_modifyitems(config, items):
     for item in items:
         slurm = item.get_closest_marker("slurm") is not None
-        if slurm:
-            # One local Slurm: its tests (node DOWN, accounting stopped, ...) run one at a time,
-            # on one pytest-xdist worker, while the other worker runs the rest.
-            item.add_marker(pytest.mark.xdist_group("slurm"))
+        # pytest-xdist workers take whole groups. One local Slurm: its tests (node DOWN,
+        # accounting stopped, ...) run one at a time, on one worker. Every other module is one
+        # group, so that its module-scoped fixtures (a whole DAG run, a trained model) are built
+        # once, not once per worker.
+        item.add_marker(pytest.mark.xdist_group("slurm" if slurm else item.module.__name__))
         if item.get_closest_marker("gpu") is not None and not cuda_usable():
             # The other tiers skip the GPU tests, saying why; `bash tests/run.sh gpu` demands CUDA.
             if os.environ.get("QUANTPIPE_REQUIRE_GPU") == "1":
