@@ -55,15 +55,18 @@ def cuda_usable() -> bool:
 NO_GPU = "no usable CUDA device: torch.cuda.is_available() is False on this machine"
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_itemcollected(item):
+    # pytest-xdist workers take whole groups (marked here: its own collection hook reads them
+    # before ours would run). One local Slurm: its tests (node DOWN, accounting stopped, ...) run
+    # one at a time, on one worker. Every other module is one group, so that its module-scoped
+    # fixtures (a whole DAG run, a trained model) are built once, not once per worker.
+    slurm = item.get_closest_marker("slurm") is not None
+    item.add_marker(pytest.mark.xdist_group("slurm" if slurm else item.module.__name__))
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         slurm = item.get_closest_marker("slurm") is not None
-        # pytest-xdist workers take whole groups. One local Slurm: its tests (node DOWN,
-        # accounting stopped, ...) run one at a time, on one worker. Every other module is one
-        # group, so that its module-scoped fixtures (a whole DAG run, a trained model) are built
-        # once, not once per worker.
-        item.add_marker(pytest.mark.xdist_group("slurm" if slurm else item.module.__name__))
         if item.get_closest_marker("gpu") is not None and not cuda_usable():
             # The other tiers skip the GPU tests, saying why; `bash tests/run.sh gpu` demands CUDA.
             if os.environ.get("QUANTPIPE_REQUIRE_GPU") == "1":
