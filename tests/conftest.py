@@ -43,7 +43,7 @@ def cluster() -> dict[str, int]:
 # Tiers (tests/run.sh): `fast` deselects slurm, workflow, slow and gpu. Every test has a time limit
 # (pytest-timeout; pyproject.toml sets the default), so a hung Snakemake or Slurm job fails the test
 # in minutes; whole-DAG and Slurm tests get a longer one.
-LONG_TIMEOUT_S = 900
+LONG_TIMEOUT_S = 1200
 
 
 def cuda_usable() -> bool:
@@ -65,6 +65,9 @@ def pytest_itemcollected(item):
 
 
 def pytest_collection_modifyitems(config, items):
+    # The Slurm group first: pytest-xdist hands out groups in this order, and the longest one
+    # should start at once on its worker while the other worker takes the rest.
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
     for item in items:
         slurm = item.get_closest_marker("slurm") is not None
         if item.get_closest_marker("gpu") is not None and not cuda_usable():

@@ -215,12 +215,12 @@ def test_a_node_set_down_requeues_its_job_which_resumes(cluster, tmp_path):
     [("calibration_sizes=[0]", "0 is less than the minimum of 1"),
      ("methods=[int4]", "'int4' is not one of"),
      ("seeds=[]", "should be non-empty"),
-     ("calibration_sizes=[40000]", "exceed the training split")],
+     ("calibration_sizes=[40000] val_size=20000", "exceed the training split")],
 )  # fmt: skip
 def test_bad_config_is_refused_before_any_job(tmp_path, override, named):
     copy_repository(tmp_path)
     tiny_config(tmp_path)
-    done = snakemake(tmp_path, "--config", override, check=False)
+    done = snakemake(tmp_path, "--config", *override.split(), check=False)
     assert done.returncode != 0
     assert named in done.stdout + done.stderr
     assert not (tmp_path / "results").exists()

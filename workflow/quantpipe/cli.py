@@ -16,6 +16,7 @@ import sys
 
 import yaml
 
+from quantpipe import inductor_cache
 from quantpipe.submit import STAGES, log
 
 TOOLS = ("compare",)  # modules with their own main(argv)
@@ -41,6 +42,11 @@ def _parser(stage: str, run) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    with inductor_cache.private():
+        return _run(argv)
+
+
+def _run(argv: list[str]) -> int:
     if argv and argv[0] in TOOLS:
         return importlib.import_module(f"quantpipe.{argv[0]}").main(argv[1:])
     if not argv or argv[0] not in STAGES:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import submitit
 
+from quantpipe import inductor_cache
+
 STAGES = ("prepare_data", "train", "quantize", "benchmark", "report", "summary", "segment")
 # Slurm accepts more, but these survive every shell, log file name and sacct format.
 SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -51,7 +53,8 @@ class StageCall(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict:
         module = importlib.import_module(f"quantpipe.{self.stage}")
-        return module.run(**self.kwargs, log=log)
+        with inductor_cache.private():
+            return module.run(**self.kwargs, log=log)
 
 
 def log(line: str) -> None:
