@@ -52,8 +52,9 @@ class StageCall(submitit.helpers.Checkpointable):
         self.kwargs = kwargs
 
     def __call__(self) -> dict:
-        module = importlib.import_module(f"quantpipe.{self.stage}")
+        # Before torch is imported: Inductor fixes some of its cache paths at import.
         with inductor_cache.private():
+            module = importlib.import_module(f"quantpipe.{self.stage}")
             return module.run(**self.kwargs, log=log)
 
 
