@@ -36,7 +36,8 @@ include: "workflow/rules/summary.smk"
 include: "workflow/rules/segment.smk"
 
 
-# Output paths, with RUN = {model}-w{width}-s{seed}:
+# Output paths, with RUN = {model}-w{width}-s{seed} (a model by reference: {folder}-s{seed}, e.g.
+# torchvision.mobilenet_v3_small-s0, pkg.nets.make_net-s0 for pkg.nets:make_net):
 #   resources/cifar-10-batches-py/                     prepare_data (verified CIFAR-10), or
 #   resources/isbi2012-em.zarr/                        (task isbi2012_em) the verified EM stack
 #   results/prepare_data/{task}.json                   prepare_data record (cifar10.json, ...)

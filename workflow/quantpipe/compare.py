@@ -28,6 +28,8 @@ from quantpipe import ceilings, provenance
 from quantpipe.artifacts import write_json
 
 DEFAULT_METHODS = ("pt2e", "eager", "onnxruntime", "openvino")
+# A model by reference (quantpipe.model_refs) rarely is one the eager method can take.
+NO_FUSION_GROUPS = "the model has no fusion_groups(), which the eager method needs"
 
 
 @dataclass
@@ -76,6 +78,9 @@ def build_variants(net, calibration, example, architecture, config: dict, log=pr
             runtime = method if method in PEERS else "torch"
             if method in PEERS and peers.missing(method):
                 variants.append(Variant(name, "int8", runtime, skipped=_absent(method)))
+                continue
+            if method == "eager" and not hasattr(net, "fusion_groups"):
+                variants.append(Variant(name, "int8", runtime, skipped=NO_FUSION_GROUPS))
                 continue
             started = time.perf_counter()
             artifact = Path(tmp) / f"{method}.int8"

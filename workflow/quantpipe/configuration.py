@@ -10,6 +10,8 @@ import importlib.util
 
 import yaml
 
+from quantpipe import model_refs
+
 CONVERTERS = {
     "integer": int,
     "number": float,
@@ -45,8 +47,9 @@ PEER_METHODS = {
     "openvino": ("openvino", "nncf"),
 }
 PEERS_INSTALL = "pip install -e .[peers]"
-# What each task may run: its models (quantpipe.models.RESNETS and UNETS, spelled out so that
-# the Snakefile need not import torch), and for isbi2012_em the quantize methods its stages take.
+# What each task may run: its built-in models (quantpipe.models.RESNETS and UNETS, spelled out so
+# that the Snakefile need not import torch; cifar10 also takes models by reference,
+# quantpipe.model_refs), and for isbi2012_em the quantize methods its stages take.
 TASK_MODELS = {"cifar10": ("resnet18", "resnet18_cifar"), "isbi2012_em": ("unet2d", "unet3d_aniso")}
 EM_METHODS = ("pt2e", "eager")
 EM_POOLING = 8  # quantpipe.em.unet.MIN_SIZE: in-plane sizes must be multiples of it
@@ -55,17 +58,29 @@ EM_POOLING = 8  # quantpipe.em.unet.MIN_SIZE: in-plane sizes must be multiples o
 def check_consistency(config: dict) -> None:
     """Rules across keys, which a JSON schema cannot state; raise before any job is submitted."""
     task = config.get("task", "cifar10")
+    models = list(config.get("models", ()))
+    model_refs.check_config(models, config.get("widths", model_refs.DEFAULT_WIDTHS))
     allowed = TASK_MODELS[task]
-    foreign = [model for model in config.get("models", ()) if model not in allowed]
+    foreign = [model for model in models if model_refs.is_builtin(model) and model not in allowed]
     if foreign:
         raise ValueError(
             f"models {foreign} do not belong to task {task!r}: for task {task!r} choose models "
             f"from {', '.join(allowed)}"
         )
+    references = [model for model in models if not model_refs.is_builtin(model)]
+    if references and task != "cifar10":
+        raise ValueError(
+            f"models {references} are references to image classifiers, which task {task!r} "
+            f"does not train: for task {task!r} choose models from {', '.join(allowed)}"
+        )
     if task == "isbi2012_em":
         _check_em(config)
     else:
         _check_cifar10(config)
+    # Last, as it imports torch and builds each network: only for models by reference (the
+    # built-ins are tested with every method).
+    for model in references:
+        model_refs.check(model, config.get("num_classes", 10), config.get("methods", ()))
 
 
 def _check_em(config: dict) -> None:

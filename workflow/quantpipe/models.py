@@ -6,13 +6,15 @@ torchvision weights load into it. `resnet18_cifar` swaps the stem for one 3x3 st
 and drops the max-pool, the usual CIFAR variant. Each residual add goes through a FloatFunctional so
 the eager quantization backend can replace it with a quantized add; every ReLU is its own module,
 which both fusion and PT2E annotation need. The EM task's U-Nets (quantpipe.em.unet) are registered
-here too, so train, quantize and benchmark build every model through `build_model`.
+here too, and models by reference (quantpipe.model_refs) are built through here, so train,
+quantize and benchmark build every model through `build_model`.
 """
 
 from torch import nn
 from torch.ao.nn.quantized import FloatFunctional
 
-from quantpipe.em.unet import UNETS, UNet, build_unet
+from quantpipe import model_refs
+from quantpipe.em.unet import UNETS, build_unet
 
 RESNETS = ("resnet18", "resnet18_cifar")
 MODELS = RESNETS + UNETS
@@ -93,10 +95,18 @@ class ResNet18(nn.Module):
         return groups
 
 
-def build_model(name: str, num_classes: int = 10, width: int = 64) -> ResNet18 | UNet:
-    """`num_classes` sizes a ResNet's classifier; a U-Net always predicts one membrane channel."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(MODELS)}")
+def build_model(name: str, num_classes: int = 10, width: int | None = None) -> nn.Module:
+    """The model `name`: a built-in, or a reference (quantpipe.model_refs: torchvision.NAME or
+    package.module:callable). `num_classes` sizes a classifier; a U-Net always predicts one
+    membrane channel. `width` applies to built-ins only (default 64)."""
+    if not model_refs.is_builtin(name):
+        if width is not None:
+            raise ValueError(
+                f"model {name!r} takes no width (got {width}): width applies to the built-in "
+                f"models {', '.join(MODELS)} only"
+            )
+        return model_refs.build(name, num_classes)
+    width = 64 if width is None else width
     if width < 1:
         raise ValueError(f"model width must be a positive integer, got {width}")
     if name in UNETS:

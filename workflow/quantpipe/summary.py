@@ -312,7 +312,7 @@ def best_int8(summary: pd.DataFrame) -> pd.DataFrame:
     """
     int8 = summary[(summary["variant"] == "int8-cpu") & (summary["status"] == "ok")]
     chosen = []
-    for _, group in int8.groupby(["model", "width"], sort=True):
+    for _, group in int8.groupby(["model", "width"], dropna=False, sort=True):
         safe = group[group["verdict"] == "no significant loss"]
         if len(safe):
             chosen.append(safe.loc[safe["speedup_vs_fp32_cpu_eager_mean"].idxmax()])
@@ -344,6 +344,11 @@ def provenance_line(facts: dict) -> str:
     return " · ".join(f"{key} {value}" for key, value in facts.items())
 
 
+def model_label(model: str, width) -> str:
+    """'resnet18_cifar w16'; a model by reference has no width (NaN): its name alone."""
+    return model if pd.isna(width) else f"{model} w{int(width)}"
+
+
 def variant_label(row, with_model: bool = False) -> str:
     if row["variant"] == "int8-cpu":
         calibration = row.get("calibration_method")
@@ -352,7 +357,7 @@ def variant_label(row, with_model: bool = False) -> str:
     else:
         precision, device = row["variant"].split("-")
         label = f"{precision.upper()} {device.upper()} {row['method']}"
-    return f"{row['model']} w{row['width']}: {label}" if with_model else label
+    return f"{model_label(row['model'], row['width'])}: {label}" if with_model else label
 
 
 def estimate(row, metric: str, scale: float = 1.0, digits: int = 2) -> str:
@@ -403,12 +408,12 @@ EVERY_COLUMNS = [
 
 def table1(summary: pd.DataFrame, best: pd.DataFrame, model: str, width: int) -> tuple:
     """The study's Table 1 for one (model, width): FP32 GPU, FP32 CPU, best INT8, with the study's
-    figures in a reference column beside each of ours."""
-    mine = summary[(summary["model"] == model) & (summary["width"] == width)]
+    figures in a reference column beside each of ours. `width` is NaN for a model by reference."""
+    mine = summary[(summary["model"] == model) & _same_or_both_missing(summary["width"], width)]
     picks = {
         "fp32-gpu": mine[(mine["variant"] == "fp32-gpu") & (mine["method"] == "eager")],
         "fp32-cpu": mine[(mine["variant"] == "fp32-cpu") & (mine["method"] == "eager")],
-        "int8-cpu": best[(best["model"] == model) & (best["width"] == width)],
+        "int8-cpu": best[(best["model"] == model) & _same_or_both_missing(best["width"], width)],
     }
     header = [""]
     for title, *_ in TABLE1_COLUMNS:
@@ -449,7 +454,7 @@ def best_table(best: pd.DataFrame) -> tuple:
     rows = [
         [
             row["model"],
-            str(row["width"]),
+            "—" if pd.isna(row["width"]) else str(int(row["width"])),
             f"{row['method']} {row['calibration_method']}".strip(),
             str(int(row["calibration_size"])),
             *_estimates(row, BEST_COLUMNS),
@@ -513,7 +518,7 @@ def document(summary: pd.DataFrame, facts: dict, figures: dict[str, str]) -> lis
         ("p", f"Provenance: {provenance_line(facts)} · summarized {now}"),
         ("p", READING),
     ]
-    for (model, width), group in summary.groupby(["model", "width"], sort=True):
+    for (model, width), group in summary.groupby(["model", "width"], dropna=False, sort=True):
         batch = _distinct(group["batch_size"]) or "—"
         note = (
             f"Seeds: {group['seeds'].max()}; test-set time at batch {batch}. The study ran "
@@ -521,7 +526,7 @@ def document(summary: pd.DataFrame, facts: dict, figures: dict[str, str]) -> lis
             "reproduces it): other configurations compare with it only in shape."
         )
         blocks += [
-            ("h2", f"Table 1: {model}, width {width}"),
+            ("h2", f"Table 1: {model}" + ("" if pd.isna(width) else f", width {int(width)}")),
             ("p", note),
             table1(summary, best, model, width),
         ]
@@ -685,13 +690,15 @@ def plot_accuracy_delta_vs_calibration(summary: pd.DataFrame) -> Figure:
     ax = figure.add_subplot()
     int8 = summary[(summary["variant"] == "int8-cpu") & (summary["status"] == "ok")]
     many = _many_models(summary)
-    lines = int8.groupby(["model", "width", "method", "calibration_method"], sort=True)
+    lines = int8.groupby(
+        ["model", "width", "method", "calibration_method"], dropna=False, sort=True
+    )
     for i, ((model, width, method, calibration), group) in enumerate(lines):
         method = f"{method} {calibration}".strip()
         group = group.sort_values("calibration_size")
         sizes, deltas = group["calibration_size"], group["accuracy_delta_mean"] * 100
         errors = [_half_width(row, "accuracy_delta", 100) or 0 for _, row in group.iterrows()]
-        label = f"{model} w{width}: {method}" if many else method
+        label = f"{model_label(model, width)}: {method}" if many else method
         ax.errorbar(
             sizes,
             deltas,
@@ -785,9 +792,10 @@ def plot_latency_batch1(summary: pd.DataFrame, measurements: pd.DataFrame) -> Fi
     data, labels = [], []
     for _, row in measured.iterrows():
         same = np.ones(len(measurements), dtype=bool)
-        for key in ["model", "width", "variant", "method", "calibration_method"]:
+        for key in ["model", "variant", "method", "calibration_method"]:
             same &= (measurements[key] == row[key]).to_numpy()
-        same &= _same_or_both_missing(measurements["calibration_size"], row["calibration_size"])
+        for key in ["width", "calibration_size"]:  # NaN: a model by reference; an FP32 row
+            same &= _same_or_both_missing(measurements[key], row[key])
         calls = [
             value for latencies in measurements.loc[same, "latencies_ms"] for value in latencies
         ]

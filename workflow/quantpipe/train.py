@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quantpipe import provenance
+from quantpipe import model_refs, provenance
 from quantpipe.artifacts import atomic_path, load_torch, write_json
 from quantpipe.datasets import augment, batches, load_splits, normalize
 from quantpipe.models import build_model
@@ -25,6 +25,10 @@ CHECKPOINT_NAME = "last.pt"
 
 
 def architecture(config: dict) -> dict:
+    """What the checkpoint keeps to rebuild the model without the config (build_model's
+    arguments): a reference and its num_classes; a built-in's width too."""
+    if not model_refs.is_builtin(config["model"]):
+        return {"name": config["model"], "num_classes": config["num_classes"]}
     return {"name": config["model"], "width": config["width"], "num_classes": config["num_classes"]}
 
 

@@ -1,8 +1,12 @@
 import itertools
 
+from quantpipe import model_refs
 from quantpipe.configuration import PEER_METHODS
 
-RUN = "{model}-w{width}-s{seed}"
+# A run's folder (quantpipe.model_refs.run_folder): {model}-w{width}-s{seed} for a built-in model,
+# {folder}-s{seed} for a model by reference (torchvision.NAME, or pkg.module:callable as
+# pkg.module.callable), which takes no width.
+RUN = "{run}"
 SUBMIT = "../scripts/submit_stage.py"
 ENV = "../../envs/quantpipe.yaml"
 TASK = config["task"]
@@ -28,20 +32,19 @@ EM_SHARED_SETTINGS = {
 
 
 wildcard_constraints:
-    model="[a-z0-9_]+",
-    width="[0-9]+",
-    seed="[0-9]+",
+    run=model_refs.RUN_FOLDER,
     method="[a-z0-9]+",
     calibration_method="[a-z_]+",
     calibration_size="[0-9]+",
 
 
 def runs():
-    """Every (model, width, seed) the config sweeps, as wildcard dicts."""
-    for model, width, seed in itertools.product(
-        config["models"], config["widths"], config["seeds"]
-    ):
-        yield {"model": model, "width": width, "seed": seed}
+    """Every (model, width, seed) the config sweeps, as wildcard dicts ({run}: its folder);
+    widths apply to built-in models only."""
+    for model in config["models"]:
+        widths = config["widths"] if model_refs.is_builtin(model) else [None]
+        for width, seed in itertools.product(widths, config["seeds"]):
+            yield {"run": model_refs.run_folder(model, width, seed)}
 
 
 def gpu_precisions():
@@ -68,11 +71,7 @@ def benchmark_variants():
 
 
 def run_config(wildcards):
-    run = {
-        "model": wildcards.model,
-        "width": int(wildcards.width),
-        "seed": int(wildcards.seed),
-    }
+    run = model_refs.run_of_folder(wildcards.run, config["models"])
     if TASK == "cifar10":
         return {
             **run,
@@ -187,7 +186,7 @@ def segment_config(wildcards):
 
     em = config["em"]
     geometry = tiling(
-        {"model": wildcards.model}
+        {"model": run_config(wildcards)["model"]}
         | {key: em[key] for key in ("sections", "tile", "overlap", "section_overlap")}
     )
     int8 = int8_variant(wildcards.variant)

@@ -21,6 +21,9 @@ most 64 MiB with the repository), then run there in one go (a few minutes on an 
        PYTHONPATH=workflow:/tmp/site PYTHONUNBUFFERED=1 \\
            python3 workflow/scripts/gpu_check.py run --bundle resources/gpu_check [--qat]
 
+   The model is rebuilt from its checkpoint (quantpipe.train.load_trained): a model by reference
+   `pkg.module:callable` needs its package there too (add its folder to PYTHONPATH).
+
 It prints one row per precision and mode (eager, torch.compile'd): accuracy on the 10,000 test
 images, images/s over them at batch 256, batch-1 latency p50/p99 -- measured by the benchmark
 stage's own code (`quantpipe.benchmark`: the same modules, channels_last, autocast and timing). A

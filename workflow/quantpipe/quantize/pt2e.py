@@ -64,6 +64,17 @@ def _split_reused_module_calls(graph_module: torch.fx.GraphModule) -> None:
             node.meta["nn_module_stack"] = stack
 
 
+def export(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    """The graph PT2E annotates: `model` as torch.export traces it, batch dimension dynamic.
+
+    Also what configuration checks ask of a model by reference before any job runs
+    (quantpipe.model_refs.check), so a model that cannot be traced fails there, not here.
+    """
+    graph_module = torch.export.export(model, (example,), dynamic_shapes=_batch_dim()).module()
+    _split_reused_module_calls(graph_module)
+    return graph_module
+
+
 ACTIVATION_OBSERVERS = {
     "minmax": MinMaxObserver,
     "moving_average": MovingAverageMinMaxObserver,
@@ -134,9 +145,7 @@ def quantize(
         )
     model = model.eval()
     with torch.no_grad():
-        graph_module = torch.export.export(model, (example,), dynamic_shapes=_batch_dim()).module()
-        _split_reused_module_calls(graph_module)
-        prepared = prepare_pt2e(graph_module, quantizer(calibration))
+        prepared = prepare_pt2e(export(model, example), quantizer(calibration))
         seen = 0
         for step, batch in enumerate(calibration_batches, 1):
             prepared(batch)
