@@ -64,15 +64,53 @@ def _split_reused_module_calls(graph_module: torch.fx.GraphModule) -> None:
             node.meta["nn_module_stack"] = stack
 
 
-def export(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
-    """The graph PT2E annotates: `model` as torch.export traces it, batch dimension dynamic.
+def prepare(
+    model: nn.Module, example: torch.Tensor, calibration: str | Calibration | None = None
+) -> torch.fx.GraphModule:
+    """The eval-mode `model` exported and annotated, observers inserted, ready to calibrate.
+    quantpipe.model_refs.check runs it on a model by reference before any job, so one that
+    cannot be traced or annotated is refused there, not halfway through a run."""
+    return prepare_pt2e(export(model, example), quantizer(calibration))
 
-    Also what configuration checks ask of a model by reference before any job runs
-    (quantpipe.model_refs.check), so a model that cannot be traced fails there, not here.
-    """
+
+def export(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+    """The graph PT2E annotates: `model` as torch.export traces it, batch dimension dynamic."""
     graph_module = torch.export.export(model, (example,), dynamic_shapes=_batch_dim()).module()
     _split_reused_module_calls(graph_module)
+    _unshare_reused_tensors(graph_module)
     return graph_module
+
+
+def _unshare_reused_tensors(graph_module: torch.fx.GraphModule) -> None:
+    """Give each call of a reused module its own copy of the weights and statistics it reads.
+
+    prepare_pt2e folds each batch norm into the convolution before it by rewriting the
+    convolution's weight in place, once per call: a block called twice would have its shared
+    weight folded twice (tests/userpkg/usernets.py: logits off by 0.7 of their norm before any
+    rounding). Each further reader gets a copy, so each call's INT8 weights are stored, which is
+    the deployable size.
+    """
+    readers: dict[str, list[tuple[torch.fx.Node, torch.fx.Node]]] = {}
+    for node in graph_module.graph.nodes:
+        if node.op == "get_attr":
+            readers.setdefault(node.target, []).extend((node, user) for user in node.users)
+    for target, uses in readers.items():
+        if len(uses) < 2:
+            continue
+        owner, _, name = target.rpartition(".")
+        source = getattr(graph_module.get_submodule(owner), name)
+        for index, (node, user) in enumerate(uses[1:], 1):
+            copy_name = f"{target.replace('.', '_')}_call{index}"
+            copied = source.detach().clone()
+            if isinstance(source, nn.Parameter):
+                graph_module.register_parameter(
+                    copy_name, nn.Parameter(copied, source.requires_grad)
+                )
+            else:
+                graph_module.register_buffer(copy_name, copied)
+            with graph_module.graph.inserting_after(node):
+                user.replace_input_with(node, graph_module.graph.get_attr(copy_name))
+    graph_module.recompile()
 
 
 ACTIVATION_OBSERVERS = {
@@ -145,7 +183,7 @@ def quantize(
         )
     model = model.eval()
     with torch.no_grad():
-        prepared = prepare_pt2e(export(model, example), quantizer(calibration))
+        prepared = prepare(model, example, calibration)
         seen = 0
         for step, batch in enumerate(calibration_batches, 1):
             prepared(batch)

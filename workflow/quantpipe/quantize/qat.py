@@ -117,6 +117,18 @@ def _cosine(step: int, steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * step / steps))
 
 
+def prepare(
+    model: nn.Module, example: torch.Tensor, calibration: str | Calibration | None = None
+) -> torch.fx.GraphModule:
+    """A copy of `model` exported in train mode (batch norms use batch statistics; the caller's
+    model stays) with fake quantizers inserted, on the CPU. quantpipe.model_refs.check runs it on
+    a model by reference before any job, so one it fails on is refused there."""
+    net = copy.deepcopy(model).cpu().train()
+    graph_module = torch.export.export(net, (example,), dynamic_shapes=pt2e._batch_dim()).module()
+    pt2e._split_reused_module_calls(graph_module)
+    return prepare_qat_pt2e(graph_module, quantizer(calibration))
+
+
 def quantize(
     model: nn.Module,
     calibration_batches: Iterable[torch.Tensor],
@@ -141,11 +153,7 @@ def quantize(
     device, reason = _device(tune.device)
     log(f"qat: {reason}")
     started = time.perf_counter()
-    # A copy, exported in train mode (batch norms use batch statistics): the caller's model stays.
-    net = copy.deepcopy(model).cpu().train()
-    graph_module = torch.export.export(net, (example,), dynamic_shapes=pt2e._batch_dim()).module()
-    pt2e._split_reused_module_calls(graph_module)
-    prepared = prepare_qat_pt2e(graph_module, quantizer(calibration)).to(device)
+    prepared = prepare(model, example, calibration).to(device)
 
     # Warm-up: the calibration images set the first ranges, with batch norm's running statistics.
     move_exported_model_to_eval(prepared)

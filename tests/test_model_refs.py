@@ -1,0 +1,338 @@
+"""Models by reference (quantpipe.model_refs): torchvision.NAME and pkg.module:callable.
+
+The user's network is tests/userpkg/usernets.py, a package outside quantpipe. In-process tests put
+that folder on sys.path the way PYTHONPATH would (monkeypatch.syspath_prepend); the workflow test
+sets PYTHONPATH itself, as a user does, so that Snakemake and every job it starts import it.
+"""
+
+import json
+import os
+import re
+import time
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import REPO
+from quantpipe import cli, compare, model_refs, train
+from quantpipe.configuration import check_consistency
+from quantpipe.model_refs import ModelReferenceError
+from quantpipe.models import MODELS, build_model
+from quantpipe.quantize import pt2e
+from torch import nn
+from workflowtools import copy_repository, snakemake, tiny_config
+
+USERPKG = REPO / "tests" / "userpkg"
+USERNET = "usernets:make_net"
+MOBILENET = "torchvision.mobilenet_v3_small"
+CIFAR = {"val_size": 5000, "calibration_sizes": [512], "num_classes": 10, "widths": [16]}
+
+
+@pytest.fixture
+def userpkg(monkeypatch):
+    monkeypatch.syspath_prepend(str(USERPKG))
+
+
+def trained_like(model: nn.Module) -> nn.Module:
+    """Batch norm statistics of real-looking activations, as after training."""
+    generator = torch.Generator().manual_seed(1)
+    model.train()
+    with torch.no_grad():
+        for _ in range(4):
+            model(torch.randn(16, 3, 32, 32, generator=generator))
+    return model.eval()
+
+
+# --- the torch-free part: forms, folders, the width rule -----------------------------------------
+
+
+def test_the_three_forms_parse():
+    assert model_refs.parse("resnet18_cifar").kind == "builtin"
+    vision = model_refs.parse(MOBILENET)
+    assert (vision.kind, vision.module, vision.name) == (
+        "torchvision",
+        "torchvision.models",
+        "mobilenet_v3_small",
+    )
+    factory = model_refs.parse("pkg.nets:Factory.small")
+    assert (factory.kind, factory.module, factory.name) == ("factory", "pkg.nets", "Factory.small")
+
+
+@pytest.mark.parametrize(
+    "text", ["vgg16", "torchvision.", "torchvision.a.b", "pkg:", ":make", "pkg/nets:make", "a:b:c"]
+)
+def test_anything_else_is_refused_with_the_three_forms(text):
+    with pytest.raises(ModelReferenceError) as caught:
+        model_refs.parse(text)
+    message = str(caught.value)
+    assert repr(text) in message
+    assert "torchvision.NAME" in message and "package.module:callable" in message
+    assert "resnet18_cifar" in message
+
+
+def test_a_bare_name_points_to_torchvision():
+    with pytest.raises(ModelReferenceError, match=r"torchvision's would be torchvision\.vgg16"):
+        check_consistency({**CIFAR, "models": ["vgg16"]})
+
+
+@pytest.mark.parametrize(
+    "model,width,seed,folder",
+    [("resnet18_cifar", 16, 0, "resnet18_cifar-w16-s0"),
+     ("unet3d_aniso", 8, 2, "unet3d_aniso-w8-s2"),
+     (MOBILENET, None, 0, "torchvision.mobilenet_v3_small-s0"),
+     ("pkg.nets:make_net", None, 3, "pkg.nets.make_net-s3"),
+     ("pkg.nets:Factory.small", None, 1, "pkg.nets.Factory.small-s1")],
+)  # fmt: skip
+def test_run_folders_are_readable_and_built_ins_keep_theirs(model, width, seed, folder):
+    assert model_refs.run_folder(model, width, seed) == folder
+    assert re.fullmatch(model_refs.RUN_FOLDER, folder)
+    assert re.fullmatch(r"[A-Za-z0-9_.\-]+", folder)  # safe on any filesystem
+    found = model_refs.run_of_folder(folder, ["resnet18_cifar", MOBILENET, model])
+    assert found == {"model": model, "width": width, "seed": seed}
+
+
+def test_a_folder_of_no_configured_model_is_refused():
+    with pytest.raises(ModelReferenceError, match="no run folder of this config's models"):
+        model_refs.run_of_folder("other.make_net-s0", [MOBILENET])
+
+
+def test_two_references_sharing_a_folder_are_refused():
+    with pytest.raises(ModelReferenceError, match="share the result folder 'torchvision.resnet50'"):
+        model_refs.check_config(["torchvision.resnet50", "torchvision:resnet50"], [16])
+
+
+@pytest.mark.parametrize("widths", [[8], [16, 32]])
+def test_a_width_sweep_with_a_reference_is_refused_naming_the_fix(widths):
+    with pytest.raises(ModelReferenceError) as caught:
+        check_consistency({**CIFAR, "models": ["resnet18_cifar", MOBILENET], "widths": widths})
+    message = str(caught.value)
+    assert f"widths {widths}" in message and MOBILENET in message
+    assert "Leave `widths` out of the config" in message
+    check_consistency({**CIFAR, "models": ["resnet18_cifar"], "widths": widths, "methods": []})
+
+
+def test_a_reference_is_refused_for_the_em_task():
+    config = {"task": "isbi2012_em", "models": [MOBILENET], "widths": [16]}
+    with pytest.raises(ValueError, match=r"task 'isbi2012_em'.*unet2d, unet3d_aniso"):
+        check_consistency(config)
+
+
+def test_the_torch_free_lists_match_the_package():
+    assert model_refs.BUILTIN == MODELS
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert schema["properties"]["widths"]["default"] == model_refs.DEFAULT_WIDTHS
+
+
+# --- building and the checks before any job ------------------------------------------------------
+
+
+def test_torchvision_models_build_with_num_classes_and_no_weights():
+    net = build_model(MOBILENET, num_classes=7)
+    assert type(net).__name__ == "MobileNetV3" and net.classifier[-1].out_features == 7
+    with pytest.raises(ValueError, match=r"takes no width \(got 16\)"):
+        build_model(MOBILENET, num_classes=7, width=16)
+
+
+def test_torchvision_names_are_checked_with_suggestions():
+    with pytest.raises(ModelReferenceError, match=r"is no torchvision model\. Did you mean "
+                       r"torchvision\.mobilenet_v3_small"):  # fmt: skip
+        build_model("torchvision.mobilenet_v3_smal")
+    with pytest.raises(ModelReferenceError, match="not a classification one"):
+        build_model("torchvision.fcn_resnet50")
+
+
+def test_a_module_that_is_not_found_names_what_was_searched():
+    with pytest.raises(ModelReferenceError) as caught:
+        build_model("quantpipe_absent_pkg.nets:make_net")
+    message = str(caught.value)
+    assert "no module named 'quantpipe_absent_pkg'" in message
+    assert "sys.path = [" in message and "installed packages are in" in message
+    assert "PYTHONPATH" in message and "pip install -e" in message
+
+
+def test_a_module_that_fails_to_import_names_its_missing_dependency(userpkg):
+    expected = r"'brokennets' was found, but importing it failed: it imports 'quantpipe_test_absent"
+    with pytest.raises(ModelReferenceError, match=expected):
+        build_model("brokennets:make_net")
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("usernets:absent", r"has no attribute 'absent'; its public callables: .*make_net"),
+     ("usernets:__doc__", r"names a str, not a callable"),
+     ("usernets:Block", r"must take the keyword argument num_classes .*signature is Block\("),
+     ("usernets:not_a_module", r"returned a builtins\.dict, not a torch\.nn\.Module")],
+)  # fmt: skip
+def test_a_factory_that_is_wrong_says_how(userpkg, text, expected):
+    with pytest.raises(ModelReferenceError, match=expected):
+        build_model(text)
+
+
+def test_logits_of_the_wrong_shape_are_refused(userpkg):
+    with pytest.raises(
+        ModelReferenceError, match=r"returns \(2, 11\) in training mode .* \(2, 10\)"
+    ):
+        model_refs.check("usernets:make_wrong_head", 10, ["pt2e"])
+
+
+def test_an_untraceable_model_is_refused_naming_the_operation(userpkg):
+    with pytest.raises(ModelReferenceError) as caught:
+        check_consistency({**CIFAR, "models": ["usernets:make_untraceable"], "methods": ["pt2e"]})
+    message = str(caught.value)
+    assert "torch.export cannot trace it" in message
+    assert re.search(r"usernets\.py:\d+ in forward: if x\.mean\(\) > 0:", message), message
+    assert "drop pt2e and qat from `methods`" in message
+
+
+def test_a_fixed_batch_size_is_refused_saying_why(userpkg):
+    expected = r"the batch size must stay free .*\(x\.flatten\(1\)\)"
+    with pytest.raises(ModelReferenceError, match=expected):
+        model_refs.check("usernets:make_fixed_batch", 10, ["qat"])
+
+
+def test_qat_is_refused_for_a_batch_norm_called_twice(userpkg):
+    with pytest.raises(ModelReferenceError) as caught:
+        model_refs.check(USERNET, 10, ["pt2e", "qat"])
+    message = str(caught.value)
+    assert "method 'qat' cannot prepare it for INT8" in message
+    assert "(repeated.bn1, repeated.bn2)" in message and "use method pt2e instead" in message
+    model_refs.check("torchvision.resnet18", 10, ["qat"])  # reuses a ReLU only: fine
+
+
+def test_eager_is_refused_for_a_model_without_fusion_groups(userpkg):
+    config = {**CIFAR, "models": ["resnet18_cifar", USERNET], "methods": ["pt2e", "eager"]}
+    with pytest.raises(ModelReferenceError) as caught:
+        check_consistency(config)
+    message = str(caught.value)
+    assert "method 'eager' needs" in message and "fusion_groups()" in message
+    assert "QuantStub and DeQuantStub" in message
+    assert f"{USERNET} has no fusion_groups" in message
+    assert "Use method pt2e instead" in message
+    check_consistency({**config, "methods": ["pt2e"]})
+
+
+# --- the user's network through the stages -------------------------------------------------------
+
+
+def test_the_user_network_quantizes_with_pt2e(userpkg, tmp_path):
+    """Functional ops, a padded and strided shortcut, a block called twice: all INT8 with pt2e."""
+    model = trained_like(build_model(USERNET))
+    generator = torch.Generator().manual_seed(2)
+    batches = [torch.randn(16, 3, 32, 32, generator=generator) for _ in range(4)]
+    x = batches[0]
+    with torch.no_grad():
+        reference = model(x)
+        quantized = pt2e.quantize(model, batches, x[:2], log=lambda _: None)
+        output = quantized(x)
+    # Each call of the repeated block folds its batch norm into its own copy of the weights
+    # (folded twice into one shared copy, the error was 0.5-1.0).
+    assert ((reference - output).norm() / reference.norm()).item() < 0.05
+    pt2e.save(quantized, tmp_path / "int8.pt", x[:2])
+    program = torch.export.load(tmp_path / "int8.pt")
+    int8 = sum(t.numel() for t in program.state_dict.values() if t.dtype == torch.int8)
+    int8 += sum(
+        t.numel()
+        for t in program.constants.values()
+        if isinstance(t, torch.Tensor) and t.dtype == torch.int8
+    )
+    weights = sum(p.numel() for n, p in model.named_parameters() if p.dim() > 1)
+    assert int8 >= 0.99 * weights  # every convolution and the head, once each
+
+
+def test_the_checkpoint_rebuilds_the_model_and_quantize_runs_by_hand(userpkg, tmp_path, cifar_dir):
+    """`quantpipe quantize` by hand: its config names no model; the checkpoint says which."""
+    config = {"model": USERNET, "width": None, "seed": 0, "num_classes": 10, "val_size": 1000,
+              "epochs": 1}  # fmt: skip
+    architecture = train.architecture(config)
+    assert architecture == {"name": USERNET, "num_classes": 10}
+    net = trained_like(build_model(**architecture))
+    model = tmp_path / "model.pt"
+    train.save_trained(str(model), str(tmp_path / "train.json"), net, config,
+                       architecture=architecture, device=torch.device("cpu"),
+                       device_reason="test", start_epoch=0, started=time.perf_counter(),
+                       history=[], scores={})  # fmt: skip
+    loaded, record = train.load_trained(str(model))
+    assert type(loaded).__name__ == "UserNet" and record["architecture"] == architecture
+    for name, tensor in net.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[name], tensor)
+    stage = {"method": "pt2e", "calibration_method": "histogram", "calibration_size": 64,
+             "calibration_batch_size": 32, "val_size": 1000, "seed": 0}  # fmt: skip
+    (tmp_path / "quantize.yaml").write_text(yaml.safe_dump(stage))
+    artifact, metrics = tmp_path / "int8.pt", tmp_path / "quantize.json"
+    assert cli.main(["quantize", "--model", str(model), "--data", str(cifar_dir),
+                     "--artifact", str(artifact), "--metrics", str(metrics),
+                     "--config", str(tmp_path / "quantize.yaml")]) == 0  # fmt: skip
+    result = json.loads(metrics.read_text())
+    assert result["architecture"] == architecture and result["calibration_size"] == 64
+    images = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert pt2e.load(artifact)(images).shape == (4, 10)
+
+
+def test_compare_skips_eager_for_a_model_without_fusion_groups(userpkg):
+    net = trained_like(build_model(USERNET))
+    variants = compare.build_variants(
+        net, [], torch.zeros(2, 3, 32, 32), {"name": USERNET, "num_classes": 10},
+        {"methods": ["eager"], "calibration_method": "histogram"}, log=lambda _: None,
+    )  # fmt: skip
+    skipped = {variant.name: variant.skipped for variant in variants}
+    assert skipped["INT8 eager"] == compare.NO_FUSION_GROUPS
+    assert skipped["FP32 eager"] == ""
+
+
+# --- the whole DAG --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("references")
+    copy_repository(workdir)
+    config = tiny_config(workdir)
+    config.pop("widths")  # width is the built-ins' knob: references keep the default
+    config.update(models=[USERNET, MOBILENET], methods=["pt2e"])
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    # The user's package comes from PYTHONPATH, as a user's would: Snakemake imports it to check
+    # the model before any job, and every job it starts inherits the variable.
+    path = os.pathsep.join(filter(None, [str(workdir / "tests" / "userpkg"),
+                                         os.environ.get("PYTHONPATH")]))  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", path)
+        started = time.perf_counter()
+        snakemake(workdir)
+        print(f"the DAG for {config['models']} took {time.perf_counter() - started:.0f} s")
+        refused = snakemake(workdir, "--dry-run", "--config", "methods=[pt2e,eager]", check=False)
+    return workdir, config, refused
+
+
+@pytest.mark.workflow
+def test_references_go_through_the_whole_dag(reference_run):
+    workdir, config, refused = reference_run
+    results = workdir / "results"
+    report = pd.read_csv(results / "report.csv")
+    assert sorted(report["model"].unique()) == sorted(config["models"])
+    assert report["width"].isna().all()  # no width: the reference builds its own network
+    for model in config["models"]:
+        folder = model_refs.run_folder(model, None, 0)
+        checkpoint = torch.load(results / "train" / folder / "model.pt", weights_only=True)
+        assert checkpoint["architecture"] == {"name": model, "num_classes": 10}
+        rows = report[(report["model"] == model) & (report["device"] == "cpu")]
+        assert (rows["status"] == "ok").all(), rows[["variant", "method", "reason"]]
+        measured = set(zip(rows["variant"], rows["method"], strict=True))
+        assert measured == {("fp32-cpu", "eager"), ("fp32-cpu", "compiled"), ("int8-cpu", "pt2e")}
+        fp32 = rows[(rows["variant"] == "fp32-cpu") & (rows["method"] == "eager")].iloc[0]
+        int8 = rows[rows["variant"] == "int8-cpu"].iloc[0]
+        print(f"{model}: FP32 {fp32['accuracy']:.4f}, INT8 pt2e {int8['accuracy']:.4f}, "
+              f"speedup {int8['speedup_vs_fp32_cpu_eager']:.2f}, "
+              f"size ratio {int8['size_ratio']:.2f}")  # fmt: skip
+        assert (rows[["accuracy", "images_per_s", "size_mb"]] > 0).all().all()
+        assert fp32["accuracy"] > 0.15  # one short epoch, yet above chance (0.10)
+        assert int8["size_ratio"] > 1
+    markdown = (results / "summary.md").read_text()
+    for model in config["models"]:
+        assert f"## Table 1: {model}\n" in markdown
+    # eager for a model without fusion groups: refused before any job, with the fix.
+    assert refused.returncode != 0
+    output = refused.stdout + refused.stderr
+    assert "method 'eager' needs" in output and "Use method pt2e instead" in output
+    assert "Job stats" not in output
