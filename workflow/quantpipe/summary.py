@@ -207,6 +207,8 @@ def paired_measurements(
     table[["paired_images", "baseline_only_correct", "variant_only_correct"]] = counts
     table["calibration_size"] = table["calibration_size"].astype(float)
     table["calibration_method"] = _calibration_methods(table["calibration_method"])
+    # A model by reference has no width (None): NaN, as report.csv reads, so the keys merge.
+    table["width"] = pd.to_numeric(table["width"])
     return table.drop(columns="correct")
 
 
