@@ -7,7 +7,7 @@ import pytest
 import torch
 from quantpipe.artifacts import ArtifactError, atomic_path, load_torch, write_json
 from quantpipe.quantize import pt2e
-from quantpipe.train import load_trained
+from quantpipe.stages.train import load_trained
 
 
 def test_a_failed_write_leaves_no_file(tmp_path):

@@ -15,8 +15,16 @@ import pytest
 import zarr
 from PIL import Image
 from quantpipe import datacache
-from quantpipe.em import data as em
-from quantpipe.prepare_data import EXPECTED_SHA256, FILES, META, DataError, load_batch, run, verify
+from quantpipe.stages.prepare_data import (
+    EXPECTED_SHA256,
+    FILES,
+    META,
+    DataError,
+    load_batch,
+    run,
+    verify,
+)
+from quantpipe.tasks.isbi2012_em import data as em
 
 QUIET = {"log": lambda _: None}
 

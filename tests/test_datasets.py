@@ -1,6 +1,6 @@
 import pytest
 import torch
-from quantpipe.datasets import augment, calibration_images, load_splits, normalize
+from quantpipe.tasks.cifar10.data import augment, calibration_images, load_splits, normalize
 
 
 def test_splits_are_fixed_disjoint_and_complete(cifar_dir):

@@ -1,4 +1,5 @@
-"""quantpipe.em.data on the real ISBI 2012 stack: verification, the Zarr volume, splits, and
+"""quantpipe.tasks.isbi2012_em.data on the real ISBI 2012 stack: verification, the Zarr volume,
+splits, and
 refusal of altered or incomplete copies; a failed write leaves nothing behind."""
 
 import shutil
@@ -8,8 +9,8 @@ import numpy as np
 import pytest
 import zarr
 from PIL import Image
-from quantpipe.em import data
-from quantpipe.em.data import IMAGE_SHA256, SPLITS, DataError, load_split, prepare
+from quantpipe.tasks.isbi2012_em import data
+from quantpipe.tasks.isbi2012_em.data import IMAGE_SHA256, SPLITS, DataError, load_split, prepare
 
 QUIET = {"log": lambda _: None}
 

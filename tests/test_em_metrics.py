@@ -1,11 +1,12 @@
-"""quantpipe.em.metrics: hand-computed cases on tiny slices, and a brute-force cross-check of the
+"""quantpipe.tasks.isbi2012_em.metrics: hand-computed cases on tiny slices, and a brute-force
+cross-check of the
 Rand and information scores by their definitions (pixel pairs, entropies) on random slices."""
 
 import math
 
 import numpy as np
 import pytest
-from quantpipe.em.metrics import scores
+from quantpipe.tasks.isbi2012_em.metrics import scores
 from scipy import ndimage
 from scipy.stats import entropy
 

@@ -6,10 +6,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from quantpipe.em.data import read_stack
-from quantpipe.em.unet import SectionConvBnReLU, build_unet
 from quantpipe.models import build_model
+from quantpipe.models.unet import SectionConvBnReLU, build_unet
 from quantpipe.quantize import eager, pt2e
+from quantpipe.tasks.isbi2012_em.data import read_stack
 from torch import nn
 from torch.ao.nn import intrinsic, quantized
 
@@ -92,7 +92,7 @@ def test_a_section_convolution_is_a_3x3x3_convolution():
 
 def test_pt2e_leaves_conv3d_in_fp32():
     """Why the 3D U-Net is written with Conv2d: torchao's X86InductorQuantizer does not annotate
-    aten.conv3d. If this fails, it does, and quantpipe.em.unet's note should be revisited."""
+    aten.conv3d. If this fails, it does, and quantpipe.models.unet's note should be revisited."""
     net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU()).eval()
     x = torch.rand(2, 1, 3, 8, 8)
     converted = pt2e.quantize(net, [x], x, log=lambda _: None)

@@ -14,7 +14,7 @@ import torch
 import zarr
 from PIL import Image
 from quantpipe import models
-from quantpipe.segment import create_output, run, run_as_array, split_blocks
+from quantpipe.stages.segment import create_output, run, run_as_array, split_blocks
 from quantpipe.submit import submit_array
 from slurmtools import run as slurm
 from slurmtools import wait_sacct
@@ -138,7 +138,7 @@ def test_stopping_the_array_submitter_cancels_every_task(tmp_path, cluster, isbi
     config = {**CONFIG, "tile": [256, 256], "chunks": None}  # a few seconds per 512 x 512 block
     output = str(tmp_path / "out" / "segmentation.zarr")
     script = (
-        "from quantpipe.segment import run_as_array\n"
+        "from quantpipe.stages.segment import run_as_array\n"
         f"run_as_array({volume!r}, {output!r}, {config!r}, tasks=3, resources={ONE_CPU!r}, "
         f"job_name='qp-test-segment-stop', folder={str(tmp_path / 'logs')!r}, model={model!r})\n"
     )

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from quantpipe.em.data import prepare
 from quantpipe.quantize import EXAMPLE_BATCH
-from quantpipe.train import load_trained, run
+from quantpipe.stages.train import load_trained, run
+from quantpipe.tasks.isbi2012_em.data import prepare
 
 CONFIG = {
     "task": "isbi2012_em", "model": "unet3d_aniso", "width": 2, "seed": 1, "sections": 3,

@@ -9,12 +9,13 @@ import json
 
 import pytest
 import torch
-from quantpipe import benchmark, precision
-from quantpipe import quantize as quantize_stage
-from quantpipe import train as train_stage
-from quantpipe.datasets import load_splits, normalize
+from quantpipe import precision
 from quantpipe.models import build_model
 from quantpipe.quantize import pt2e
+from quantpipe.stages import benchmark
+from quantpipe.stages import quantize as quantize_stage
+from quantpipe.stages import train as train_stage
+from quantpipe.tasks.cifar10.data import load_splits, normalize
 
 pytestmark = pytest.mark.gpu  # skipped without CUDA (tests/conftest.py), failed in the gpu tier
 # 2,000 training images, 1,000 validation images, width 8: seconds per epoch on a GPU.

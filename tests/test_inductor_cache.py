@@ -34,7 +34,7 @@ def test_a_stage_call_runs_inside_a_private_cache(monkeypatch, tmp_path):
         seen["folder"] = os.environ.get(inductor_cache.VARIABLE)
         return {}
 
-    monkeypatch.setattr("quantpipe.report.run", run)
+    monkeypatch.setattr("quantpipe.stages.report.run", run)
     StageCall("report", {})()
     assert seen["folder"] and "quantpipe-inductor-" in seen["folder"]
     assert not Path(seen["folder"]).exists()

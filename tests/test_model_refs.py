@@ -1,4 +1,4 @@
-"""Models by reference (quantpipe.model_refs): torchvision.NAME and pkg.module:callable.
+"""Models by reference (quantpipe.models.references): torchvision.NAME and pkg.module:callable.
 
 The user's network is tests/userpkg/usernets.py, a package outside quantpipe. In-process tests put
 that folder on sys.path the way PYTHONPATH would (monkeypatch.syspath_prepend); the workflow test
@@ -15,11 +15,13 @@ import pytest
 import torch
 import yaml
 from conftest import REPO
-from quantpipe import cli, compare, model_refs, train
+from quantpipe import cli, compare
 from quantpipe.configuration import check_consistency
-from quantpipe.model_refs import ModelReferenceError
 from quantpipe.models import MODELS, build_model
+from quantpipe.models import references as model_refs
+from quantpipe.models.references import ModelReferenceError
 from quantpipe.quantize import pt2e
+from quantpipe.stages import train
 from torch import nn
 from workflowtools import copy_repository, snakemake, tiny_config
 
@@ -287,7 +289,7 @@ def test_a_torchvision_model_trains_quantizes_and_benchmarks(tmp_path, cifar_dir
     own run() (the DAG test below runs the user's network; both in one DAG took over 15 minutes
     on 2 shared cores, too long for the suite). One short epoch on 1,024 images leaves it near
     chance: this checks that every stage takes it, not what it learns."""
-    from quantpipe import benchmark, quantize
+    from quantpipe.stages import benchmark, quantize
 
     run = {"model": MOBILENET, "width": None, "seed": 0, "num_classes": 10, "val_size": 500}
     recipe = {"epochs": 1, "batch_size": 128, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,

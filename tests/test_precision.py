@@ -9,9 +9,10 @@ import json
 
 import pytest
 import torch
-from quantpipe import benchmark, precision
-from quantpipe import summary as qs
+from quantpipe import precision
 from quantpipe.models import build_model
+from quantpipe.stages import benchmark
+from quantpipe.stages import summary as qs
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from quantpipe import prepare_data as pd
-from quantpipe.prepare_data import (
+from quantpipe.stages import prepare_data as pd
+from quantpipe.stages.prepare_data import (
     BATCHES,
     CLASSES,
     EXPECTED_SHA256,

@@ -382,7 +382,7 @@ def colour_task(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def accuracy(model, images, labels) -> float:
-    from quantpipe.datasets import normalize
+    from quantpipe.tasks.cifar10.data import normalize
 
     with torch.no_grad():
         return (model(normalize(images)).argmax(1) == labels).float().mean().item()
@@ -391,8 +391,8 @@ def accuracy(model, images, labels) -> float:
 @pytest.mark.slow
 def test_qat_artifact_loads_with_pt2e_and_keeps_accuracy(tmp_path):
     """A few QAT steps on a tiny trained model: an INT8 artifact pt2e's loader runs, accurate."""
-    from quantpipe.datasets import augment, normalize
     from quantpipe.quantize import qat
+    from quantpipe.tasks.cifar10.data import augment, normalize
 
     torch.manual_seed(0)
     images, labels = colour_task(512, seed=0)
@@ -455,7 +455,7 @@ def test_qat_stage_fine_tunes_on_the_training_split(tmp_path, cifar_dir):
     the device and its reason in metrics.json, an artifact the benchmark's loader takes."""
     import json
 
-    from quantpipe.quantize import run
+    from quantpipe.stages.quantize import run
 
     architecture = {"name": "resnet18_cifar", "width": 4, "num_classes": 10}
     torch.save(
@@ -493,7 +493,7 @@ def test_the_quantize_command_works_as_the_readme_shows(tmp_path, cifar_dir):
     import json
     from importlib.metadata import version
 
-    from quantpipe.datasets import load_splits, normalize
+    from quantpipe.tasks.cifar10.data import load_splits, normalize
 
     run = {"model": "resnet18_cifar", "width": 4, "seed": 0, "num_classes": 10, "val_size": 45000}
     architecture = {"name": "resnet18_cifar", "width": 4, "num_classes": 10}

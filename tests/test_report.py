@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 from quantpipe.artifacts import write_json
-from quantpipe.report import build
+from quantpipe.stages.report import build
 
 PROVENANCE = {
     "threads": 2, "cpu_model": "test cpu", "cpu_int8_flags": "avx512_vnni", "gpu_name": None,

@@ -8,9 +8,9 @@ import time
 
 import pytest
 import torch
+from quantpipe.stages.train import load_trained
+from quantpipe.stages.train import run as train_in_process
 from quantpipe.submit import submit
-from quantpipe.train import load_trained
-from quantpipe.train import run as train_in_process
 from slurmtools import run, wait_sacct
 
 pytestmark = pytest.mark.slurm

@@ -5,10 +5,10 @@ import struct
 import pandas as pd
 import pytest
 import torch
-from quantpipe import summary as qs
 from quantpipe.artifacts import write_json
-from quantpipe.datasets import load_splits
-from quantpipe.report import build
+from quantpipe.stages import summary as qs
+from quantpipe.stages.report import build
+from quantpipe.tasks.cifar10.data import load_splits
 
 # Three seeds whose FP32 CPU eager model gets the first 1000, 900, 800 test images wrong:
 # accuracy 0.90, 0.91, 0.92 (mean 0.91, sd 0.01), 100, 110, 120 images/s (mean 110, sd 10).

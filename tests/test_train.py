@@ -3,7 +3,7 @@
 import pytest
 import torch
 from quantpipe.artifacts import read_json
-from quantpipe.train import (
+from quantpipe.stages.train import (
     checkpoint_path_for,
     load_trained,
     one_cycle,

@@ -56,7 +56,7 @@ def _run(argv: list[str]) -> int:
         )
         return 2
     stage, rest = argv[0], argv[1:]
-    run = importlib.import_module(f"quantpipe.{stage}").run
+    run = importlib.import_module(f"quantpipe.stages.{stage}").run
     arguments = vars(_parser(stage, run).parse_args(rest))
     if "config" in arguments:
         with open(arguments["config"]) as handle:

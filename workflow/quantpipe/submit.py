@@ -54,7 +54,7 @@ class StageCall(submitit.helpers.Checkpointable):
     def __call__(self) -> dict:
         # Before torch is imported: Inductor fixes some of its cache paths at import.
         with inductor_cache.private():
-            module = importlib.import_module(f"quantpipe.{self.stage}")
+            module = importlib.import_module(f"quantpipe.stages.{self.stage}")
             return module.run(**self.kwargs, log=log)
 
 
@@ -526,7 +526,7 @@ def from_snakemake(smk) -> None:
     resources, folder = dict(smk.resources.items()), str(log_path.parent / "submitit")
     with open(log_path, "a") as stream, contextlib.redirect_stdout(_Tee(sys.stdout, stream)):
         if stage == "segment":  # one job array over the volume's blocks, not one job
-            from quantpipe.segment import run_as_array
+            from quantpipe.stages.segment import run_as_array
 
             run_as_array(**kwargs, tasks=smk.params.tasks, resources=resources,
                          job_name=name, folder=folder, log=log)  # fmt: skip

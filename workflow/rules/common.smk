@@ -1,9 +1,9 @@
 import itertools
 
-from quantpipe import model_refs
+from quantpipe.models import references as model_refs
 from quantpipe.configuration import PEER_METHODS
 
-# A run's folder (quantpipe.model_refs.run_folder): {model}-w{width}-s{seed} for a built-in model,
+# A run's folder (quantpipe.models.references.run_folder): {model}-w{width}-s{seed} for a built-in model,
 # {folder}-s{seed} for a model by reference (torchvision.NAME, or pkg.module:callable as
 # pkg.module.callable), which takes no width.
 RUN = "{run}"
@@ -181,8 +181,8 @@ def segment_inputs(wildcards):
 
 
 def segment_config(wildcards):
-    """quantpipe.segment's config: the benchmark's tiling of this model, on the CPU."""
-    from quantpipe.em.benchmark import tiling
+    """quantpipe.stages.segment's config: the benchmark's tiling of this model, on the CPU."""
+    from quantpipe.tasks.isbi2012_em.benchmark import tiling
 
     em = config["em"]
     geometry = tiling(

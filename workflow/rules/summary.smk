@@ -1,4 +1,4 @@
-# The figures of the summary stage (quantpipe.summary.FIGURES; quantpipe.em.summary.FIGURES for
+# The figures of the summary stage (quantpipe.stages.summary.FIGURES; quantpipe.tasks.isbi2012_em.summary.FIGURES for
 # task isbi2012_em): each a PNG shown in the HTML report with its caption from workflow/report/,
 # and an SVG beside it.
 SUMMARY_FIGURES = {

@@ -21,12 +21,14 @@ most 64 MiB with the repository), then run there in one go (a few minutes on an 
        PYTHONPATH=workflow:/tmp/site PYTHONUNBUFFERED=1 \\
            python3 workflow/scripts/gpu_check.py run --bundle resources/gpu_check [--qat]
 
-   The model is rebuilt from its checkpoint (quantpipe.train.load_trained): a model by reference
+   The model is rebuilt from its checkpoint (quantpipe.stages.train.load_trained): a model by
+   reference
    `pkg.module:callable` needs its package there too (add its folder to PYTHONPATH).
 
 It prints one row per precision and mode (eager, torch.compile'd): accuracy on the 10,000 test
-images, images/s over them at batch 256, batch-1 latency p50/p99 -- measured by the benchmark
-stage's own code (`quantpipe.benchmark`: the same modules, channels_last, autocast and timing). A
+images, images/s over them at batch 256, batch-1 latency p50/p99 -- measured by the
+benchmark stage's own code (`quantpipe.stages.benchmark`: the same modules, channels_last,
+autocast and timing). A
 precision the GPU cannot run says skipped with the reason. With --qat it also fine-tunes the model
 with fake quantization on CUDA (`quantpipe.quantize.qat`, the quantize stage's code), converts it
 to INT8 and prints the INT8 model's test accuracy (run on the CPU) beside FP32's.
@@ -49,7 +51,7 @@ QAT_TRAINING_IMAGES = 4096
 
 
 def pack(args) -> None:
-    from quantpipe.datasets import load_splits
+    from quantpipe.tasks.cifar10.data import load_splits
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,8 +77,9 @@ def pack(args) -> None:
 
 
 def precision_rows(bundle: Path, config: dict) -> list[dict]:
-    from quantpipe import benchmark, precision
-    from quantpipe.datasets import normalize
+    from quantpipe import precision
+    from quantpipe.stages import benchmark
+    from quantpipe.tasks.cifar10.data import normalize
 
     test = torch.load(bundle / "test.pt", weights_only=True)
     images = normalize(test["images"]).contiguous(memory_format=torch.channels_last)
@@ -104,9 +107,9 @@ def precision_rows(bundle: Path, config: dict) -> list[dict]:
 
 def qat_rows(bundle: Path, steps: int, device: str) -> list[dict]:
     """QAT on CUDA with the quantize stage's code; INT8 and FP32 test accuracy on the CPU."""
-    from quantpipe.datasets import batches, normalize
     from quantpipe.quantize import pt2e, qat
-    from quantpipe.train import load_trained
+    from quantpipe.stages.train import load_trained
+    from quantpipe.tasks.cifar10.data import batches, normalize
 
     net, record = load_trained(str(bundle / "model.pt"))
     train = torch.load(bundle / "train.pt", weights_only=True)

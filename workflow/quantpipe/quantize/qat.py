@@ -108,7 +108,7 @@ def quantizer(calibration: str | Calibration | None = None) -> xiq.X86InductorQu
 
 
 def _device(choice: str) -> tuple[torch.device, str]:
-    from quantpipe.train import choose_device
+    from quantpipe.stages.train import choose_device
 
     return choose_device({"device": choice})
 
@@ -121,7 +121,8 @@ def prepare(
     model: nn.Module, example: torch.Tensor, calibration: str | Calibration | None = None
 ) -> torch.fx.GraphModule:
     """A copy of `model` exported in train mode (batch norms use batch statistics; the caller's
-    model stays) with fake quantizers inserted, on the CPU. quantpipe.model_refs.check runs it on
+    model stays) with fake quantizers inserted, on the CPU. quantpipe.models.references.check runs
+    it on
     a model by reference before any job, so one it fails on is refused there."""
     net = copy.deepcopy(model).cpu().train()
     graph_module = torch.export.export(net, (example,), dynamic_shapes=pt2e._batch_dim()).module()
@@ -139,7 +140,7 @@ def quantize(
 ) -> torch.fx.GraphModule:
     """Export `model` for training, insert fake quantizers, warm them up on the calibration
     batches, fine-tune per `fine_tune`, and convert to an INT8 graph (on the CPU)."""
-    from quantpipe.datasets import augment, normalize
+    from quantpipe.tasks.cifar10.data import augment, normalize
 
     if fine_tune is None:
         raise ValueError(

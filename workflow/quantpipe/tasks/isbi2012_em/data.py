@@ -231,6 +231,7 @@ def load_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
         return group["image"][start:stop], group["membrane"][start:stop]
     except (FileNotFoundError, KeyError) as error:
         raise DataError(
-            f"{data_dir} is not an EM volume written by quantpipe.em.data.prepare ({error!r}). "
+            f"{data_dir} is not an EM volume written by "
+            f"quantpipe.tasks.isbi2012_em.data.prepare ({error!r}). "
             "Run prepare(source, destination) first."
         ) from None

@@ -5,16 +5,17 @@ quantized; at width 64 its state_dict has torchvision's exact keys and shapes (t
 torchvision weights load into it. `resnet18_cifar` swaps the stem for one 3x3 stride-1 convolution
 and drops the max-pool, the usual CIFAR variant. Each residual add goes through a FloatFunctional so
 the eager quantization backend can replace it with a quantized add; every ReLU is its own module,
-which both fusion and PT2E annotation need. The EM task's U-Nets (quantpipe.em.unet) are registered
-here too, and models by reference (quantpipe.model_refs) are built through here, so train,
+which both fusion and PT2E annotation need. The EM task's U-Nets (quantpipe.models.unet) are
+registered
+here too, and models by reference (quantpipe.models.references) are built through here, so train,
 quantize and benchmark build every model through `build_model`.
 """
 
 from torch import nn
 from torch.ao.nn.quantized import FloatFunctional
 
-from quantpipe import model_refs
-from quantpipe.em.unet import UNETS, build_unet
+from quantpipe.models import references as model_refs
+from quantpipe.models.unet import UNETS, build_unet
 
 RESNETS = ("resnet18", "resnet18_cifar")
 MODELS = RESNETS + UNETS
@@ -96,9 +97,9 @@ class ResNet18(nn.Module):
 
 
 def build_model(name: str, num_classes: int = 10, width: int | None = None) -> nn.Module:
-    """The model `name`: a built-in, or a reference (quantpipe.model_refs: torchvision.NAME or
-    package.module:callable). `num_classes` sizes a classifier; a U-Net always predicts one
-    membrane channel. `width` applies to built-ins only (default 64)."""
+    """The model `name`: a built-in, or a reference (quantpipe.models.references:
+    torchvision.NAME or package.module:callable). `num_classes` sizes a classifier; a U-Net
+    always predicts one membrane channel. `width` applies to built-ins only (default 64)."""
     if not model_refs.is_builtin(name):
         if width is not None:
             raise ValueError(

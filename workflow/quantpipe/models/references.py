@@ -1,7 +1,7 @@
 """Models by reference: the three forms `models:` takes, their result folders, building, checking.
 
 - A built-in name: `resnet18`, `resnet18_cifar` (quantpipe.models), `unet2d`, `unet3d_aniso`
-  (quantpipe.em.unet). Only these take `width`; their runs keep the folder
+  (quantpipe.models.unet). Only these take `width`; their runs keep the folder
   `{model}-w{width}-s{seed}`.
 - `torchvision.NAME`: any torchvision classification model
   (`torchvision.models.list_models(module=torchvision.models)`), built by
@@ -35,7 +35,7 @@ import sysconfig
 import traceback
 from dataclasses import dataclass
 
-# quantpipe.models.MODELS (ResNets, then quantpipe.em.unet.UNETS), spelled out so that the
+# quantpipe.models.MODELS (ResNets, then quantpipe.models.unet.UNETS), spelled out so that the
 # Snakefile need not import torch; tests/test_model_refs.py checks they agree.
 BUILTIN = ("resnet18", "resnet18_cifar", "unet2d", "unet3d_aniso")
 TORCHVISION = "torchvision."

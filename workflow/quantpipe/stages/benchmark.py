@@ -9,7 +9,7 @@ Throughput is the timed pass over all 10,000 test images at the large batch (the
 the test set"); latency is per batch-1 call. Per-image predictions are stored for paired tests.
 CPU rows also say what fraction of the machine's multiply-accumulate ceiling for their precision
 they reach (quantpipe.ceilings, measured in the same job). With `task: isbi2012_em` the variants
-are measured on the tiled EM volume instead (quantpipe.em.benchmark).
+are measured on the tiled EM volume instead (quantpipe.tasks.isbi2012_em.benchmark).
 """
 
 import io
@@ -18,11 +18,10 @@ import statistics
 import time
 
 import torch
-
 from quantpipe import ceilings, provenance
 from quantpipe.artifacts import atomic_path, write_json
-from quantpipe.datasets import load_splits, normalize
 from quantpipe.precision import GPU_VARIANTS, for_precision, unusable
+from quantpipe.tasks.cifar10.data import load_splits, normalize
 
 VARIANTS = ("fp32-cpu", *GPU_VARIANTS, "int8-cpu")
 
@@ -92,7 +91,7 @@ def state_dict_bytes(module: torch.nn.Module) -> int:
 
 def implementations(variant: str, model: str, artifact: str | None, method: str | None):
     """(method label, device, callable module, size in bytes) for each row of this variant."""
-    from quantpipe.train import load_trained
+    from quantpipe.stages.train import load_trained
 
     if variant == "int8-cpu":
         from quantpipe.quantize import load_for_cpu
@@ -127,7 +126,7 @@ def run(
 ) -> dict:
     """Benchmark `config['variant']`: rows to `metrics`, per-image predictions to `predictions`."""
     if config.get("task") == "isbi2012_em":
-        from quantpipe.em.benchmark import run as benchmark_em
+        from quantpipe.tasks.isbi2012_em.benchmark import run as benchmark_em
 
         return benchmark_em(model, data, metrics, predictions, config, artifact, log)
     variant = config["variant"]
@@ -139,7 +138,7 @@ def run(
         test_images, test_labels = load_splits(data, config["val_size"])["test"]
         test_images = normalize(test_images)
         if variant not in GPU_VARIANTS:
-            from quantpipe.train import load_trained
+            from quantpipe.stages.train import load_trained
 
             macs = ceilings.macs_per_image(load_trained(model)[0], tuple(test_images.shape[1:]))
             machine = ceilings.measure()

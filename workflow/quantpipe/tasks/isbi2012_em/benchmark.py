@@ -2,11 +2,13 @@
 path and score the result.
 
 Each variant (`fp32-cpu`: eager and torch.compile; `fp32-gpu`: the same on CUDA, or rows marked
-skipped with the reason; `int8-cpu`: a quantize artifact) runs quantpipe.em.tiling.predict_volume
+skipped with the reason; `int8-cpu`: a quantize artifact) runs
+quantpipe.tasks.isbi2012_em.tiling.predict_volume
 over a Zarr copy of the test sections (overlapping tiles, blended, one block per output chunk),
 first once on one block untimed (a compiled module compiles on its first tiles), then timed over
-the whole volume: voxels/s with the threads recorded. The probability map is then scored against
-the labels on the full test volume: pixel error, V_rand and V_info (quantpipe.em.metrics).
+the whole volume: voxels/s with the threads recorded. The probability map is then scored
+against the labels on the full test volume: pixel error, V_rand and V_info
+(quantpipe.tasks.isbi2012_em.metrics).
 
 From the measured rate, `job_hours_per_mm3` is how long ONE such job (this many threads, this
 node) would take to segment a cubic millimetre of cortex at 4x4x40 nm, 1.5625e15 voxels:
@@ -19,12 +21,11 @@ import tempfile
 import numpy as np
 import torch
 import zarr
-
 from quantpipe import provenance
-from quantpipe.benchmark import implementations, start_rows, write_results
-from quantpipe.em.data import load_split
-from quantpipe.em.metrics import scores
-from quantpipe.em.tiling import create_target, predict_volume
+from quantpipe.stages.benchmark import implementations, start_rows, write_results
+from quantpipe.tasks.isbi2012_em.data import load_split
+from quantpipe.tasks.isbi2012_em.metrics import scores
+from quantpipe.tasks.isbi2012_em.tiling import create_target, predict_volume
 
 VOXELS_PER_MM3 = 1.5625e15  # 1 mm / 4 nm * 1 mm / 4 nm * 1 mm / 40 nm
 

@@ -5,19 +5,16 @@ Patches are random crops of the 20 training sections with random flips and 90-de
 else, exactly what the tiled inference feeds. Loss: binary cross-entropy on membrane logits
 (membrane pixels optionally up-weighted); AdamW with a one-cycle schedule. An epoch is
 `steps_per_epoch` steps; after each, the pixel error on the 5 validation sections is recorded and a
-checkpoint written: device choice, checkpoints, resume and the record are quantpipe.train's.
+checkpoint written: device choice, checkpoints, resume and the record are quantpipe.stages.train's.
 """
 
 import time
 
 import numpy as np
 import torch
-from torch import nn
-
 from quantpipe import provenance
-from quantpipe.em.data import load_split
 from quantpipe.models import build_model
-from quantpipe.train import (
+from quantpipe.stages.train import (
     checkpoint_path_for,
     choose_device,
     epoch_generator,
@@ -26,6 +23,8 @@ from quantpipe.train import (
     save_checkpoint,
     save_trained,
 )
+from quantpipe.tasks.isbi2012_em.data import load_split
+from torch import nn
 
 
 def architecture(config: dict) -> dict:

@@ -13,9 +13,8 @@ import textwrap
 from pathlib import Path
 
 import pandas as pd
-
 from quantpipe.artifacts import atomic_path
-from quantpipe.summary import (
+from quantpipe.stages.summary import (
     PROVENANCE_COLUMNS,
     _distinct,
     _figure,
@@ -169,7 +168,7 @@ def run(
     config: dict,
     log=print,
 ) -> dict:
-    """quantpipe.summary.run's outputs for the EM task; `figures` are named after FIGURES."""
+    """quantpipe.stages.summary.run's outputs for the EM task; `figures` are named after FIGURES."""
     unknown = sorted({Path(path).stem for path in figures} - set(FIGURES))
     if unknown:
         raise ValueError(f"unknown figures {unknown}: choose from {', '.join(FIGURES)}")

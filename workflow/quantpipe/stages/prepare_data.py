@@ -22,7 +22,7 @@ few numpy globals an array needs and refuses anything else, so a crafted pickle 
 
 Run by hand:
 
-    python -m quantpipe.prepare_data --out resources/cifar-10-batches-py \
+    python -m quantpipe.stages.prepare_data --out resources/cifar-10-batches-py \
         [--copy-from DIR] [--url URL] [--no-download] [--no-npm] [--metrics path.json]
 """
 
@@ -45,7 +45,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from quantpipe.artifacts import atomic_path, write_json
 
 CLASSES = (
@@ -701,7 +700,7 @@ def run(data: str, metrics: str, config: dict, log=log) -> dict:
     from quantpipe import datacache, provenance
 
     if config.get("task") == "isbi2012_em":
-        from quantpipe.em.data import prepare
+        from quantpipe.tasks.isbi2012_em.data import prepare
 
         cache = datacache.isbi2012(
             copy=config.get("isbi2012_copy", ""),
@@ -732,7 +731,7 @@ def run(data: str, metrics: str, config: dict, log=log) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m quantpipe.prepare_data",
+        prog="python -m quantpipe.stages.prepare_data",
         description="Put a verified CIFAR-10 (cifar-10-batches-py layout) at --out.",
     )
     parser.add_argument(

@@ -9,7 +9,6 @@ node-hours where a job has the whole node.
 """
 
 import pandas as pd
-
 from quantpipe.artifacts import atomic_path, read_json
 
 RUN_KEYS = ["model", "width", "seed"]

@@ -23,9 +23,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
 from quantpipe.artifacts import atomic_path, read_json
-from quantpipe.datasets import load_splits
+from quantpipe.tasks.cifar10.data import load_splits
 
 RUN_KEYS = ["model", "width", "seed"]
 ROW_KEYS = [*RUN_KEYS, "variant", "method", "calibration_method", "calibration_size"]
@@ -879,10 +878,11 @@ def run(
     """Summarize `report` over seeds with paired tests: a CSV, markdown, HTML and figures.
 
     `figures` are paths named `<figure>.<png|svg>`, the figure one of FIGURES. With
-    `task: isbi2012_em` in `config`, quantpipe.em.summary writes the same outputs for the EM task.
+    `task: isbi2012_em` in `config`, quantpipe.tasks.isbi2012_em.summary writes the same outputs
+    for the EM task.
     """
     if config.get("task") == "isbi2012_em":
-        from quantpipe.em.summary import run as summarize_em
+        from quantpipe.tasks.isbi2012_em.summary import run as summarize_em
 
         return summarize_em(
             report, benchmark_metrics, predictions, data, summary, markdown, tables, figures,

@@ -2,7 +2,8 @@
 
 `run` segments a uint8 (Z, Y, X) Zarr array (or a group's `image` array) with an FP32 checkpoint
 (`model`, from the train stage) or an INT8 artifact (`artifact` with `config['method']`, from the
-quantize stage) through quantpipe.em.tiling, into a float32 Zarr array of membrane probability
+quantize stage) through quantpipe.tasks.isbi2012_em.tiling, into a float32 Zarr array of membrane
+probability
 whose chunks are the blocks (`config['block_sections']` whole sections each, unless
 `config['chunks']` says otherwise).
 
@@ -34,11 +35,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
-
 from quantpipe import provenance
 from quantpipe.artifacts import write_json
-from quantpipe.em.data import replace_directory
-from quantpipe.em.tiling import create_target, plan_blocks, predict_volume
+from quantpipe.tasks.isbi2012_em.data import replace_directory
+from quantpipe.tasks.isbi2012_em.tiling import create_target, plan_blocks, predict_volume
 
 
 def split_blocks(blocks: int, groups: int) -> list[list[int]]:
@@ -93,7 +93,7 @@ def load_model(model: str | None, artifact: str | None, config: dict):
         return load_for_cpu(config["method"], artifact), f"int8 {config['method']} {artifact}"
     if not model:
         raise ValueError("segment needs a model: an FP32 checkpoint (model) or an INT8 artifact")
-    from quantpipe.train import load_trained
+    from quantpipe.stages.train import load_trained
 
     device = config.get("device", "cpu")
     if device == "auto":
@@ -129,7 +129,7 @@ def run(
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"{segmentation} does not exist: a run with config['blocks'] writes into an output "
-                "made beforehand by quantpipe.segment.create_output (run_as_array does that)"
+                "made beforehand by quantpipe.stages.segment.create_output (run_as_array does that)"
             ) from None
         timing = predict_volume(module, source, target, **geometry, blocks=blocks, log=log)
     result = {

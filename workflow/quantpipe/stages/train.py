@@ -5,7 +5,8 @@ epoch, history); a restarted job resumes from it when the training config is unc
 epoch's shuffling and augmentation draw from a generator seeded by (seed, epoch), so a resumed run
 ends with the same weights as an uninterrupted one. The model is chosen by nothing: the last epoch
 is kept, and the validation split (held out of the training set) is reported, never the test set.
-With `task: isbi2012_em` the stage trains a U-Net instead (quantpipe.em.train), through the same
+With `task: isbi2012_em` the stage trains a U-Net instead (quantpipe.tasks.isbi2012_em.train),
+through the same
 device choice, checkpoints, resume and record, which live here as functions.
 """
 
@@ -14,12 +15,12 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
-
-from quantpipe import model_refs, provenance
+from quantpipe import provenance
 from quantpipe.artifacts import atomic_path, load_torch, write_json
-from quantpipe.datasets import augment, batches, load_splits, normalize
 from quantpipe.models import build_model
+from quantpipe.models import references as model_refs
+from quantpipe.tasks.cifar10.data import augment, batches, load_splits, normalize
+from torch import nn
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -163,7 +164,7 @@ def save_trained(
 def run(data: str, model: str, metrics: str, config: dict, log=print) -> dict:
     """Train per `config`; write the final weights to `model` and the run's record to `metrics`."""
     if config.get("task") == "isbi2012_em":
-        from quantpipe.em.train import run as train_em
+        from quantpipe.tasks.isbi2012_em.train import run as train_em
 
         return train_em(data, model, metrics, config, log)
     threads = provenance.set_threads()
