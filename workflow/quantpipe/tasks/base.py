@@ -1,0 +1,153 @@
+"""What a task is: one problem (its data, loss, quality metrics, how a model is measured, its
+report columns and summary) behind one interface, so that no stage names a task.
+
+A task comes in two halves:
+
+- `TaskSpec`, torch-free facts the Snakefile needs to build the DAG: where prepare_data puts the
+  data, the built-in models and quantize methods it takes, which config keys each stage reads,
+  the summary's figures, whether the segment stage applies, and the checks across keys that run
+  before any job. The Snakefile imports it at every parse, so it must stay cheap.
+- `Task`, the torch half the stages call inside their jobs: prepare the data, training batches
+  and loss, validation, calibration inputs, an example input, how one model variant is measured,
+  the summary tables and figures.
+
+`SPEC.implementation` names the Task class as "package.module:Class". A user's own task is
+`task: your.module:YOUR_SPEC` in config.yaml, a TaskSpec whose implementation is their Task;
+quantpipe.tasks.spec() and load() resolve both built-in names and references.
+
+A minimal task (see README.md, "Your own task"):
+
+    # mytask/spec.py: torch-free
+    SPEC = TaskSpec(name="mytask", data="resources/mytask", implementation="mytask.task:MyTask",
+                    models=(), references=True)
+
+    # mytask/task.py
+    class MyTask(Task):
+        def prepare(self, data, config, log): ...        # write verified data under `data`
+        def training(self, data, config, device): ...    # a Training: batches, loss, validate
+        def calibration_inputs(self, data, config, count): ...
+        def benchmark(self, data, variant, config, log): ...   # rows and predictions
+        def summarize(self, report, config, outputs, log): ... # tables and figures
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+# The config sections whose keys a stage reads, unless a task says otherwise (TaskSpec.settings).
+STAGE_SECTIONS = ("train", "quantize", "benchmark")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Torch-free facts about a task, read by the Snakefile (workflow/rules/common.smk).
+
+    name: the task's one name: results/prepare_data/{name}.json, logs/prepare_data/{name}.log.
+    data: the folder prepare_data writes, which every later stage reads (resources/...).
+    implementation: "package.module:Class" of its Task.
+    models: the built-in models it trains (quantpipe.models).
+    references: whether it takes models by reference (torchvision.NAME, pkg.module:callable).
+    methods: the quantize methods it supports; None for all of quantpipe.quantize.METHODS.
+    gpu_precisions: whether its GPU benchmark runs bf16 and fp16 beside fp32.
+    segments: whether the segment stage runs (a whole volume through each CPU variant).
+    figures: the summary's figure names (results/summary/{name}.png and .svg).
+    data_keys: the keys of the config's `data` section its prepare_data reads.
+    settings: per stage (train, quantize, benchmark), a function of the config that gives what
+        the stage reads; the default is the config section of that name. A stage reruns only
+        when what it reads changes.
+    run_keys: config keys every stage of one run reads (e.g. num_classes, val_size).
+    check: a function of the config that raises ValueError for settings that cannot run.
+    """
+
+    name: str
+    data: str
+    implementation: str
+    models: tuple[str, ...] = ()
+    references: bool = False
+    methods: tuple[str, ...] | None = None
+    gpu_precisions: bool = False
+    segments: bool = False
+    figures: tuple[str, ...] = ()
+    data_keys: tuple[str, ...] = ()
+    settings: Mapping[str, Callable[[dict], dict]] = field(default_factory=dict)
+    run_keys: tuple[str, ...] = ()
+    check: Callable[[dict], None] | None = None
+
+    def stage_settings(self, config: dict, stage: str) -> dict:
+        """What the stage of config section `stage` reads, for this task."""
+        if stage in self.settings:
+            return self.settings[stage](config)
+        return dict(config[stage])
+
+    def data_settings(self, config: dict) -> dict:
+        """prepare_data's settings: this task's keys of `data`, so another task's change
+        nothing here."""
+        return {key: config["data"][key] for key in self.data_keys if key in config["data"]}
+
+
+@dataclass
+class Training:
+    """What the shared training loop (quantpipe.engine.fit) needs from a task for one run.
+
+    batches(epoch_generator) yields (inputs, targets) on the CPU for one epoch, drawing every
+    random choice from the generator so that a resumed run repeats it; steps_per_epoch is how
+    many it yields. loss(outputs, targets) is the training loss; validate(net, device) the
+    validation scores recorded each epoch (a dict of floats, the first the one logged). unit
+    names what a step's batch holds (images, patches) for the progress lines.
+    """
+
+    optimizer: Any
+    steps_per_epoch: int
+    batch_size: int
+    batches: Callable[[Any], Iterator[tuple[Any, Any]]]
+    loss: Callable[[Any, Any], Any]
+    validate: Callable[[Any, Any], dict]
+    unit: str = "images"
+    channels_last: bool = False
+
+
+class Task:
+    """The torch half of a task. Subclasses implement the methods their stages call; each takes
+    paths and plain config and returns plain data, like the stages themselves."""
+
+    def __init__(self, spec: TaskSpec) -> None:
+        self.spec = spec
+
+    def prepare(self, data: str, config: dict, log=print) -> dict:
+        """Fill the folder `data` with verified data from config's `data` section; the record."""
+        raise NotImplementedError
+
+    def architecture(self, config: dict) -> dict:
+        """quantpipe.models.build_model's arguments for the run `config`, saved with the weights
+        so that later stages rebuild the model without the config."""
+        raise NotImplementedError
+
+    def training(self, data: str, config: dict, net, device) -> Training:
+        raise NotImplementedError
+
+    def calibration_inputs(self, data: str, config: dict, count: int):
+        """`count` inputs from the training split (never validation or test), as the model
+        takes them, for INT8 calibration."""
+        raise NotImplementedError
+
+    def fine_tune_data(self, data: str, config: dict):
+        """(inputs, targets) of the training split for quantization-aware fine-tuning."""
+        raise NotImplementedError(f"task {self.spec.name!r} has no quantization-aware training")
+
+    def example_input(self, config: dict):
+        """One batch-1 input of the shape the model takes (peer runtimes export with it)."""
+        raise NotImplementedError
+
+    def benchmark(
+        self, data: str, variant, config: dict, log=print
+    ) -> tuple[list[dict], dict[str, Any]]:
+        """Measure each implementation of one variant (quantpipe.stages.benchmark.Variant):
+        (rows, predictions per implementation label)."""
+        raise NotImplementedError
+
+    def summarize(self, report, config: dict, outputs: dict, log=print) -> dict:
+        """Write the summary's tables and figures (`outputs`: the summary rule's paths) from
+        report.csv's rows; the record."""
+        raise NotImplementedError

@@ -1,0 +1,63 @@
+"""Task isbi2012_em's torch-free facts (quantpipe.tasks.base.TaskSpec): membrane prediction on
+the ISBI 2012 serial-section EM stack, its settings in the config's `em` section."""
+
+from quantpipe.tasks.base import TaskSpec
+
+POOLING = 8  # quantpipe.models.unet.MIN_SIZE: in-plane sizes must be multiples of it
+# The `em` keys each stage reads, and the keys of the stage's own config section that still
+# apply (the rest of train, quantize, benchmark is the classification recipe).
+EM_KEYS = {
+    "train": ("sections", "patch_size", "epochs", "steps_per_epoch", "batch_size", "lr",
+              "weight_decay", "membrane_weight"),
+    "quantize": ("sections", "tile"),
+    "benchmark": ("sections", "tile", "overlap", "section_overlap", "inference_batch_size",
+                  "threshold"),
+}  # fmt: skip
+SHARED_KEYS = {
+    "train": ("device", "log_every"),
+    "quantize": ("calibration_batch_size",),
+    "benchmark": ("gpu",),
+}
+
+
+def _settings(stage: str):
+    def settings(config: dict) -> dict:
+        return {
+            **{key: config[stage][key] for key in SHARED_KEYS[stage]},
+            **{key: config["em"][key] for key in EM_KEYS[stage]},
+        }
+
+    return settings
+
+
+def check(config: dict) -> None:
+    em = config["em"]
+    for key in ("patch_size", "tile"):
+        if em[key] % POOLING:
+            raise ValueError(
+                f"em.{key} = {em[key]} must be a multiple of {POOLING} (the U-Nets pool "
+                "three times)"
+            )
+    if em["overlap"] >= em["tile"]:
+        raise ValueError(
+            f"em.overlap = {em['overlap']} must be smaller than em.tile = {em['tile']}"
+        )
+    if em["section_overlap"] >= em["sections"] and "unet3d_aniso" in config["models"]:
+        raise ValueError(
+            f"em.section_overlap = {em['section_overlap']} must be smaller than em.sections = "
+            f"{em['sections']}"
+        )
+
+
+SPEC = TaskSpec(
+    name="isbi2012_em",
+    data="resources/isbi2012-em.zarr",
+    implementation="quantpipe.tasks.isbi2012_em.task:Isbi2012Em",
+    models=("unet2d", "unet3d_aniso"),
+    methods=("pt2e", "eager"),
+    segments=True,
+    figures=("quality_vs_throughput", "cost_per_mm3"),
+    data_keys=("isbi2012_copy", "isbi2012_url", "allow_download"),
+    settings={stage: _settings(stage) for stage in EM_KEYS},
+    check=check,
+)
