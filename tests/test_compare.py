@@ -7,7 +7,7 @@ import pytest
 import torch
 from quantpipe import ceilings, cli
 from quantpipe.compare import format_table, summarize
-from quantpipe.models import build_model
+from quantpipe.models.build import build_model
 from quantpipe.quantize import peers
 from torch import nn
 

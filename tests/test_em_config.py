@@ -38,7 +38,7 @@ def test_a_unet_is_rejected_for_cifar10():
 def test_the_task_lists_match_the_models():
     """configuration spells the model lists out (the Snakefile does not import torch)."""
     from quantpipe.configuration import EM_POOLING, TASK_MODELS
-    from quantpipe.models import RESNETS, UNETS
+    from quantpipe.models.build import RESNETS, UNETS
     from quantpipe.models.unet import MIN_SIZE
 
     assert TASK_MODELS == {"cifar10": RESNETS, "isbi2012_em": UNETS} and EM_POOLING == MIN_SIZE

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from quantpipe.models import build_model
+from quantpipe.models.build import build_model
 from quantpipe.models.unet import SectionConvBnReLU, build_unet
 from quantpipe.quantize import eager, pt2e
 from quantpipe.tasks.isbi2012_em.data import read_stack

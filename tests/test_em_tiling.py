@@ -1,4 +1,4 @@
-"""quantpipe.tasks.isbi2012_em.tiling: tiled, blended inference over chunked Zarr volumes matches
+"""quantpipe.tiling: tiled, blended inference over chunked Zarr volumes matches
 the untiled
 model away from the volume's edges, gives the same bits whatever blocks run where and in what
 order, and reads block by block."""
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from quantpipe.tasks.isbi2012_em.tiling import (
+from quantpipe.tiling import (
     blend_window,
     block_region,
     create_target,

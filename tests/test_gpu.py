@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 from quantpipe import precision
-from quantpipe.models import build_model
+from quantpipe.models.build import build_model
 from quantpipe.quantize import pt2e
 from quantpipe.stages import benchmark
 from quantpipe.stages import quantize as quantize_stage

@@ -17,10 +17,10 @@ import yaml
 from conftest import REPO
 from quantpipe import cli, compare
 from quantpipe.configuration import check_consistency
-from quantpipe.models import MODELS, build_model
 from quantpipe.models import references as model_refs
+from quantpipe.models.build import MODELS, build_model
 from quantpipe.models.references import ModelReferenceError
-from quantpipe.quantize import pt2e
+from quantpipe.quantize import pt2e, readiness
 from quantpipe.stages import train
 from torch import nn
 from workflowtools import copy_repository, snakemake, tiny_config
@@ -175,7 +175,7 @@ def test_logits_of_the_wrong_shape_are_refused(userpkg):
     with pytest.raises(
         ModelReferenceError, match=r"returns \(2, 11\) in training mode .* \(2, 10\)"
     ):
-        model_refs.check("usernets:make_wrong_head", 10, ["pt2e"])
+        readiness.check("usernets:make_wrong_head", 10, ["pt2e"])
 
 
 def test_an_untraceable_model_is_refused_naming_the_operation(userpkg):
@@ -190,16 +190,16 @@ def test_an_untraceable_model_is_refused_naming_the_operation(userpkg):
 def test_a_fixed_batch_size_is_refused_saying_why(userpkg):
     expected = r"the batch size must stay free .*\(x\.flatten\(1\)\)"
     with pytest.raises(ModelReferenceError, match=expected):
-        model_refs.check("usernets:make_fixed_batch", 10, ["qat"])
+        readiness.check("usernets:make_fixed_batch", 10, ["qat"])
 
 
 def test_qat_is_refused_for_a_batch_norm_called_twice(userpkg):
     with pytest.raises(ModelReferenceError) as caught:
-        model_refs.check(USERNET, 10, ["pt2e", "qat"])
+        readiness.check(USERNET, 10, ["pt2e", "qat"])
     message = str(caught.value)
     assert "method 'qat' cannot prepare it for INT8" in message
     assert "(repeated.bn1, repeated.bn2)" in message and "use method pt2e instead" in message
-    model_refs.check("torchvision.resnet18", 10, ["qat"])  # reuses a ReLU only: fine
+    readiness.check("torchvision.resnet18", 10, ["qat"])  # reuses a ReLU only: fine
 
 
 def test_eager_is_refused_for_a_model_without_fusion_groups(userpkg):

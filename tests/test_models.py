@@ -3,7 +3,7 @@ import io
 import pytest
 import torch
 import torchvision
-from quantpipe.models import build_model
+from quantpipe.models.build import build_model
 
 
 def serialized_mb(module) -> float:

@@ -9,7 +9,7 @@ import importlib.util
 import pytest
 import torch
 from quantpipe.configuration import PEER_METHODS, check_consistency
-from quantpipe.models import build_model
+from quantpipe.models.build import build_model
 from quantpipe.quantize import backend, peers
 from quantpipe.quantize.calibration import NAMES
 from test_quantize import calibration, relative_error, trained_like

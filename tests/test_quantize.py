@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 import yaml
-from quantpipe.models import build_model
+from quantpipe.models.build import build_model
 from quantpipe.quantize import backend, eager, pt2e
 from torch import nn
 

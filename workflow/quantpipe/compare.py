@@ -24,8 +24,13 @@ from pathlib import Path
 
 import torch
 
-from quantpipe import ceilings, provenance
+from quantpipe import ceilings, provenance, tasks
 from quantpipe.artifacts import write_json
+from quantpipe.models.build import load_trained
+from quantpipe.quantize import EXAMPLE_BATCH, PEERS, backend, load_for_cpu, peers, quantize_and_save
+from quantpipe.quantize.calibration import parse
+from quantpipe.stages.benchmark import state_dict_bytes
+from quantpipe.submit import log as stage_log
 
 DEFAULT_METHODS = ("pt2e", "eager", "onnxruntime", "openvino")
 # A model by reference (quantpipe.models.references) rarely is one the eager method can take.
@@ -55,9 +60,6 @@ def _quiet(_line: str) -> None:
 
 def build_variants(net, calibration, example, architecture, config: dict, log=print) -> list:
     """FP32 eager and compiled, the peers' FP32, then every INT8 method, each ready to call."""
-    from quantpipe.quantize import PEERS, backend, load_for_cpu, peers, quantize_and_save
-    from quantpipe.stages.benchmark import state_dict_bytes
-
     methods = config["methods"]
     variants = [
         Variant("FP32 eager", "fp32", "torch", net, state_dict_bytes(net)),
@@ -112,8 +114,6 @@ def _unfrozen(compiled):
 
 
 def _absent(method: str) -> str:
-    from quantpipe.quantize import peers
-
     return f"not installed ({', '.join(peers.missing(method))}): {peers.INSTALL}"
 
 
@@ -262,11 +262,6 @@ def format_table(rows: list[dict]) -> str:
 
 def compare(model: str, data: str, config: dict, log=print) -> dict:
     """Build every variant of `model` and measure them interleaved: rows and context."""
-    from quantpipe.quantize import EXAMPLE_BATCH
-    from quantpipe.quantize.calibration import parse
-    from quantpipe.stages.train import load_trained
-    from quantpipe.tasks.cifar10.data import batches, calibration_images, load_splits, normalize
-
     if config.get("threads"):
         torch.set_num_threads(config["threads"])
         threads = config["threads"]
@@ -278,10 +273,12 @@ def compare(model: str, data: str, config: dict, log=print) -> dict:
     seed = trained.get("seed", 0)
     calibration_method = parse(config["calibration_method"]).name
     config = {**config, "calibration_method": calibration_method}
-    test_images, test_labels = load_splits(data, val_size)["test"]
-    test_images = normalize(test_images[: config["test_images"]])
+    task = tasks.load(trained.get("task"))
+    split_config = {**trained, "val_size": val_size, "seed": seed}
+    test_images, test_labels = task.splits(data, split_config)["test"]
+    test_images = task.normalize(test_images[: config["test_images"]])
     test_labels = test_labels[: config["test_images"]]
-    images = calibration_images(data, val_size, config["calibration_size"], seed)
+    images = task.calibration_inputs(data, split_config, config["calibration_size"])
     macs = ceilings.macs_per_image(net, tuple(test_images.shape[1:]))
     log(
         f"compare: {model}: {record.get('architecture')}, {macs / 1e9:.3f} GMAC per image; "
@@ -293,7 +290,7 @@ def compare(model: str, data: str, config: dict, log=print) -> dict:
             f"compare: ceilings FP32 {machine['fp32_gmac_per_s']:.0f} GMAC/s, "
             f"INT8 {machine['int8_gmac_per_s']:.0f} GMAC/s"
         )
-    calibration = list(batches(images, config["calibration_batch_size"]))
+    calibration = list(images.split(config["calibration_batch_size"]))
     variants = build_variants(
         net,
         calibration,
@@ -395,8 +392,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, log=None) -> int:
-    from quantpipe.submit import log as stage_log
-
     arguments = vars(parser().parse_args(argv))
     model, data, json_path = arguments.pop("model"), arguments.pop("data"), arguments.pop("json")
     result = compare(model, data, arguments, log=log or stage_log)

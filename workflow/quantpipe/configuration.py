@@ -87,7 +87,11 @@ def check_consistency(config: dict) -> None:
             )
     if task.check:
         task.check(config)
-    # Last, as it imports torch and builds each network: only for models by reference (the
-    # built-ins are tested with every method).
-    for model in references:
-        model_refs.check(model, config.get("num_classes", 10), config.get("methods", ()))
+    # Last, and only for models by reference (the built-ins are tested with every method): it
+    # builds each network. Imported here because it imports torch, which a Snakefile parse of a
+    # built-in-only config should not pay for.
+    if references:
+        from quantpipe.quantize import readiness
+
+        for model in references:
+            readiness.check(model, config.get("num_classes", 10), config.get("methods", ()))

@@ -1,34 +1,19 @@
 import itertools
 
+from quantpipe import tasks
 from quantpipe.models import references as model_refs
 from quantpipe.configuration import PEER_METHODS
 
-# A run's folder (quantpipe.models.references.run_folder): {model}-w{width}-s{seed} for a built-in model,
-# {folder}-s{seed} for a model by reference (torchvision.NAME, or pkg.module:callable as
+# A run's folder (quantpipe.models.references.run_folder): {model}-w{width}-s{seed} for a built-in
+# model, {folder}-s{seed} for a model by reference (torchvision.NAME, or pkg.module:callable as
 # pkg.module.callable), which takes no width.
 RUN = "{run}"
 SUBMIT = "../scripts/submit_stage.py"
 ENV = "../../envs/quantpipe.yaml"
-TASK = config["task"]
-DATA = {
-    "cifar10": "resources/cifar-10-batches-py",
-    "isbi2012_em": "resources/isbi2012-em.zarr",
-}[TASK]
-# Task isbi2012_em: the `em` keys each stage reads, and the keys of the stage's own config
-# section that still apply (the rest of train, quantize, benchmark is the CIFAR recipe). A stage
-# reruns only when a setting it reads changes.
-EM_SETTINGS = {
-    "train": ("sections", "patch_size", "epochs", "steps_per_epoch", "batch_size", "lr",
-              "weight_decay", "membrane_weight"),
-    "quantize": ("sections", "tile"),
-    "benchmark": ("sections", "tile", "overlap", "section_overlap", "inference_batch_size",
-                  "threshold"),
-}  # fmt: skip
-EM_SHARED_SETTINGS = {
-    "train": ("device", "log_every"),
-    "quantize": ("calibration_batch_size",),
-    "benchmark": ("gpu",),
-}
+# The task's torch-free facts (quantpipe.tasks.base.TaskSpec): its data folder, the settings each
+# stage reads, its variants and figures. No rule names a task.
+TASK = tasks.spec(config["task"])
+DATA = TASK.data
 
 
 wildcard_constraints:
@@ -48,11 +33,11 @@ def runs():
 
 
 def gpu_precisions():
-    """The precisions of the GPU variants ({precision}-gpu); bf16 and fp16 are the CIFAR
-    benchmark's (quantpipe.precision), other tasks keep fp32."""
+    """The precisions of the GPU variants ({precision}-gpu); bf16 and fp16 where the task's
+    benchmark takes them (quantpipe.precision), else fp32 only."""
     if not config["benchmark"]["gpu"]:
         return []
-    if config.get("task", "cifar10") != "cifar10":
+    if not TASK.gpu_precisions:
         return ["fp32"]
     return config["benchmark"]["gpu_precisions"]
 
@@ -71,50 +56,28 @@ def benchmark_variants():
 
 
 def run_config(wildcards):
+    """What every stage of one run reads: the task, the model, width and seed, the task's
+    run keys."""
     run = model_refs.run_of_folder(wildcards.run, config["models"])
-    if TASK == "cifar10":
-        return {
-            **run,
-            "num_classes": config["num_classes"],
-            "val_size": config["val_size"],
-        }
-    return {"task": TASK, **run}
+    return {"task": config["task"], **run, **{key: config[key] for key in TASK.run_keys}}
 
 
 def task_settings(section):
     """What the stage of config section `section` (train, quantize, benchmark) reads."""
-    if TASK == "cifar10":
-        return dict(config[section])
-    return {
-        **{key: config[section][key] for key in EM_SHARED_SETTINGS[section]},
-        **{key: config["em"][key] for key in EM_SETTINGS[section]},
-    }
+    return TASK.stage_settings(config, section)
 
 
 def data_config():
-    """prepare_data's settings: the data keys of this task only, so the other task's change
+    """prepare_data's settings: the task and its keys of `data`, so another task's keys change
     nothing here."""
-    if TASK == "cifar10":
-        return {
-            key: value
-            for key, value in config["data"].items()
-            if not key.startswith("isbi2012_")
-        }
-    return {
-        "task": TASK,
-        **{
-            key: config["data"][key]
-            for key in ("isbi2012_copy", "isbi2012_url", "allow_download")
-        },
-    }
+    return {"task": config["task"], **TASK.data_settings(config)}
 
 
 def experiment_config():
     """The experiment, hashed into every summary output. Not `data`: where the data was copied
     from changes no number (the copy is verified by content hash), so it must not rerun the
-    summary; nor, for CIFAR, the em task's keys."""
-    excluded = {"data"} | ({"task", "em"} if TASK == "cifar10" else set())
-    return {key: value for key, value in config.items() if key not in excluded}
+    summary."""
+    return {key: value for key, value in config.items() if key != "data"}
 
 
 def int8_variant(variant):
@@ -164,8 +127,8 @@ def benchmark_config(wildcards):
 
 
 def segment_variants():
-    """Task isbi2012_em: the CPU variants that segment the whole stack (FP32 and each INT8)."""
-    if TASK == "cifar10":
+    """For a volume task, the CPU variants that segment the whole volume (FP32 and each INT8)."""
+    if TASK.segment_settings is None:
         return []
     return [
         variant
@@ -181,19 +144,10 @@ def segment_inputs(wildcards):
 
 
 def segment_config(wildcards):
-    """quantpipe.stages.segment's config: the benchmark's tiling of this model, on the CPU."""
-    from quantpipe.tasks.isbi2012_em.benchmark import tiling
-
-    em = config["em"]
-    geometry = tiling(
-        {"model": run_config(wildcards)["model"]}
-        | {key: em[key] for key in ("sections", "tile", "overlap", "section_overlap")}
-    )
+    """quantpipe.stages.segment's config: the task's for this model, and the INT8 method."""
     int8 = int8_variant(wildcards.variant)
+    model = run_config(wildcards)["model"]
     return {
-        **{key: list(value) if isinstance(value, tuple) else value
-           for key, value in geometry.items()},
-        "batch_size": em["inference_batch_size"],
+        **TASK.segment_settings(config, model),
         "method": int8[0] if int8 else "fp32",
-        "device": "cpu",
-    }  # fmt: skip
+    }

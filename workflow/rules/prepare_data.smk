@@ -6,9 +6,9 @@ localrules:
 rule prepare_data:
     output:
         data=directory(DATA),
-        metrics=f"results/prepare_data/{TASK}.json",
+        metrics=f"results/prepare_data/{TASK.name}.json",
     log:
-        f"logs/prepare_data/{TASK}.log",
+        f"logs/prepare_data/{TASK.name}.log",
     conda:
         ENV
     resources:

@@ -1,15 +1,6 @@
-# The figures of the summary stage (quantpipe.stages.summary.FIGURES; quantpipe.tasks.isbi2012_em.summary.FIGURES for
-# task isbi2012_em): each a PNG shown in the HTML report with its caption from workflow/report/,
-# and an SVG beside it.
-SUMMARY_FIGURES = {
-    "cifar10": [
-        "accuracy_vs_throughput",
-        "accuracy_delta_vs_calibration",
-        "speedup_and_size",
-        "latency_batch1",
-    ],
-    "isbi2012_em": ["quality_vs_throughput", "cost_per_mm3"],
-}[TASK]
+# The task's summary figures (TaskSpec.figures): each a PNG shown in the HTML report with its
+# caption from workflow/report/, and an SVG beside it.
+SUMMARY_FIGURES = TASK.figures
 
 
 rule summary:

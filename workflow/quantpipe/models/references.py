@@ -18,11 +18,11 @@ into a dot (`pkg.nets:make_net` -> `pkg.nets.make_net`, `torchvision.mobilenet_v
 is), readable and safe on any filesystem (letters, digits, `_` and `.`). It has no `-w`: width
 means nothing to a network quantpipe did not write, so no width is recorded for it either.
 
-Before any job, `check` builds each reference and tries on two images what the stages will do:
-the training and eval forwards, the export and annotation of pt2e and qat, eager's fusion groups.
+Before any job, quantpipe.quantize.readiness builds each reference and tries on two images what
+the stages will do.
 
 This module imports no torch at import time: the Snakefile uses parse, folder and run naming.
-`build` and `check` import torch when called.
+`build` imports torch when called.
 """
 
 import difflib
@@ -163,7 +163,7 @@ def _import(reference: ModelRef):
     except Exception as error:
         raise ModelReferenceError(
             f"model {reference.text!r}: importing module {reference.module!r} raised "
-            f"{type(error).__name__}: {error} ({_user_frame(error) or 'no frame of its own'})"
+            f"{type(error).__name__}: {error} ({user_frame(error) or 'no frame of its own'})"
         ) from None
 
 
@@ -233,7 +233,7 @@ def build(text: str, num_classes: int):
     except Exception as error:
         raise ModelReferenceError(
             f"model {text!r}: {reference.name}(num_classes={num_classes}) raised "
-            f"{type(error).__name__}: {error} ({_user_frame(error) or 'in the call'})"
+            f"{type(error).__name__}: {error} ({user_frame(error) or 'in the call'})"
         ) from error
     if not isinstance(net, nn.Module):
         raise ModelReferenceError(
@@ -244,13 +244,10 @@ def build(text: str, num_classes: int):
     return net
 
 
-# --- checking before any job (imports torch) ------------------------------------------------
-
-
-def _user_frame(error: BaseException) -> str:
+def user_frame(error: BaseException) -> str:
     """The innermost frame of `error` in code that is not torch's or the standard library's, as
     'FILE:LINE in FUNCTION: CODE'; '' if there is none."""
-    ours = os.path.dirname(os.path.abspath(__file__))
+    ours = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # quantpipe's own code
     libraries = {sysconfig.get_paths()[key] for key in ("stdlib", "purelib", "platlib")}
     for frame in reversed(traceback.extract_tb(error.__traceback__)):
         path = os.path.abspath(frame.filename)
@@ -262,131 +259,6 @@ def _user_frame(error: BaseException) -> str:
     return ""
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return f"{type(error).__name__}: {lines[0] if lines else ''}"
-
-
-def _forward(net, images, mode: str, num_classes: int, text: str) -> None:
-    import torch
-
-    try:
-        with torch.no_grad():
-            output = net(images)
-    except Exception as error:
-        raise ModelReferenceError(
-            f"model {text!r} fails on a batch of {tuple(images.shape)} images in {mode} mode: "
-            f"{_first_line(error)} ({_user_frame(error) or 'inside torch'})"
-        ) from error
-    if not isinstance(output, torch.Tensor) or tuple(output.shape) != (len(images), num_classes):
-        got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise ModelReferenceError(
-            f"model {text!r} returns {got} in {mode} mode for a batch of {tuple(images.shape)}: "
-            f"quantpipe needs a tensor of logits ({len(images)}, {num_classes}) in both modes"
-        )
-
-
-def _training_forward(net, images, num_classes: int, text: str) -> list[str]:
-    """The training-mode forward; the names of the batch norms it calls more than once."""
-    from torch import nn
-
-    calls = {}
-    hooks = [
-        module.register_forward_hook(
-            lambda module, *_: calls.update({module: calls.get(module, 0) + 1})
-        )
-        for module in net.modules()
-    ]
-    try:
-        _forward(net.train(), images, "training", num_classes, text)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return [
-        name
-        for name, module in net.named_modules()
-        if calls.get(module, 0) > 1 and isinstance(module, nn.modules.batchnorm._BatchNorm)
-    ]
-
-
-def _prepare(net, example, text: str, method: str, reused: list[str]) -> None:
-    """Export and annotate `net` as `method` will (quantpipe.quantize.pt2e.prepare, under
-    no_grad as its calibration runs, or qat.prepare): an error names the operation
-    torch.export stopped at, or the quantizer's complaint."""
-    import torch
-
-    from quantpipe.quantize import pt2e, qat
-
-    try:
-        if method == "pt2e":
-            with torch.no_grad():
-                pt2e.prepare(net, example)
-        else:
-            qat.prepare(net, example)
-    except Exception as error:
-        if _is_export_error(error):
-            raise _untraceable(error, text) from error
-        fix = "use method pt2e instead" if method == "qat" else "drop pt2e and qat from `methods`"
-        cause = ""
-        if method == "qat" and reused:
-            # Measured with tests/userpkg/usernets.py: the same network without its repeated
-            # block prepares. In training mode each call of a batch norm updates its statistics,
-            # and torch.export chains those updates from one call to the next.
-            cause = (
-                f" Its batch norms called more than once per forward ({', '.join(reused)}) are "
-                "a known cause: in training mode torch.export chains their statistics updates "
-                "from call to call."
-            )
-        raise ModelReferenceError(
-            f"model {text!r}: method {method!r} cannot prepare it for INT8: torchao's "
-            f"X86InductorQuantizer fails on its exported graph ({_first_line(error)}; "
-            f"{_user_frame(error) or 'inside torchao'}).{cause} For this model, {fix}"
-        ) from error
-
-
-def _is_export_error(error: BaseException) -> bool:
-    """Whether `error` was raised while torch.export traced the model (not while torchao
-    annotated the graph)."""
-    frames = traceback.extract_tb(error.__traceback__)
-    return not any("torchao" in frame.filename for frame in frames)
-
-
-def _untraceable(error: BaseException, text: str) -> ModelReferenceError:
-    if "specialized it to be a constant" in str(error):
-        what = (
-            "the batch size must stay free (one INT8 program serves batch 1 and batch 256), "
-            "but the model fixes it"
-        )
-        fix = "Write a view or reshape without a literal batch size (x.flatten(1))"
-    else:
-        what = _first_line(error)
-        fix = (
-            "Rewrite that operation with tensor operations (no Python branch on tensor "
-            "values, .item(), .numpy() or data-dependent shapes)"
-        )
-    return ModelReferenceError(
-        f"model {text!r}: torch.export cannot trace it, and methods {list(EXPORT_METHODS)} "
-        f"start with torch.export: {what} (at {_user_frame(error) or 'no line of the model'}). "
-        f"{fix}, or drop pt2e and qat from `methods`"
-    )
-
-
-def check(text: str, num_classes: int, methods: list[str], image_shape=(3, 32, 32)) -> None:
-    """Build the reference and try what the stages will do with it, on a batch of two images of
-    `image_shape`: training and eval forwards; for pt2e and qat, their export and annotation (no
-    calibration); for eager, its fusion groups. Raises ModelReferenceError naming the cause and
-    the fix."""
-    import torch
-
-    net = build(text, num_classes)
-    images = torch.randn(2, *image_shape, generator=torch.Generator().manual_seed(0))
-    reused = _training_forward(net, images, num_classes, text)
-    _forward(net.eval(), images, "eval", num_classes, text)
-    if "eager" in methods and not hasattr(net, "fusion_groups"):
-        raise ModelReferenceError(
-            f"{EAGER_NEEDS}; {text} has no fusion_groups. Use method pt2e instead (it takes any "
-            "model torch.export can trace): drop 'eager' from `methods`"
-        )
-    for method in EXPORT_METHODS:
-        if method in methods:
-            _prepare(net.eval(), images, text, method, reused)

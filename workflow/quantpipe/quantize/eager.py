@@ -17,7 +17,7 @@ from torch import nn
 from torch.ao import quantization as tq
 
 from quantpipe.artifacts import load_torch
-from quantpipe.models import build_model
+from quantpipe.models.build import build_model
 from quantpipe.quantize.calibration import Calibration, observer_settings, parse
 
 # torch.ao.quantization warns on every call that it is deprecated; this backend exists to

@@ -68,7 +68,7 @@ def prepare(
     model: nn.Module, example: torch.Tensor, calibration: str | Calibration | None = None
 ) -> torch.fx.GraphModule:
     """The eval-mode `model` exported and annotated, observers inserted, ready to calibrate.
-    quantpipe.models.references.check runs it on a model by reference before any job, so one that
+    quantpipe.quantize.readiness.check runs it on a model by reference before any job, so one that
     cannot be traced or annotated is refused there, not halfway through a run."""
     return prepare_pt2e(export(model, example), quantizer(calibration))
 

@@ -22,7 +22,7 @@ per-tensor weights are refused: torchao's QAT config supports per-channel weight
 import copy
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -35,6 +35,7 @@ from torchao.quantization.pt2e import (
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
+from quantpipe.engine import choose_device
 from quantpipe.quantize import pt2e
 from quantpipe.quantize.calibration import Calibration, parse
 
@@ -48,12 +49,14 @@ REDUCE_RANGE_DEFAULT = pt2e.REDUCE_RANGE_DEFAULT
 class FineTune:
     """What the QAT fine-tune trains on and how; `record` is filled in by `quantize`.
 
-    `images` are uint8 (N, 3, H, W) training images (augmented and normalised per batch, as
-    training does) and `labels` their classes. The freeze points are fractions of `steps`.
+    `images` are a task's training inputs and `labels` their classes; `transform(batch,
+    generator)` makes a batch of them what the model takes (the task's augmentation and
+    normalisation, as its training does). The freeze points are fractions of `steps`.
     """
 
     images: torch.Tensor
     labels: torch.Tensor
+    transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
     steps: int = 300
     batch_size: int = 128
     lr: float = 0.005
@@ -68,7 +71,9 @@ class FineTune:
     record: dict = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, images, labels, qat: dict, trained: dict, seed: int) -> "FineTune":
+    def from_config(
+        cls, images, labels, transform, qat: dict, trained: dict, seed: int
+    ) -> "FineTune":
         """The stage's `qat` config section; momentum, weight decay and label smoothing as the
         model was trained (`trained`: the train stage's config, when the checkpoint has one)."""
         inherited = {
@@ -76,7 +81,7 @@ class FineTune:
             for key in ("momentum", "weight_decay", "label_smoothing")
             if key in trained
         }
-        return cls(images, labels, **{**inherited, **qat}, seed=seed)
+        return cls(images, labels, transform, **{**inherited, **qat}, seed=seed)
 
 
 def settings(calibration: str | Calibration | None = None) -> dict:
@@ -107,12 +112,6 @@ def quantizer(calibration: str | Calibration | None = None) -> xiq.X86InductorQu
     return xiq.X86InductorQuantizer().set_global(config)
 
 
-def _device(choice: str) -> tuple[torch.device, str]:
-    from quantpipe.stages.train import choose_device
-
-    return choose_device({"device": choice})
-
-
 def _cosine(step: int, steps: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * step / steps))
 
@@ -121,9 +120,8 @@ def prepare(
     model: nn.Module, example: torch.Tensor, calibration: str | Calibration | None = None
 ) -> torch.fx.GraphModule:
     """A copy of `model` exported in train mode (batch norms use batch statistics; the caller's
-    model stays) with fake quantizers inserted, on the CPU. quantpipe.models.references.check runs
-    it on
-    a model by reference before any job, so one it fails on is refused there."""
+    model stays) with fake quantizers inserted, on the CPU. quantpipe.quantize.readiness.check runs
+    it on a model by reference before any job, so one it fails on is refused there."""
     net = copy.deepcopy(model).cpu().train()
     graph_module = torch.export.export(net, (example,), dynamic_shapes=pt2e._batch_dim()).module()
     pt2e._split_reused_module_calls(graph_module)
@@ -140,8 +138,6 @@ def quantize(
 ) -> torch.fx.GraphModule:
     """Export `model` for training, insert fake quantizers, warm them up on the calibration
     batches, fine-tune per `fine_tune`, and convert to an INT8 graph (on the CPU)."""
-    from quantpipe.tasks.cifar10.data import augment, normalize
-
     if fine_tune is None:
         raise ValueError(
             "qat needs training images and labels: pass fine_tune=qat.FineTune(images, labels)"
@@ -151,7 +147,7 @@ def quantize(
             "the example batch needs at least 2 images so the batch size stays dynamic"
         )
     tune = fine_tune
-    device, reason = _device(tune.device)
+    device, reason = choose_device({"device": tune.device})
     log(f"qat: {reason}")
     started = time.perf_counter()
     prepared = prepare(model, example, calibration).to(device)
@@ -192,7 +188,7 @@ def quantize(
             order, position = torch.randperm(len(tune.images), generator=generator), 0
         index = order[position : position + tune.batch_size]
         position += tune.batch_size
-        x = normalize(augment(tune.images[index], generator).to(device, non_blocking=True))
+        x = tune.transform(tune.images[index], generator).to(device, non_blocking=True)
         y = tune.labels[index].to(device, non_blocking=True)
         output = prepared(x)
         loss = criterion(output, y)

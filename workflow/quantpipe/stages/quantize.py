@@ -4,29 +4,21 @@ with one of quantpipe.quantize's backends, and record what it made."""
 import os
 import time
 
-from quantpipe import provenance
+from quantpipe import provenance, tasks
 from quantpipe.artifacts import atomic_path, write_json
+from quantpipe.models.build import load_trained
 from quantpipe.quantize import EXAMPLE_BATCH, backend, quantize_and_save
 from quantpipe.quantize import calibration as calibration_methods
 
 
 def run(model: str, data: str, artifact: str, metrics: str, config: dict, log=print) -> dict:
     """Quantize the FP32 checkpoint `model` with `config['method']`; write the INT8 `artifact`."""
-    from quantpipe.stages.train import load_trained
-    from quantpipe.tasks.cifar10.data import batches, calibration_images
-
+    task = tasks.load(config.get("task"))
     threads = provenance.set_threads()
     method = backend(config["method"])
     chosen = calibration_methods.parse(config.get("calibration_method"))
     net, record = load_trained(model)
-    if config.get("task") == "isbi2012_em":  # tile-shaped patches of the training sections
-        from quantpipe.tasks.isbi2012_em.train import calibration_patches
-
-        images = calibration_patches(data, config, config["calibration_size"])
-    else:
-        images = calibration_images(
-            data, config["val_size"], config["calibration_size"], config["seed"]
-        )
+    images = task.calibration_inputs(data, config, config["calibration_size"])
     log(
         f"quantize: method {config['method']}, calibration {chosen.name} "
         f"({method.settings(chosen)}), {len(images)} calibration images from the training "
@@ -34,10 +26,8 @@ def run(model: str, data: str, artifact: str, metrics: str, config: dict, log=pr
     )
     fine_tune = None
     if config["method"] == "qat":  # fine-tunes on the training split (never val or test)
-        from quantpipe.tasks.cifar10.data import load_splits
-
         fine_tune = method.FineTune.from_config(
-            *load_splits(data, config["val_size"])["train"],
+            *task.fine_tune_data(data, config),
             config.get("qat", {}),
             record.get("config", {}),
             config["seed"],
@@ -47,7 +37,7 @@ def run(model: str, data: str, artifact: str, metrics: str, config: dict, log=pr
         quantize_and_save(
             config["method"],
             net,
-            batches(images, config["calibration_batch_size"]),
+            images.split(config["calibration_batch_size"]),
             images[:EXAMPLE_BATCH],
             record["architecture"],
             tmp,

@@ -2,9 +2,8 @@
 
 `run` segments a uint8 (Z, Y, X) Zarr array (or a group's `image` array) with an FP32 checkpoint
 (`model`, from the train stage) or an INT8 artifact (`artifact` with `config['method']`, from the
-quantize stage) through quantpipe.tasks.isbi2012_em.tiling, into a float32 Zarr array of membrane
-probability
-whose chunks are the blocks (`config['block_sections']` whole sections each, unless
+quantize stage) through quantpipe.tiling, into a float32 Zarr array of membrane probability whose
+chunks are the blocks (`config['block_sections']` whole sections each, unless
 `config['chunks']` says otherwise).
 
 - Without `config['blocks']` it does the whole volume in this process and installs the output
@@ -36,9 +35,11 @@ import numpy as np
 import torch
 import zarr
 from quantpipe import provenance
-from quantpipe.artifacts import write_json
-from quantpipe.tasks.isbi2012_em.data import replace_directory
-from quantpipe.tasks.isbi2012_em.tiling import create_target, plan_blocks, predict_volume
+from quantpipe.artifacts import replace_directory, write_json
+from quantpipe.models.build import load_trained
+from quantpipe.quantize import load_for_cpu
+from quantpipe.submit import submit_array
+from quantpipe.tiling import create_target, plan_blocks, predict_volume
 
 
 def split_blocks(blocks: int, groups: int) -> list[list[int]]:
@@ -88,13 +89,9 @@ def staged_output(segmentation: str):
 def load_model(model: str | None, artifact: str | None, config: dict):
     """(callable model, what it is): the INT8 artifact when given, else the FP32 checkpoint."""
     if artifact:
-        from quantpipe.quantize import load_for_cpu
-
         return load_for_cpu(config["method"], artifact), f"int8 {config['method']} {artifact}"
     if not model:
         raise ValueError("segment needs a model: an FP32 checkpoint (model) or an INT8 artifact")
-    from quantpipe.stages.train import load_trained
-
     device = config.get("device", "cpu")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -162,8 +159,6 @@ def run_as_array(
 ) -> dict:
     """Segment `volume` as ONE job array of `tasks` tasks (each a contiguous group of blocks)
     writing into one output, installed at `segmentation` once every task has succeeded."""
-    from quantpipe.submit import submit_array
-
     started = time.monotonic()
     with staged_output(segmentation) as staged:
         groups = split_blocks(create_output(volume, staged, config), tasks)

@@ -35,8 +35,7 @@ def _resolve(reference: str, what: str):
         return getattr(module, attribute)
     except AttributeError:
         raise TaskReferenceError(
-            f"{what} {reference!r}: module {module_name!r} ({module.__file__}) has no "
-            f"{attribute!r}"
+            f"{what} {reference!r}: module {module_name!r} ({module.__file__}) has no {attribute!r}"
         ) from None
 
 

@@ -32,7 +32,7 @@ A minimal task (see README.md, "Your own task"):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +51,8 @@ class TaskSpec:
     references: whether it takes models by reference (torchvision.NAME, pkg.module:callable).
     methods: the quantize methods it supports; None for all of quantpipe.quantize.METHODS.
     gpu_precisions: whether its GPU benchmark runs bf16 and fp16 beside fp32.
-    segments: whether the segment stage runs (a whole volume through each CPU variant).
+    segment_settings: for a volume task, a function of (config, model) that gives the segment
+        stage's config (quantpipe.stages.segment); None where the stage does not apply.
     figures: the summary's figure names (results/summary/{name}.png and .svg).
     data_keys: the keys of the config's `data` section its prepare_data reads.
     settings: per stage (train, quantize, benchmark), a function of the config that gives what
@@ -68,7 +69,7 @@ class TaskSpec:
     references: bool = False
     methods: tuple[str, ...] | None = None
     gpu_precisions: bool = False
-    segments: bool = False
+    segment_settings: Callable[[dict, str], dict] | None = None
     figures: tuple[str, ...] = ()
     data_keys: tuple[str, ...] = ()
     settings: Mapping[str, Callable[[dict], dict]] = field(default_factory=dict)
@@ -87,27 +88,6 @@ class TaskSpec:
         return {key: config["data"][key] for key in self.data_keys if key in config["data"]}
 
 
-@dataclass
-class Training:
-    """What the shared training loop (quantpipe.engine.fit) needs from a task for one run.
-
-    batches(epoch_generator) yields (inputs, targets) on the CPU for one epoch, drawing every
-    random choice from the generator so that a resumed run repeats it; steps_per_epoch is how
-    many it yields. loss(outputs, targets) is the training loss; validate(net, device) the
-    validation scores recorded each epoch (a dict of floats, the first the one logged). unit
-    names what a step's batch holds (images, patches) for the progress lines.
-    """
-
-    optimizer: Any
-    steps_per_epoch: int
-    batch_size: int
-    batches: Callable[[Any], Iterator[tuple[Any, Any]]]
-    loss: Callable[[Any, Any], Any]
-    validate: Callable[[Any, Any], dict]
-    unit: str = "images"
-    channels_last: bool = False
-
-
 class Task:
     """The torch half of a task. Subclasses implement the methods their stages call; each takes
     paths and plain config and returns plain data, like the stages themselves."""
@@ -124,7 +104,8 @@ class Task:
         so that later stages rebuild the model without the config."""
         raise NotImplementedError
 
-    def training(self, data: str, config: dict, net, device) -> Training:
+    def training(self, data: str, config: dict, net, device):
+        """The quantpipe.engine.Training of one run: optimizer, batches, loss, validation."""
         raise NotImplementedError
 
     def calibration_inputs(self, data: str, config: dict, count: int):
@@ -140,11 +121,16 @@ class Task:
         """One batch-1 input of the shape the model takes (peer runtimes export with it)."""
         raise NotImplementedError
 
+    def row_fields(self, config: dict) -> dict:
+        """What every benchmark row of this task says beyond the variant's own fields."""
+        return {}
+
     def benchmark(
-        self, data: str, variant, config: dict, log=print
-    ) -> tuple[list[dict], dict[str, Any]]:
-        """Measure each implementation of one variant (quantpipe.stages.benchmark.Variant):
-        (rows, predictions per implementation label)."""
+        self, data: str, net, implementations, base: dict, config: dict, log=print
+    ) -> tuple[list[dict], dict[str, Any], dict]:
+        """Measure each (label, device, callable module, size in bytes) of `implementations`,
+        one variant's (`net` is the trained FP32 model, `base` what every row says): (rows,
+        predictions per label for the summary, anything else the record keeps)."""
         raise NotImplementedError
 
     def summarize(self, report, config: dict, outputs: dict, log=print) -> dict:

@@ -3,7 +3,7 @@ path and score the result.
 
 Each variant (`fp32-cpu`: eager and torch.compile; `fp32-gpu`: the same on CUDA, or rows marked
 skipped with the reason; `int8-cpu`: a quantize artifact) runs
-quantpipe.tasks.isbi2012_em.tiling.predict_volume
+quantpipe.tiling.predict_volume
 over a Zarr copy of the test sections (overlapping tiles, blended, one block per output chunk),
 first once on one block untimed (a compiled module compiles on its first tiles), then timed over
 the whole volume: voxels/s with the threads recorded. The probability map is then scored
@@ -21,35 +21,17 @@ import tempfile
 import numpy as np
 import torch
 import zarr
-from quantpipe import provenance
-from quantpipe.stages.benchmark import implementations, start_rows, write_results
+
 from quantpipe.tasks.isbi2012_em.data import load_split
 from quantpipe.tasks.isbi2012_em.metrics import scores
-from quantpipe.tasks.isbi2012_em.tiling import create_target, predict_volume
+from quantpipe.tasks.isbi2012_em.spec import tiling_geometry
+from quantpipe.tiling import create_target, predict_volume
 
 VOXELS_PER_MM3 = 1.5625e15  # 1 mm / 4 nm * 1 mm / 4 nm * 1 mm / 40 nm
 
 
 def job_hours_per_mm3(voxels_per_s: float) -> float:
     return VOXELS_PER_MM3 / voxels_per_s / 3600
-
-
-def tiling(config: dict) -> dict:
-    """predict_volume's geometry for this model: tiles, overlaps and the blocks (output chunks),
-    one section per block for unet2d, `sections` per block for unet3d_aniso."""
-    if config["model"] == "unet3d_aniso":
-        return {
-            "dims": 3,
-            "tile": (config["sections"], config["tile"], config["tile"]),
-            "overlap": (config["section_overlap"], config["overlap"], config["overlap"]),
-            "block_sections": config["sections"],
-        }
-    return {
-        "dims": 2,
-        "tile": (config["tile"], config["tile"]),
-        "overlap": (config["overlap"], config["overlap"]),
-        "block_sections": 1,
-    }
 
 
 def _quiet(_line: str) -> None:
@@ -60,7 +42,7 @@ def segment(
     module, image: zarr.Array, folder: str, config: dict, log=print
 ) -> tuple[dict, np.ndarray]:
     """Warm up on one block, then time the whole volume: (predict_volume's record, probability)."""
-    geometry = tiling(config)
+    geometry = tiling_geometry(config)
     arguments = {
         "dims": geometry["dims"],
         "tile": geometry["tile"],
@@ -75,62 +57,44 @@ def segment(
     return timed, target[:]
 
 
-def run(
-    model: str,
-    data: str,
-    metrics: str,
-    predictions: str,
-    config: dict,
-    artifact: str | None = None,
-    log=print,
-) -> dict:
-    """Benchmark `config['variant']` on the test sections: rows to `metrics`, each row's membrane
-    probability (uint8, probability * 255) to `predictions`."""
-    variant = config["variant"]
-    threads = provenance.set_threads()
-    base, rows = start_rows(config, log, batch_size=config["inference_batch_size"])
-    kept = {}
-    if not rows:
-        test_image, test_membrane = load_split(data, "test")
-        with tempfile.TemporaryDirectory(prefix="em-benchmark-") as folder:
-            image = zarr.create_array(
-                store=os.path.join(folder, "image.zarr"),
-                shape=test_image.shape,
-                chunks=(1, *test_image.shape[1:]),
-                dtype="uint8",
+def benchmark(data: str, implementations, base: dict, config: dict, log=print):
+    """Each implementation through the tiled volume path over the test sections, then scored:
+    (rows, each row's membrane probability as uint8 (probability * 255), {})."""
+    variant = base["variant"]
+    rows, kept = [], {}
+    test_image, test_membrane = load_split(data, "test")
+    with tempfile.TemporaryDirectory(prefix="em-benchmark-") as folder:
+        image = zarr.create_array(
+            store=os.path.join(folder, "image.zarr"),
+            shape=test_image.shape,
+            chunks=(1, *test_image.shape[1:]),
+            dtype="uint8",
+        )
+        image[:] = test_image
+        for label, device, module, size in implementations:
+            log(f"benchmark: {variant} {label} on {device}, test volume {test_image.shape}")
+            timed, probability = segment(module, image, os.path.join(folder, label), config, log)
+            quality = scores(probability, test_membrane, config["threshold"])
+            kept[label] = torch.from_numpy(np.rint(probability * 255).astype(np.uint8))
+            rows.append(
+                {
+                    **base,
+                    "method": label,
+                    "status": "ok",
+                    "reason": "",
+                    **quality,
+                    "voxels": timed["voxels"],
+                    "tile_voxels": timed["tile_voxels"],
+                    "voxels_per_s": timed["voxels_per_s"],
+                    "test_set_seconds": timed["seconds"],
+                    "job_hours_per_mm3": job_hours_per_mm3(timed["voxels_per_s"]),
+                    "size_bytes": size,
+                }
             )
-            image[:] = test_image
-            for label, device, module, size in implementations(
-                variant, model, artifact, config.get("method")
-            ):
-                log(
-                    f"benchmark: {variant} {label} on {device}, {threads} threads, "
-                    f"test volume {test_image.shape}"
-                )
-                timed, probability = segment(
-                    module, image, os.path.join(folder, label), config, log
-                )
-                quality = scores(probability, test_membrane, config["threshold"])
-                kept[label] = torch.from_numpy(np.rint(probability * 255).astype(np.uint8))
-                rows.append(
-                    {
-                        **base,
-                        "method": label,
-                        "status": "ok",
-                        "reason": "",
-                        **quality,
-                        "voxels": timed["voxels"],
-                        "tile_voxels": timed["tile_voxels"],
-                        "voxels_per_s": timed["voxels_per_s"],
-                        "test_set_seconds": timed["seconds"],
-                        "job_hours_per_mm3": job_hours_per_mm3(timed["voxels_per_s"]),
-                        "size_bytes": size,
-                    }
-                )
-                log(
-                    f"benchmark: {variant} {label}: V_rand {quality['v_rand']:.4f}, V_info "
-                    f"{quality['v_info']:.4f}, pixel error {quality['pixel_error']:.4f}, "
-                    f"{timed['voxels_per_s']:,.0f} voxels/s ({threads} threads), "
-                    f"{rows[-1]['job_hours_per_mm3']:,.0f} job-hours per mm^3"
-                )
-    return write_results(metrics, predictions, config, rows, kept, machine=None)
+            log(
+                f"benchmark: {variant} {label}: V_rand {quality['v_rand']:.4f}, V_info "
+                f"{quality['v_info']:.4f}, pixel error {quality['pixel_error']:.4f}, "
+                f"{timed['voxels_per_s']:,.0f} voxels/s, "
+                f"{rows[-1]['job_hours_per_mm3']:,.0f} job-hours per mm^3"
+            )
+    return rows, kept, {}

@@ -25,6 +25,8 @@ import numpy as np
 import zarr
 from PIL import Image
 
+from quantpipe.artifacts import replace_directory
+
 SLICES = 30
 KINDS = ("image", "label")  # the stack's two folders, each holding N.png for N = 0..SLICES-1
 SLICE_SHAPE = (512, 512)
@@ -160,17 +162,6 @@ def read_stack(source: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if values != {0, 255}:
         raise DataError(f"{root}/label holds values {sorted(values)}, expected only 0 and 255")
     return stacks["image"], stacks["label"]
-
-
-def replace_directory(staged: Path, destination: Path) -> None:
-    """Rename `staged` onto `destination`, setting aside (then deleting) whatever is there."""
-    if not os.path.lexists(destination):
-        os.rename(staged, destination)
-        return
-    aside = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
-    os.replace(destination, aside / destination.name)
-    os.rename(staged, destination)
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 def prepare(source: str, destination: str, log=print) -> dict:

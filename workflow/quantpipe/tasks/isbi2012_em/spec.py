@@ -30,6 +30,41 @@ def _settings(stage: str):
     return settings
 
 
+def tiling_geometry(config: dict) -> dict:
+    """quantpipe.tiling.predict_volume's geometry for this model: tiles, overlaps and the blocks
+    (output chunks), one section per block for unet2d, `sections` per block for unet3d_aniso."""
+    if config["model"] == "unet3d_aniso":
+        return {
+            "dims": 3,
+            "tile": (config["sections"], config["tile"], config["tile"]),
+            "overlap": (config["section_overlap"], config["overlap"], config["overlap"]),
+            "block_sections": config["sections"],
+        }
+    return {
+        "dims": 2,
+        "tile": (config["tile"], config["tile"]),
+        "overlap": (config["overlap"], config["overlap"]),
+        "block_sections": 1,
+    }
+
+
+def segment_settings(config: dict, model: str) -> dict:
+    """The segment stage's config for `model`: the benchmark's tiling, on the CPU."""
+    em = config["em"]
+    geometry = tiling_geometry(
+        {"model": model}
+        | {key: em[key] for key in ("sections", "tile", "overlap", "section_overlap")}
+    )
+    return {
+        **{
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in geometry.items()
+        },
+        "batch_size": em["inference_batch_size"],
+        "device": "cpu",
+    }
+
+
 def check(config: dict) -> None:
     em = config["em"]
     for key in ("patch_size", "tile"):
@@ -55,7 +90,7 @@ SPEC = TaskSpec(
     implementation="quantpipe.tasks.isbi2012_em.task:Isbi2012Em",
     models=("unet2d", "unet3d_aniso"),
     methods=("pt2e", "eager"),
-    segments=True,
+    segment_settings=segment_settings,
     figures=("quality_vs_throughput", "cost_per_mm3"),
     data_keys=("isbi2012_copy", "isbi2012_url", "allow_download"),
     settings={stage: _settings(stage) for stage in EM_KEYS},

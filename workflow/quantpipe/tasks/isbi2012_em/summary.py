@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pandas as pd
+
 from quantpipe.artifacts import atomic_path
 from quantpipe.stages.summary import (
     PROVENANCE_COLUMNS,

@@ -1,34 +1,18 @@
-"""Train a membrane U-Net on the ISBI 2012 training sections (the train stage for task isbi2012_em).
+"""Training a membrane U-Net on the ISBI 2012 training sections (quantpipe.engine runs it).
 
 Patches are random crops of the 20 training sections with random flips and 90-degree rotations,
 2D for `unet2d`, stacks of `sections` sections for `unet3d_aniso`; pixels are uint8/255, nothing
 else, exactly what the tiled inference feeds. Loss: binary cross-entropy on membrane logits
 (membrane pixels optionally up-weighted); AdamW with a one-cycle schedule. An epoch is
-`steps_per_epoch` steps; after each, the pixel error on the 5 validation sections is recorded and a
-checkpoint written: device choice, checkpoints, resume and the record are quantpipe.stages.train's.
+`steps_per_epoch` steps; after each, the pixel error on the 5 validation sections is recorded.
 """
-
-import time
 
 import numpy as np
 import torch
-from quantpipe import provenance
-from quantpipe.models import build_model
-from quantpipe.stages.train import (
-    checkpoint_path_for,
-    choose_device,
-    epoch_generator,
-    one_cycle,
-    resume,
-    save_checkpoint,
-    save_trained,
-)
-from quantpipe.tasks.isbi2012_em.data import load_split
 from torch import nn
 
-
-def architecture(config: dict) -> dict:
-    return {"name": config["model"], "width": config["width"]}
+from quantpipe.engine import Training
+from quantpipe.tasks.isbi2012_em.data import load_split
 
 
 def patch_shape(config: dict, edge: int) -> tuple[int, ...]:
@@ -96,80 +80,37 @@ def pixel_error(net: nn.Module, image: np.ndarray, membrane: np.ndarray, device)
     return (predicted != torch.as_tensor(membrane, dtype=torch.bool)).float().mean().item()
 
 
-def run(data: str, model: str, metrics: str, config: dict, log=print) -> dict:
-    """Train per `config`; write the final weights to `model` and the run's record to `metrics`."""
-    threads = provenance.set_threads()
-    device, device_reason = choose_device(config)
-    log(f"train: {device_reason}; {threads} CPU threads")
-    torch.manual_seed(config["seed"])
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
+def training(data: str, config: dict, net: nn.Module, device) -> Training:
+    """AdamW on `steps_per_epoch` batches of random augmented crops of the training sections per
+    epoch; binary cross-entropy on membrane logits; the validation sections' pixel error."""
     train_volumes = load_split(data, "train")
     val_image, val_membrane = load_split(data, "val")
-    net = build_model(**architecture(config)).to(device)
-    on_gpu = device.type == "cuda"
     optimizer = torch.optim.AdamW(
         net.parameters(), lr=config["lr"], weight_decay=config["weight_decay"]
     )
-    steps = config["steps_per_epoch"]
-    scheduler = one_cycle(optimizer, config["lr"], config["epochs"] * steps)
     criterion = nn.BCEWithLogitsLoss(
         pos_weight=torch.tensor([config["membrane_weight"]], device=device)
     )
     shape = patch_shape(config, config["patch_size"])
+    steps, batch_size = config["steps_per_epoch"], config["batch_size"]
 
-    checkpoint_path = checkpoint_path_for(model)
-    start_epoch, history = resume(checkpoint_path, config, net, optimizer, scheduler, log)
-    started = time.perf_counter()
-    for epoch in range(start_epoch, config["epochs"]):
-        net.train()
-        generator = epoch_generator(config["seed"], epoch)
-        epoch_start, loss_sum = time.perf_counter(), 0.0
-        for step in range(1, steps + 1):
-            images, labels = augment(
-                crops(train_volumes, config["batch_size"], shape, generator), generator
-            )
-            x = to_input(images).to(device, non_blocking=True)
-            y = labels.float().to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
-                loss = criterion(net(x).float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item()
-            if step % config["log_every"] == 0 or step == steps:
-                rate = step / (time.perf_counter() - epoch_start)
-                remaining = (config["epochs"] - epoch) * steps - step
-                log(
-                    f"train: epoch {epoch + 1}/{config['epochs']} step {step}/{steps} "
-                    f"loss {loss_sum / step:.4f} {rate:.2f} steps/s ETA {remaining / rate:.0f} s"
-                )
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / steps,
-            "val_pixel_error": pixel_error(net, val_image, val_membrane, device),
-            "patches_per_s": steps * config["batch_size"] / (time.perf_counter() - epoch_start),
-        }
-        history.append(record)
-        log(
-            f"train: epoch {epoch + 1} done: loss {record['train_loss']:.4f} "
-            f"val pixel error {record['val_pixel_error']:.4f}"
-        )
-        save_checkpoint(checkpoint_path, config, net, optimizer, scheduler, epoch + 1, history)
+    def epoch(generator):
+        for _ in range(steps):
+            images, labels = augment(crops(train_volumes, batch_size, shape, generator), generator)
+            yield to_input(images), labels.float()
 
-    return save_trained(
-        model,
-        metrics,
-        net,
-        config,
-        architecture=architecture(config),
-        device=device,
-        device_reason=device_reason,
-        start_epoch=start_epoch,
-        started=started,
-        history=history,
-        scores={"val_pixel_error": history[-1]["val_pixel_error"] if history else None},
+    def validate(model, device) -> dict:
+        return {"val_pixel_error": pixel_error(model, val_image, val_membrane, device)}
+
+    return Training(
+        optimizer=optimizer,
+        steps_per_epoch=steps,
+        items_per_epoch=steps * batch_size,
+        batches=epoch,
+        loss=lambda logits, targets: criterion(logits.float(), targets),
+        validate=validate,
+        scores=("val_pixel_error",),
+        unit="patches",
     )
 
 

@@ -1,0 +1,111 @@
+"""ClassificationTask: the stages' interface for image classifiers, from a subclass's data splits
+and channel statistics (cifar10, images)."""
+
+import torch
+
+from quantpipe import ceilings
+from quantpipe.models import references as model_refs
+from quantpipe.tasks.base import Task
+from quantpipe.tasks.classification import images as batched
+from quantpipe.tasks.classification.measure import measure
+from quantpipe.tasks.classification.training import training
+
+
+class ClassificationTask(Task):
+    """A subclass gives `splits(data, config)` -> {"train", "val", "test": (uint8 images (N, C,
+    H, W), int64 labels)}, the channel statistics `mean` and `std` ((1, C, 1, 1) tensors) and the
+    `image_shape` (C, H, W) its data comes in."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    image_shape: tuple[int, int, int]
+
+    def splits(self, data: str, config: dict) -> dict:
+        raise NotImplementedError
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return batched.normalize(images, self.mean, self.std)
+
+    def architecture(self, config: dict) -> dict:
+        """A reference and its num_classes; a built-in's width too."""
+        if not model_refs.is_builtin(config["model"]):
+            return {"name": config["model"], "num_classes": config["num_classes"]}
+        return {
+            "name": config["model"],
+            "width": config["width"],
+            "num_classes": config["num_classes"],
+        }
+
+    def training(self, data: str, config: dict, net, device):
+        parts = self.splits(data, config)
+        images, labels = parts["train"]
+        if config.get("images"):  # a quick run: a fixed prefix of the (already shuffled) split
+            images, labels = images[: config["images"]], labels[: config["images"]]
+        return training(
+            net, (images, labels), parts["val"], config, self.normalize, batched.augment
+        )
+
+    def calibration_inputs(self, data: str, config: dict, count: int) -> torch.Tensor:
+        """`count` normalised images drawn from the training split by the run's seed."""
+        train_images, _ = self.splits(data, config)["train"]
+        if not 0 < count <= len(train_images):
+            raise ValueError(
+                f"calibration size {count} must be between 1 and the training split's "
+                f"{len(train_images)} images"
+            )
+        generator = torch.Generator().manual_seed(config["seed"])
+        chosen = torch.randperm(len(train_images), generator=generator)
+        return self.normalize(train_images[chosen[:count]])
+
+    def fine_tune_data(self, data: str, config: dict):
+        images, labels = self.splits(data, config)["train"]
+
+        def transform(batch, generator):
+            return self.normalize(batched.augment(batch, generator))
+
+        return images, labels, transform
+
+    def example_input(self, config: dict) -> torch.Tensor:
+        return torch.zeros(1, *self.image_shape)
+
+    def benchmark(self, data, net, implementations, base, config, log=print):
+        """Each implementation's timed pass over the test split; CPU rows also say what
+        fraction of this machine's multiply-accumulate ceiling they reach."""
+        test_images, test_labels = self.splits(data, config)["test"]
+        test_images = self.normalize(test_images)
+        machine = None
+        if base["device"] == "cpu":
+            macs = ceilings.macs_per_image(net, tuple(test_images.shape[1:]))
+            machine = ceilings.measure()
+            log(
+                f"benchmark: ceilings: FP32 {machine['fp32_gmac_per_s']:.0f} GMAC/s, INT8 "
+                f"{machine['int8_gmac_per_s']:.0f} GMAC/s; the model: {macs / 1e9:.3f} GMAC "
+                "per image"
+            )
+        rows, kept = [], {}
+        for label, device, module, size in implementations:
+            log(f"benchmark: {base['variant']} {label} on {device}")
+            if device.type == "cuda":
+                test_images = test_images.contiguous(memory_format=torch.channels_last)
+            result = measure(module, test_images, test_labels, device, config, log)
+            kept[label] = result.pop("predictions")
+            usage = (
+                ceilings.utilisation(
+                    base["precision"],
+                    macs,
+                    result["images_per_s"],
+                    result["latency_ms_p50"],
+                    machine,
+                )  # fmt: skip
+                if machine
+                else {}
+            )
+            rows.append(
+                {**base, "method": label, "status": "ok", "reason": "", **result,
+                 "size_bytes": size, **usage}
+            )  # fmt: skip
+            log(
+                f"benchmark: {base['variant']} {label}: accuracy {result['accuracy']:.4f}, "
+                f"{result['images_per_s']:.0f} img/s, p50 {result['latency_ms_p50']:.2f} ms"
+            )
+        return rows, kept, {"ceilings": machine}
