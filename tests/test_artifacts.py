@@ -6,8 +6,8 @@ import sys
 import pytest
 import torch
 from quantpipe.artifacts import ArtifactError, atomic_path, load_torch, write_json
+from quantpipe.models.build import load_trained
 from quantpipe.quantize import pt2e
-from quantpipe.stages.train import load_trained
 
 
 def test_a_failed_write_leaves_no_file(tmp_path):

@@ -1,6 +1,14 @@
 import pytest
 import torch
-from quantpipe.tasks.cifar10.data import augment, calibration_images, load_splits, normalize
+from quantpipe import tasks
+from quantpipe.tasks.cifar10.data import load_splits, normalize
+from quantpipe.tasks.classification.images import augment
+
+
+def calibration_images(root, val_size, count, seed):
+    return tasks.load("cifar10").calibration_inputs(
+        root, {"val_size": val_size, "seed": seed}, count
+    )
 
 
 def test_splits_are_fixed_disjoint_and_complete(cifar_dir):

@@ -36,9 +36,11 @@ def test_a_unet_is_rejected_for_cifar10():
 
 
 def test_the_task_lists_match_the_models():
-    """configuration spells the model lists out (the Snakefile does not import torch)."""
-    from quantpipe.configuration import EM_POOLING, TASK_MODELS
+    """The task specs spell the model lists out (the Snakefile does not import torch)."""
+    from quantpipe import tasks
     from quantpipe.models.build import RESNETS, UNETS
     from quantpipe.models.unet import MIN_SIZE
+    from quantpipe.tasks.isbi2012_em.spec import POOLING
 
-    assert TASK_MODELS == {"cifar10": RESNETS, "isbi2012_em": UNETS} and EM_POOLING == MIN_SIZE
+    assert tasks.spec("cifar10").models == RESNETS and tasks.spec("isbi2012_em").models == UNETS
+    assert POOLING == MIN_SIZE

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from quantpipe.models.build import load_trained
 from quantpipe.quantize import EXAMPLE_BATCH
-from quantpipe.stages.train import load_trained, run
+from quantpipe.stages.train import run
 from quantpipe.tasks.isbi2012_em.data import prepare
 
 CONFIG = {

@@ -10,7 +10,7 @@ import json
 import pytest
 import torch
 from quantpipe import precision
-from quantpipe.models.build import build_model
+from quantpipe.models.build import build_model, load_trained
 from quantpipe.quantize import pt2e
 from quantpipe.stages import benchmark
 from quantpipe.stages import quantize as quantize_stage
@@ -85,8 +85,8 @@ def test_training_on_cuda_runs_in_bf16_and_resumes_with_its_cuda_rng(
     assert len(at_resume) == len(saved)
     for got, expected in zip(at_resume, saved, strict=True):
         assert torch.equal(got, expected)
-    a, _ = train_stage.load_trained(tmp_path / "straight" / "model.pt")
-    b, _ = train_stage.load_trained(tmp_path / "resumed" / "model.pt")
+    a, _ = load_trained(tmp_path / "straight" / "model.pt")
+    b, _ = load_trained(tmp_path / "resumed" / "model.pt")
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
 
@@ -136,7 +136,7 @@ def test_qat_fine_tunes_on_cuda(cuda_model, cifar_dir, tmp_path):
     # The INT8 program runs on the CPU, as the benchmark runs it, close to the FP32 model.
     images, labels = load_splits(str(cifar_dir), config["val_size"])["test"]
     images, labels = normalize(images[:2000]), labels[:2000]
-    fp32, _ = train_stage.load_trained(cuda_model)
+    fp32, _ = load_trained(cuda_model)
     int8 = pt2e.load(tmp_path / "int8.pt")
     with torch.no_grad():
         accuracy = {

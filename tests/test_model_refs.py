@@ -18,7 +18,7 @@ from conftest import REPO
 from quantpipe import cli, compare
 from quantpipe.configuration import check_consistency
 from quantpipe.models import references as model_refs
-from quantpipe.models.build import MODELS, build_model
+from quantpipe.models.build import MODELS, build_model, load_trained
 from quantpipe.models.references import ModelReferenceError
 from quantpipe.quantize import pt2e, readiness
 from quantpipe.stages import train
@@ -254,7 +254,7 @@ def test_the_checkpoint_rebuilds_the_model_and_quantize_runs_by_hand(userpkg, tm
                        architecture=architecture, device=torch.device("cpu"),
                        device_reason="test", start_epoch=0, started=time.perf_counter(),
                        history=[], scores={})  # fmt: skip
-    loaded, record = train.load_trained(str(model))
+    loaded, record = load_trained(str(model))
     assert type(loaded).__name__ == "UserNet" and record["architecture"] == architecture
     for name, tensor in net.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[name], tensor)

@@ -392,7 +392,8 @@ def accuracy(model, images, labels) -> float:
 def test_qat_artifact_loads_with_pt2e_and_keeps_accuracy(tmp_path):
     """A few QAT steps on a tiny trained model: an INT8 artifact pt2e's loader runs, accurate."""
     from quantpipe.quantize import qat
-    from quantpipe.tasks.cifar10.data import augment, normalize
+    from quantpipe.tasks.cifar10.data import normalize
+    from quantpipe.tasks.classification.images import augment
 
     torch.manual_seed(0)
     images, labels = colour_task(512, seed=0)
@@ -412,7 +413,15 @@ def test_qat_artifact_loads_with_pt2e_and_keeps_accuracy(tmp_path):
     before = {name: value.clone() for name, value in model.state_dict().items()}
 
     lines = []
-    fine_tune = qat.FineTune(images, labels, steps=12, batch_size=32, lr=0.01, log_every=4)
+    fine_tune = qat.FineTune(
+        images,
+        labels,
+        lambda batch, generator: normalize(augment(batch, generator)),
+        steps=12,
+        batch_size=32,
+        lr=0.01,
+        log_every=4,
+    )
     calibration_batches = list(normalize(images[:64]).split(32))
     quantized = qat.quantize(model, calibration_batches, normalize(images[:2]), log=lines.append,
                              fine_tune=fine_tune)  # fmt: skip

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from quantpipe.stages.train import load_trained
+from quantpipe.models.build import load_trained
 from quantpipe.stages.train import run as train_in_process
 from quantpipe.submit import submit
 from slurmtools import run, wait_sacct

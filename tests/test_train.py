@@ -3,14 +3,9 @@
 import pytest
 import torch
 from quantpipe.artifacts import read_json
-from quantpipe.stages.train import (
-    checkpoint_path_for,
-    load_trained,
-    one_cycle,
-    resume,
-    run,
-    save_checkpoint,
-)
+from quantpipe.engine import checkpoint_path_for, one_cycle, resume, save_checkpoint
+from quantpipe.models.build import load_trained
+from quantpipe.stages.train import run
 
 # 2,000 training images (`images`) and 1,000 validation images: a few seconds an epoch.
 CONFIG = {

@@ -8,6 +8,7 @@ images from the training part; the test split is only ever used to measure.
 import torch
 
 from quantpipe.stages.prepare_data import load_cifar10  # MERGE: tasks.cifar10.files
+from quantpipe.tasks.classification import images as images_module
 
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
 STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
@@ -27,3 +28,8 @@ def load_splits(root: str, val_size: int) -> dict[str, tuple[torch.Tensor, torch
         "val": (images[val], labels[val]),
         "test": (data["test_images"], data["test_labels"]),
     }
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> float32 normalised by the CIFAR-10 channel statistics."""
+    return images_module.normalize(images, MEAN, STD)
