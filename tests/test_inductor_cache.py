@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 from quantpipe import inductor_cache
-from quantpipe.submit import StageCall
+from quantpipe.submit.executor import StageCall
 
 
 def test_a_job_compiles_into_its_own_folder_removed_at_its_end(monkeypatch):

@@ -8,9 +8,10 @@ import time
 
 import pytest
 import submitit
-from quantpipe import submit as submit_module
 from quantpipe.artifacts import write_json
-from quantpipe.submit import StageCall, _descendants, executor_parameters, submit
+from quantpipe.submit import executor, submit, watch
+from quantpipe.submit.executor import StageCall, executor_parameters
+from quantpipe.submit.signals import _descendants
 
 
 def test_slurm_resources_map_to_submitit_parameters():
@@ -36,7 +37,7 @@ def test_slurm_resources_map_to_submitit_parameters():
 @pytest.mark.parametrize("present, granted", [(0, 0), (1, 1), (4, 1)])
 def test_no_partition_means_local_without_slurm_keys(present, granted, monkeypatch):
     # A local job gets the GPUs asked for, as far as the machine has them.
-    monkeypatch.setattr(submit_module, "_local_gpu_count", lambda: present)
+    monkeypatch.setattr(executor, "_local_gpu_count", lambda: present)
     cluster, parameters = executor_parameters({"gpus": 1, "slurm_account": "lab"}, "report")
     assert cluster == "local"
     assert "slurm_account" not in parameters
@@ -129,7 +130,7 @@ class _RequeuedCluster:
         self.now, self.second = 0.0, second
         self.result = folder / "19_0_result.pkl"
 
-    # submit's `time` module, on the fake clock
+    # watch's `time` module, on the fake clock
     def monotonic(self) -> float:
         return self.now
 
@@ -145,7 +146,7 @@ class _RequeuedCluster:
         return "NODE_FAIL" if self.now < 12 else "RUNNING" if self.now < 33 else self.second
 
     def query(self, args: list[str]) -> tuple[bool, str]:
-        """submit._slurm_query's answers at this moment."""
+        """watch._slurm_query's answers at this moment."""
         if args[0] == "squeue":
             if self.now < 10:
                 return True, "1|PENDING|BeginTime|cpu|"
@@ -158,7 +159,7 @@ class _RequeuedCluster:
 
 
 class _Watcher:
-    """submitit's SlurmInfoWatcher as far as _wait sees it: a cached sacct state."""
+    """submitit's SlurmInfoWatcher as far as watch.wait sees it: a cached sacct state."""
 
     def __init__(self, state: str | None) -> None:
         self.state = state
@@ -206,14 +207,14 @@ def test_a_requeued_job_is_over_only_when_its_last_attempt_is(tmp_path, monkeypa
     pending, then running: the wait goes on until squeue shows the job ended and sacct's newest
     record is final, and then returns the second attempt's result or its own failure."""
     cluster = _RequeuedCluster(tmp_path, second)
-    monkeypatch.setattr(submit_module, "time", cluster)
-    monkeypatch.setattr(submit_module, "_slurm_query", cluster.query)
+    monkeypatch.setattr(watch, "time", cluster)
+    monkeypatch.setattr(watch, "_slurm_query", cluster.query)
     job = _RequeuedJob(cluster, tmp_path)
     assert job.done() and job.state == "NODE_FAIL"  # what submitit says at the start
     if second == "COMPLETED":
-        assert submit_module._wait(job, "train", "slurm", {}) == "the second attempt's result"
+        assert watch.wait(job, "train", "slurm", {}) == "the second attempt's result"
         assert cluster.now >= 30
     else:
         with pytest.raises(submitit.core.utils.UncompletedJobError):
-            submit_module._wait(job, "train", "slurm", {})
+            watch.wait(job, "train", "slurm", {})
         assert job.state == "FAILED" and cluster.now >= 33

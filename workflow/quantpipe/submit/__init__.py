@@ -1,0 +1,16 @@
+"""The one package that talks to submitit: every stage's work runs as a submitit job.
+
+- executor: a rule's resources as submitit parameters; submit() and submit_array() run a stage
+  (StageCall) as a job or job array and wait for it.
+- watch: follows a Slurm job in squeue and sacct until it is over; names why it failed.
+- signals: a stopped submitter cancels its jobs; a stopped Snakemake stops its submitters.
+- snakemake: the bridge from a rule (workflow/scripts/submit_stage.py) to submit().
+- console: the submitter's timestamped log lines.
+"""
+
+from quantpipe.submit.console import log
+from quantpipe.submit.executor import STAGES, submit, submit_array
+from quantpipe.submit.signals import cancel_jobs_on_sigterm
+from quantpipe.submit.snakemake import from_snakemake
+
+__all__ = ["STAGES", "cancel_jobs_on_sigterm", "from_snakemake", "log", "submit", "submit_array"]

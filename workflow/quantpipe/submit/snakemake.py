@@ -1,0 +1,52 @@
+"""The Snakemake bridge: a rule's files, params and resources become one stage's submitit job."""
+
+import contextlib
+import sys
+from pathlib import Path
+
+from quantpipe.submit.console import log
+from quantpipe.submit.executor import submit
+from quantpipe.submit.signals import stop_marker
+
+
+def from_snakemake(smk) -> None:
+    """Entry point of workflow/scripts/submit_stage.py: a rule's files and params become kwargs."""
+    stopping = stop_marker()
+    if stopping and stopping.exists():
+        log(f"{smk.params.stage}: not submitted: this Snakemake run is being stopped")
+        raise SystemExit(1)
+    kwargs = {}
+    for files in (smk.input, smk.output):
+        for name, value in files.items():
+            kwargs[name] = str(value) if isinstance(value, str) else [str(v) for v in value]
+    if "config" in smk.params.keys():
+        kwargs["config"] = dict(smk.params.config)
+    stage = smk.params.stage
+    name = "-".join([stage, *(str(v) for v in smk.wildcards)])
+    log_path = Path(smk.log[0])
+    resources, folder = dict(smk.resources.items()), str(log_path.parent / "submitit")
+    with open(log_path, "a") as stream, contextlib.redirect_stdout(_Tee(sys.stdout, stream)):
+        if stage == "segment":  # one job array over the volume's blocks, not one job
+            # Here, not above: it imports torch, which no other submitter (nor Snakemake) needs.
+            from quantpipe.stages.segment import run_as_array
+
+            run_as_array(**kwargs, tasks=smk.params.tasks, resources=resources,
+                         job_name=name, folder=folder, log=log)  # fmt: skip
+        else:
+            submit(stage, kwargs, resources, name, folder)
+
+
+class _Tee:
+    """Writes to every stream: the submitter's output reaches both Snakemake and the rule's log."""
+
+    def __init__(self, *streams) -> None:
+        self.streams = streams
+
+    def write(self, text: str) -> None:
+        for stream in self.streams:
+            stream.write(text)
+            stream.flush()
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
