@@ -4,6 +4,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -76,3 +77,17 @@ def load_torch(path: str | os.PathLike, keys: tuple[str, ...], fix: str, **kwarg
             f"{path} is not a quantpipe checkpoint (no {', '.join(missing)}). {fix}"
         )
     return loaded
+
+
+def replace_directory(staged: Path, destination: Path) -> None:
+    """Rename the finished folder `staged` onto `destination` in one step, setting aside (then
+    deleting) whatever is there, so that `destination` is never half-written."""
+    if not os.path.lexists(destination):
+        os.rename(staged, destination)
+        return
+    aside = Path(
+        tempfile.mkdtemp(prefix=f".{destination.name}.old-", suffix=".tmp", dir=destination.parent)
+    )
+    os.replace(destination, aside / destination.name)
+    os.rename(staged, destination)
+    shutil.rmtree(aside, ignore_errors=True)

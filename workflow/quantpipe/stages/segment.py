@@ -36,8 +36,7 @@ import numpy as np
 import torch
 import zarr
 from quantpipe import provenance
-from quantpipe.artifacts import write_json
-from quantpipe.tasks.isbi2012_em.data import replace_directory
+from quantpipe.artifacts import replace_directory, write_json
 from quantpipe.tasks.isbi2012_em.tiling import create_target, plan_blocks, predict_volume
 
 

