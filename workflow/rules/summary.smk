@@ -1,6 +1,6 @@
-# The figures of the summary stage (quantpipe.stages.summary.FIGURES; quantpipe.tasks.isbi2012_em.summary.FIGURES for
-# task isbi2012_em): each a PNG shown in the HTML report with its caption from workflow/report/,
-# and an SVG beside it.
+# The figures of the summary stage, the task's (quantpipe.tasks' TaskSpec.figures, which the stage
+# checks the names against): each a PNG shown in the HTML report with its caption from
+# workflow/report/, and an SVG beside it.
 SUMMARY_FIGURES = {
     "cifar10": [
         "accuracy_vs_throughput",
