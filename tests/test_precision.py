@@ -11,8 +11,8 @@ import pytest
 import torch
 from quantpipe import precision
 from quantpipe.models.build import build_model
+from quantpipe.reporting.document import variant_label
 from quantpipe.stages import benchmark
-from quantpipe.stages import summary as qs
 
 
 @pytest.fixture
@@ -92,7 +92,7 @@ def test_gpu_variant_rows_say_skipped_with_no_numbers(variant, tmp_path, no_cuda
         assert row["status"] == "skipped" and row["reason"] == "no CUDA device on this node"
         assert row["device"] == "cuda" and row["precision"] == variant.split("-")[0]
         assert not {"accuracy", "images_per_s", "latency_ms_p50", "size_bytes"} & set(row)
-        label = qs.variant_label(row)
+        label = variant_label(row)
         assert label == f"{variant.split('-')[0].upper()} GPU {row['method']}"
     assert torch.load(tmp_path / "predictions.pt", weights_only=True) == {}
 

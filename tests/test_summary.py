@@ -6,9 +6,14 @@ import pandas as pd
 import pytest
 import torch
 from quantpipe.artifacts import write_json
+from quantpipe.reporting import stats
+from quantpipe.reporting.figures import DPI, save_figure
 from quantpipe.stages import summary as qs
 from quantpipe.stages.report import build
 from quantpipe.tasks.cifar10.data import load_splits
+from quantpipe.tasks.cifar10.spec import SPEC
+from quantpipe.tasks.classification import summary as cs
+from quantpipe.tasks.classification.figures import render_figures
 
 # Three seeds whose FP32 CPU eager model gets the first 1000, 900, 800 test images wrong:
 # accuracy 0.90, 0.91, 0.92 (mean 0.91, sd 0.01), 100, 110, 120 images/s (mean 110, sd 10).
@@ -105,10 +110,10 @@ def fixture_run(tmp_path, labels):
 @pytest.fixture
 def summary_table(fixture_run, labels) -> pd.DataFrame:
     report = pd.read_csv(fixture_run["report"])
-    measurements = qs.paired_measurements(
+    measurements = cs.paired_measurements(
         fixture_run["benchmark_metrics"], fixture_run["predictions"], labels
     )
-    return qs.summarize(report, measurements, qs.config_hash(CONFIG))
+    return cs.summarize(report, measurements, stats.config_hash(CONFIG))
 
 
 def configuration(table: pd.DataFrame, variant: str, method: str, size=None) -> pd.Series:
@@ -123,39 +128,39 @@ def configuration(table: pd.DataFrame, variant: str, method: str, size=None) -> 
     "df, expected", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (9, 2.2622), (29, 2.0452)]
 )
 def test_t_critical_matches_the_tables(df, expected):
-    assert qs.t_critical(0.95, df) == pytest.approx(expected, abs=1e-4)
+    assert stats.t_critical(0.95, df) == pytest.approx(expected, abs=1e-4)
 
 
 def test_mean_interval_of_known_values():
-    found = qs.mean_interval([0.90, 0.91, 0.92])
+    found = stats.mean_interval([0.90, 0.91, 0.92])
     half = T_2 * 0.01 / math.sqrt(3)
     assert found["mean"] == pytest.approx(0.91) and found["sd"] == pytest.approx(0.01)
     assert found["n"] == 3
     assert found["ci95_low"] == pytest.approx(0.91 - half)
     assert found["ci95_high"] == pytest.approx(0.91 + half)
-    one = qs.mean_interval([0.5, float("nan")])
+    one = stats.mean_interval([0.5, float("nan")])
     assert one["mean"] == 0.5 and one["n"] == 1 and math.isnan(one["ci95_low"])
-    assert qs.mean_interval([])["n"] == 0
+    assert stats.mean_interval([])["n"] == 0
 
 
 def test_mcnemar_exact_for_few_discordant_images_else_chi_square():
     # Reference values from R: binom.test(3, 15)$p.value, mcnemar.test(matrix(c(0,10,30,0),2)).
-    assert qs.mcnemar(12, 3) == (pytest.approx(0.03515625), "exact")
-    assert qs.mcnemar(10, 30) == (pytest.approx(0.0026631, rel=1e-4), "chi2-cc")
-    assert qs.binomial_two_sided_p(5, 10) == 1.0
-    assert qs.binomial_two_sided_p(0, 0) == 1.0
-    assert qs.binomial_two_sided_p(1, 10) == pytest.approx(22 / 1024)
+    assert stats.mcnemar(12, 3) == (pytest.approx(0.03515625), "exact")
+    assert stats.mcnemar(10, 30) == (pytest.approx(0.0026631, rel=1e-4), "chi2-cc")
+    assert stats.binomial_two_sided_p(5, 10) == 1.0
+    assert stats.binomial_two_sided_p(0, 0) == 1.0
+    assert stats.binomial_two_sided_p(1, 10) == pytest.approx(22 / 1024)
 
 
 def test_verdict_says_no_significant_loss_only_when_the_test_does_not_reject():
-    assert qs.verdict(12, 3, 0.035) == "significant loss"
-    assert qs.verdict(3, 12, 0.035) == "significant gain"
-    assert qs.verdict(7, 3, 0.34) == "no significant loss"
+    assert stats.verdict(12, 3, 0.035) == "significant loss"
+    assert stats.verdict(3, 12, 0.035) == "significant gain"
+    assert stats.verdict(7, 3, 0.34) == "no significant loss"
 
 
 def test_pareto_front_keeps_what_nothing_beats_on_both():
     xs, ys = [100, 200, 400, 300, 400], [0.91, 0.90, 0.89, 0.88, 0.85]
-    assert qs.pareto_front(xs, ys) == [0, 1, 2]
+    assert stats.pareto_front(xs, ys) == [0, 1, 2]
 
 
 def test_summary_from_fixture_metrics(summary_table):
@@ -186,7 +191,7 @@ def test_summary_from_fixture_metrics(summary_table):
     assert eager["verdict"] == "significant loss" and eager["mcnemar_p"] < 1e-60
     compiled = configuration(summary_table, "fp32-cpu", "compiled")
     assert compiled["mcnemar_test"] == "exact" and compiled["mcnemar_p"] == 1.0
-    assert fp32["config_hash"] == qs.config_hash(CONFIG)
+    assert fp32["config_hash"] == stats.config_hash(CONFIG)
     assert fp32["git_commit"] == "abc123" and fp32["threads"] == "2"
 
 
@@ -195,12 +200,12 @@ def test_unmeasured_configurations_say_why_and_carry_no_number(summary_table):
     assert gpu["status"] == "skipped" and gpu["seeds"] == 3
     assert gpu["verdict"] == "not measured: no CUDA device on this node"
     assert gpu["accuracy_n"] == 0
-    numbers = [f"{metric}_{stat}" for metric in qs.METRICS for stat in ("mean", "ci95_low")]
+    numbers = [f"{metric}_{stat}" for metric in cs.METRICS for stat in ("mean", "ci95_low")]
     assert gpu[numbers].isna().all()
 
 
 def test_best_int8_is_the_fastest_without_significant_loss(summary_table):
-    best = qs.best_int8(summary_table)
+    best = cs.best_int8(summary_table)
     assert len(best) == 1
     assert best.iloc[0]["method"] == "pt2e"
 
@@ -230,7 +235,7 @@ def cells(markdown: str, heading: str) -> list[list[str]]:
 
 def test_run_writes_csv_markdown_html_and_figures(tmp_path, fixture_run, cifar_dir):
     out = tmp_path / "results"
-    figures = [str(out / "summary" / f"{name}.{kind}") for name in qs.FIGURES
+    figures = [str(out / "summary" / f"{name}.{kind}") for name in SPEC.figures
                for kind in ("png", "svg")]  # fmt: skip
     result = qs.run(
         **fixture_run, data=str(cifar_dir), summary=str(out / "summary.csv"),
@@ -244,8 +249,8 @@ def test_run_writes_csv_markdown_html_and_figures(tmp_path, fixture_run, cifar_d
     every = cells(markdown, "Every configuration")
     assert len(every) == len(table)
     for row, (_, expected) in zip(every, table.iterrows(), strict=True):
-        values = row[3 : 3 + len(qs.EVERY_COLUMNS)]
-        for cell, (_, metric, scale, digits) in zip(values, qs.EVERY_COLUMNS, strict=True):
+        values = row[3 : 3 + len(cs.EVERY_COLUMNS)]
+        for cell, (_, metric, scale, digits) in zip(values, cs.EVERY_COLUMNS, strict=True):
             if expected["status"] != "ok":
                 assert cell.startswith("not measured")
                 continue
@@ -260,7 +265,7 @@ def test_run_writes_csv_markdown_html_and_figures(tmp_path, fixture_run, cifar_d
     assert table1["FP32 GPU eager"][1] == "not measured: no CUDA device on this node"
     assert table1["FP32 CPU eager"][5].split(" ± ")[0] == f"{fp32['accuracy_mean'] * 100:.2f}"
     # Provenance on the page, in the HTML twin and in the figures' footers.
-    digest = qs.config_hash(CONFIG)[:12]
+    digest = stats.config_hash(CONFIG)[:12]
     assert f"config {digest}" in markdown and "git abc123" in markdown
     assert "test cpu" in markdown and "threads 2" in markdown and "torch 2.14.1" in markdown
     page = (out / "summary" / "tables.html").read_text()
@@ -268,17 +273,17 @@ def test_run_writes_csv_markdown_html_and_figures(tmp_path, fixture_run, cifar_d
     assert re.search(
         r"!\[accuracy vs throughput\]\(summary/accuracy_vs_throughput\.png\)", markdown
     )
-    for name in qs.FIGURES:
+    for name in SPEC.figures:
         assert png_size(out / "summary" / f"{name}.png")[0] > 1000
         svg = (out / "summary" / f"{name}.svg").read_text()
         assert svg.startswith("<?xml") and f"config {digest}" in svg.replace("\n", " ")
 
 
 def test_figures_have_their_panels_sizes_and_units(summary_table, fixture_run, labels, tmp_path):
-    measurements = qs.paired_measurements(
+    measurements = cs.paired_measurements(
         fixture_run["benchmark_metrics"], fixture_run["predictions"], labels
     )
-    figures = qs.render_figures(summary_table, measurements, "Provenance: config abc")
+    figures = render_figures(summary_table, measurements, "Provenance: config abc")
     panels = {name: len(figure.axes) for name, figure in figures.items()}
     assert panels == {"accuracy_vs_throughput": 1, "accuracy_delta_vs_calibration": 1,
                       "speedup_and_size": 2, "latency_batch1": 1}  # fmt: skip
@@ -286,8 +291,8 @@ def test_figures_have_their_panels_sizes_and_units(summary_table, fixture_run, l
         for ax in figure.axes:
             assert re.search(r"\(.*(%|images/s|ms|points|×|scale).*\)", ax.get_xlabel())
         path = tmp_path / f"{name}.png"
-        qs.save_figure(figure, str(path))
-        width, height = figure.get_size_inches() * qs.DPI
+        save_figure(figure, str(path))
+        width, height = figure.get_size_inches() * DPI
         assert png_size(path) == (round(width), round(height))
     assert png_size(tmp_path / "accuracy_vs_throughput.png") == (1350, 750)
     speed = figures["speedup_and_size"].axes[0]

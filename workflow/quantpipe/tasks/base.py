@@ -27,7 +27,10 @@ A minimal task (see README.md, "Your own task"):
         def training(self, data, config, device): ...    # a Training: batches, loss, validate
         def calibration_inputs(self, data, config, count): ...
         def benchmark(self, data, variant, config, log): ...   # rows and predictions
-        def summarize(self, report, config, outputs, log): ... # tables and figures
+        def summary_table(self, report, config_digest, benchmark_metrics, predictions, data,
+                          config): ...                         # summary.csv's table, extra
+        def summary_document(self, table, facts, figures): ... # summary.md's blocks
+        def summary_figures(self, table, extra, footer): ...   # the figures by name
 """
 
 from __future__ import annotations
@@ -135,7 +138,30 @@ class Task:
         predictions per label for the summary, anything else the record keeps)."""
         raise NotImplementedError
 
-    def summarize(self, report, config: dict, outputs: dict, log=print) -> dict:
-        """Write the summary's tables and figures (`outputs`: the summary rule's paths) from
-        report.csv's rows; the record."""
+    # The summary stage (quantpipe.stages.summary) calls these three in turn; quantpipe.reporting
+    # holds what they share (statistics, aggregation over seeds, document blocks, figure layout).
+
+    def summary_table(
+        self,
+        report,
+        config_digest: str,
+        benchmark_metrics: list[str],
+        predictions: list[str],
+        data: str,
+        config: dict,
+    ) -> tuple[Any, Any]:
+        """report.csv's rows (a DataFrame) summarized over seeds, one row per configuration with
+        `config_digest` in it: (summary.csv's table, what summary_figures needs beside it).
+        benchmark_metrics and predictions are the benchmark stage's files of every variant."""
+        raise NotImplementedError
+
+    def summary_document(self, table, facts: dict, figures: dict[str, str]) -> list[tuple]:
+        """summary.md's blocks (quantpipe.reporting.document) from the table; facts: the
+        provenance (quantpipe.reporting.document.provenance); figures: name -> PNG path
+        relative to summary.md."""
+        raise NotImplementedError
+
+    def summary_figures(self, table, extra, footer: str) -> dict:
+        """Each figure of spec.figures by name (a matplotlib Figure), `footer` on each; extra:
+        summary_table's second value."""
         raise NotImplementedError

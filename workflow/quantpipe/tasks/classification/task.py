@@ -7,7 +7,9 @@ from quantpipe import ceilings
 from quantpipe.models import references as model_refs
 from quantpipe.tasks.base import Task
 from quantpipe.tasks.classification import images as batched
+from quantpipe.tasks.classification.figures import render_figures
 from quantpipe.tasks.classification.measure import measure
+from quantpipe.tasks.classification.summary import document, paired_measurements, summarize
 from quantpipe.tasks.classification.training import training
 
 
@@ -109,3 +111,17 @@ class ClassificationTask(Task):
                 f"{result['images_per_s']:.0f} img/s, p50 {result['latency_ms_p50']:.2f} ms"
             )
         return rows, kept, {"ceilings": machine}
+
+    # The summary (quantpipe.stages.summary): seed statistics, and tests paired on the test
+    # split's labels.
+
+    def summary_table(self, report, config_digest, benchmark_metrics, predictions, data, config):
+        labels = self.splits(data, config)["test"][1]
+        measurements = paired_measurements(benchmark_metrics, predictions, labels)
+        return summarize(report, measurements, config_digest), measurements
+
+    def summary_document(self, table, facts, figures):
+        return document(table, facts, figures)
+
+    def summary_figures(self, table, extra, footer):
+        return render_figures(table, extra, footer)

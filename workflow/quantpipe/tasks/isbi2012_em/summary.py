@@ -1,4 +1,4 @@
-"""The summary stage for task isbi2012_em: what membrane segmentation costs per cubic millimetre.
+"""The summary of task isbi2012_em: what membrane segmentation costs per cubic millimetre.
 
 report.csv's EM rows aggregated over seeds (mean and 95% Student t interval, as the CIFAR summary)
 into summary.csv; summary.md (and the same tables as HTML) shows, per model, a cost table: quality
@@ -7,38 +7,21 @@ to segment 1 mm^3 at 4x4x40 nm (1.5625e15 voxels) at that rate, and speed and co
 against FP32 CPU eager. Figures: V_rand against voxels/s, and job-hours per mm^3 per variant.
 """
 
-import datetime
-import os
-import textwrap
-from pathlib import Path
-
 import pandas as pd
 
-from quantpipe.artifacts import atomic_path
-from quantpipe.stages.summary import (
-    PROVENANCE_COLUMNS,
-    _distinct,
-    _figure,
-    _plain_log_axis,
-    config_hash,
+from quantpipe.reporting.aggregate import over_seeds
+from quantpipe.reporting.document import (
     estimate,
-    mean_interval,
-    provenance,
-    provenance_line,
-    save_figure,
-    to_html,
-    to_markdown,
+    figure_blocks,
+    provenance_block,
     variant_label,
 )
+from quantpipe.reporting.figures import add_footer, new_figure, plain_log_axis
 
-GROUP_KEYS = [
-    "model", "width", "variant", "method", "calibration_method", "calibration_size", "batch_size",
-]  # fmt: skip
 METRICS = [
     "v_rand", "v_rand_delta", "v_info", "v_info_delta", "pixel_error", "pixel_error_delta",
     "voxels_per_s", "job_hours_per_mm3", "speedup_vs_fp32_cpu_eager", "size_mb", "size_ratio",
 ]  # fmt: skip
-FIGURES = ("quality_vs_throughput", "cost_per_mm3")
 # (header, metric, scale, digits) of the cost table's measured cells.
 COST_COLUMNS = [
     ("V_rand", "v_rand", 1, 4),
@@ -67,26 +50,8 @@ READING = (
 def summarize(report: pd.DataFrame, config_digest: str) -> pd.DataFrame:
     """report.csv's rows aggregated over seeds, one row per configuration."""
     report = report.copy()
-    report["calibration_method"] = report["calibration_method"].fillna("")
     report["cost_vs_fp32_cpu_eager"] = 1 / report["speedup_vs_fp32_cpu_eager"]
-    rows = []
-    for keys, group in report.groupby(GROUP_KEYS, dropna=False, sort=False):
-        measured = group[group["status"] == "ok"]
-        row = {
-            **dict(zip(GROUP_KEYS, keys, strict=True)),
-            "status": "ok" if len(measured) else "skipped",
-            "reason": _distinct(group.loc[group["status"] != "ok", "reason"]),
-            "seeds": len(group),
-        }
-        for metric in [*METRICS, "cost_vs_fp32_cpu_eager"]:
-            for statistic, value in mean_interval(measured[metric]).items():
-                row[f"{metric}_{statistic}"] = value
-        row["config_hash"] = config_digest
-        for column in PROVENANCE_COLUMNS:
-            row[column] = _distinct(group[column])
-        rows.append(row)
-    order = ["model", "width", "variant", "method", "calibration_method", "calibration_size"]
-    return pd.DataFrame(rows).sort_values(order, na_position="first").reset_index(drop=True)
+    return over_seeds(report, [*METRICS, "cost_vs_fp32_cpu_eager"], config_digest)
 
 
 def cost_table(group: pd.DataFrame) -> tuple:
@@ -104,23 +69,19 @@ def cost_table(group: pd.DataFrame) -> tuple:
 
 
 def document(summary: pd.DataFrame, facts: dict, figures: dict[str, str]) -> list[tuple]:
-    now = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    """summary.md as blocks (quantpipe.reporting.document); `figures`: name -> PNG path."""
     blocks = [
         ("h1", "quantpipe summary: membrane segmentation of ISBI 2012 EM"),
-        ("p", f"Provenance: {provenance_line(facts)} · summarized {now}"),
+        provenance_block(facts),
         ("p", READING),
     ]
     for (model, width), group in summary.groupby(["model", "width"], sort=True):
         blocks += [("h2", f"Cost per cubic millimetre: {model}, width {width}"), cost_table(group)]
-    blocks += [
-        ("h2", "Figures"),
-        *[("image", name.replace("_", " "), src) for name, src in figures.items()],
-    ]
-    return blocks
+    return blocks + figure_blocks(figures)
 
 
 def plot_quality_vs_throughput(summary: pd.DataFrame):
-    figure = _figure(8, 4.5)
+    figure = new_figure(8, 4.5)
     ax = figure.add_subplot()
     measured = summary[summary["status"] == "ok"]
     for index, (_, row) in enumerate(measured.iterrows()):
@@ -133,7 +94,7 @@ def plot_quality_vs_throughput(summary: pd.DataFrame):
     for _, row in summary[summary["status"] != "ok"].iterrows():
         ax.plot([], [], " ", label=f"{variant_label(row, True)}: not measured ({row['reason']})")
     ax.set_xscale("log")
-    _plain_log_axis(ax.xaxis)
+    plain_log_axis(ax.xaxis)
     ax.set_xlabel("voxels/s on the tiled test volume (per job, threads in summary.md)")
     ax.set_ylabel("V_rand on the test sections (higher is better)")
     ax.legend(fontsize=7, loc="best")
@@ -143,7 +104,7 @@ def plot_quality_vs_throughput(summary: pd.DataFrame):
 
 def plot_cost_per_mm3(summary: pd.DataFrame):
     measured = summary[summary["status"] == "ok"]
-    figure = _figure(8, 1.5 + 0.35 * max(len(measured), 1))
+    figure = new_figure(8, 1.5 + 0.35 * max(len(measured), 1))
     ax = figure.add_subplot()
     labels = [variant_label(row, with_model=True) for _, row in measured.iterrows()]
     hatches = ["//" if variant == "int8-cpu" else "" for variant in measured["variant"]]
@@ -152,54 +113,17 @@ def plot_cost_per_mm3(summary: pd.DataFrame):
         bar.set_hatch(hatch)
     ax.invert_yaxis()
     ax.set_xscale("log")
-    _plain_log_axis(ax.xaxis)
+    plain_log_axis(ax.xaxis)
     ax.set_xlabel("job-hours per mm³ at 4x4x40 nm (one job, its threads; lower is better)")
     return figure
 
 
-def run(
-    report: str,
-    benchmark_metrics: list[str],
-    predictions: list[str],
-    data: str,
-    summary: str,
-    markdown: str,
-    tables: str,
-    figures: list[str],
-    config: dict,
-    log=print,
-) -> dict:
-    """quantpipe.stages.summary.run's outputs for the EM task; `figures` are named after FIGURES."""
-    unknown = sorted({Path(path).stem for path in figures} - set(FIGURES))
-    if unknown:
-        raise ValueError(f"unknown figures {unknown}: choose from {', '.join(FIGURES)}")
-    table = pd.read_csv(report)
-    digest = config_hash(config)
-    log(f"summary: {len(table)} report rows, {len(benchmark_metrics)} benchmark files")
-    result = summarize(table, digest)
-    with atomic_path(summary) as tmp:
-        result.to_csv(tmp, index=False)
-    facts = provenance(table, digest)
-    pngs = {
-        Path(p).stem: os.path.relpath(p, Path(markdown).parent)
-        for p in figures
-        if p.endswith(".png")
+def render_figures(summary: pd.DataFrame, footer: str) -> dict:
+    """Every figure by name, `footer` (the provenance) on each."""
+    figures = {
+        "quality_vs_throughput": plot_quality_vs_throughput(summary),
+        "cost_per_mm3": plot_cost_per_mm3(summary),
     }
-    blocks = document(result, facts, pngs)
-    with atomic_path(markdown) as tmp:
-        tmp.write_text(to_markdown(blocks))
-    with atomic_path(tables) as tmp:
-        tmp.write_text(to_html(blocks))
-    footer = "Provenance: " + provenance_line(facts)
-    rendered = {
-        "quality_vs_throughput": plot_quality_vs_throughput(result),
-        "cost_per_mm3": plot_cost_per_mm3(result),
-    }
-    for path in figures:
-        figure = rendered[Path(path).stem]
-        figure.text(0.01, 0.01, textwrap.fill(footer, int(figure.get_figwidth() * 20)),
-                    fontsize=6, color="0.3", va="bottom")  # fmt: skip
-        save_figure(figure, path)
-        log(f"summary: figure {path}")
-    return {"stage": "summary", "configurations": len(result), "summary": summary,
-            "markdown": markdown, "figures": figures}  # fmt: skip
+    for figure in figures.values():
+        add_footer(figure, footer)
+    return figures

@@ -1,0 +1,65 @@
+"""The summary stage on task isbi2012_em's report.csv: a cost table per model, and its figures."""
+
+import pandas as pd
+import pytest
+from quantpipe.reporting.stats import config_hash
+from quantpipe.stages import summary
+from quantpipe.tasks.isbi2012_em.spec import SPEC
+
+PROVENANCE = {
+    "git_commit": "abc123", "torch": "2.14.1", "torchvision": "0.29.1", "torchao": "0.18.0",
+    "python": "3.11", "cpu_model": "test cpu", "cpu_int8_flags": "", "gpu_name": None,
+    "threads": 4, "host": "node1",
+}  # fmt: skip
+
+
+def em_row(model: str, seed: int, variant: str, method: str, speedup: float | None) -> dict:
+    """A report.csv row as the report stage writes it for the EM task; no speedup: skipped."""
+    row = {"model": model, "width": 16, "seed": seed, "variant": variant, "method": method,
+           "calibration_method": "minmax" if variant == "int8-cpu" else None,
+           "calibration_size": 64 if variant == "int8-cpu" else None, "batch_size": 1,
+           **PROVENANCE, "date": f"2026-01-0{seed + 1}"}  # fmt: skip
+    if speedup is None:
+        return {**row, "status": "skipped", "reason": "no CUDA device on this node"}
+    quality = {"v_rand": 0.9, "v_info": 0.95, "pixel_error": 0.1}
+    return {**row, "status": "ok", "reason": None, **quality,
+            **{f"{name}_delta": 0.0 for name in quality}, "voxels_per_s": 1e6 * speedup,
+            "job_hours_per_mm3": 1.5625e15 / (1e6 * speedup) / 3600,
+            "speedup_vs_fp32_cpu_eager": speedup, "size_mb": 4 / speedup,
+            "size_ratio": speedup}  # fmt: skip
+
+
+def test_run_writes_a_cost_table_per_model_and_the_figures(tmp_path):
+    rows = [
+        em_row(model, seed, variant, method, speedup)
+        for model in ("unet2d", "unet3d_aniso")
+        for seed in (0, 1)
+        for variant, method, speedup in [("fp32-cpu", "eager", 1.0), ("int8-cpu", "pt2e", 2.0),
+                                         ("fp32-gpu", "eager", None)]
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_csv(tmp_path / "report.csv", index=False)
+    out = tmp_path / "results"
+    figures = [str(out / "summary" / f"{name}.{kind}") for name in SPEC.figures
+               for kind in ("png", "svg")]  # fmt: skip
+    config = {"task": "isbi2012_em", "em": {"tile": 256}}
+    arguments = dict(
+        report=str(tmp_path / "report.csv"), benchmark_metrics=[], predictions=[], data="unread",
+        summary=str(out / "summary.csv"), markdown=str(out / "summary.md"),
+        tables=str(out / "summary" / "tables.html"), config=config, log=lambda line: None,
+    )  # fmt: skip
+    result = summary.run(**arguments, figures=figures)
+    assert result["configurations"] == 6
+    table = pd.read_csv(out / "summary.csv")
+    int8 = table[table["variant"] == "int8-cpu"]
+    assert (int8["cost_vs_fp32_cpu_eager_mean"] == 0.5).all() and (int8["seeds"] == 2).all()
+    markdown = (out / "summary.md").read_text()
+    for model in ("unet2d", "unet3d_aniso"):
+        assert f"Cost per cubic millimetre: {model}, width 16" in markdown
+    assert "not measured: no CUDA device on this node" in markdown
+    digest = config_hash(config)[:12]
+    for name in SPEC.figures:
+        assert (out / "summary" / f"{name}.png").stat().st_size > 0
+        svg = (out / "summary" / f"{name}.svg").read_text().replace("\n", " ")
+        assert svg.count(f"Provenance: config {digest}") == 1  # the footer, once
+    with pytest.raises(ValueError, match="unknown figures \\['accuracy_vs_throughput'\\]"):
+        summary.run(**arguments, figures=[str(out / "accuracy_vs_throughput.png")])

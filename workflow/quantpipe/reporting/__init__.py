@@ -1,0 +1,3 @@
+"""What every task's summary shares, with no knowledge of any task: `stats` (intervals, paired
+tests, Pareto front, config hash), `aggregate` (report.csv's rows over seeds), `document` (cells,
+provenance, blocks as markdown and HTML), `figures` (figure layout, axes, footer, saving)."""

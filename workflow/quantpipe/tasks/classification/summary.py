@@ -1,0 +1,309 @@
+"""The summary of a classification task: accuracy and speed over seeds, each variant's accuracy
+tested against FP32 CPU eager on the same test images (McNemar's paired test), the study's
+Table 1 side by side with ours, the best INT8 configuration per model, and every configuration.
+"""
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from quantpipe.artifacts import read_json
+from quantpipe.reporting.aggregate import (
+    comparable_keys,
+    distinct,
+    over_seeds,
+    same_or_both_missing,
+)
+from quantpipe.reporting.document import (
+    estimate,
+    figure_blocks,
+    provenance_block,
+    variant_label,
+)
+from quantpipe.reporting.stats import ALPHA, EXACT_BELOW, mcnemar, verdict
+
+RUN_KEYS = ["model", "width", "seed"]
+ROW_KEYS = [*RUN_KEYS, "variant", "method", "calibration_method", "calibration_size"]
+METRICS = [
+    "accuracy", "accuracy_delta", "images_per_s", "test_set_seconds", "latency_ms_p50",
+    "latency_ms_p99", "speedup_vs_fp32_cpu_eager", "speedup_vs_best_fp32_cpu", "size_mb",
+    "size_ratio",
+]  # fmt: skip
+BASELINE = ("fp32-cpu", "eager")  # what report.csv's accuracy_delta and speedups compare with
+# The study's Table 1 (ResNet18 on CIFAR-10, 10,000 test images), in report.csv's units.
+STUDY = {
+    "fp32-gpu": {"test_set_seconds": 3.84, "size_mb": 46.84, "accuracy": 0.8854},
+    "fp32-cpu": {"test_set_seconds": 24.68, "size_mb": 46.84, "accuracy": 0.8854},
+    "int8-cpu": {"test_set_seconds": 13.91, "size_mb": 11.84, "accuracy": 0.8845},
+}
+
+
+def paired_measurements(
+    benchmark_metrics: list[str], predictions: list[str], labels: torch.Tensor
+) -> pd.DataFrame:
+    """One row per measured benchmark row: its keys, batch-1 latencies and paired counts.
+
+    The counts compare the row's per-image predictions with its run's FP32 CPU eager ones on the
+    same test images: `baseline_only_correct` and `variant_only_correct` images.
+    """
+    predictions_by_directory = {Path(path).parent: path for path in predictions}
+    entries = []
+    for metrics_path in benchmark_metrics:
+        stored = torch.load(predictions_by_directory[Path(metrics_path).parent], weights_only=True)
+        for row in read_json(metrics_path)["rows"]:
+            if row["status"] != "ok":
+                continue
+            entries.append(
+                {
+                    **{key: row.get(key) for key in ROW_KEYS},
+                    # Absent in metrics written before the benchmark stored them.
+                    "latencies_ms": row.get("latencies_ms", []),
+                    "correct": (stored[row["method"]].long() == labels).numpy(),
+                }
+            )
+    table = pd.DataFrame(entries, columns=[*ROW_KEYS, "latencies_ms", "correct"])
+    is_baseline = (table["variant"] == BASELINE[0]) & (table["method"] == BASELINE[1])
+    baseline = table[is_baseline].set_index(RUN_KEYS)["correct"]
+    counts = []
+    for row in table.itertuples():
+        reference = baseline.get((row.model, row.width, row.seed))
+        if reference is None:
+            counts.append((math.nan, math.nan, math.nan))
+            continue
+        counts.append(
+            (
+                len(row.correct),
+                int((reference & ~row.correct).sum()),
+                int((~reference & row.correct).sum()),
+            )
+        )
+    table[["paired_images", "baseline_only_correct", "variant_only_correct"]] = counts
+    # Keys as report.csv's read (a model by reference: width NaN), so that the two merge.
+    return comparable_keys(table.drop(columns="correct"))
+
+
+def summarize(report: pd.DataFrame, measurements: pd.DataFrame, config_digest: str) -> pd.DataFrame:
+    """report.csv's rows aggregated over seeds, one row per configuration, with paired tests."""
+    report = comparable_keys(report).merge(
+        measurements.drop(columns="latencies_ms"), on=ROW_KEYS, how="left", validate="one_to_one"
+    )
+    table = over_seeds(report, METRICS, config_digest, _paired_test)
+    unmeasured = table["status"] != "ok"
+    table.loc[unmeasured, "verdict"] = "not measured: " + table.loc[unmeasured, "reason"]
+    return table
+
+
+def _paired_test(keys: tuple, measured: pd.DataFrame) -> dict:
+    """McNemar against the baseline, the seeds' discordant images summed.
+
+    Summing over seeds is the stratified (Mantel-Haenszel) form of McNemar's test for matched
+    pairs: under no difference each discordant image is a fair coin in every seed.
+    """
+    variant, method = keys[2], keys[3]
+    pairs = measured.dropna(subset=["paired_images"])
+    baseline_only = int(pairs["baseline_only_correct"].sum())
+    variant_only = int(pairs["variant_only_correct"].sum())
+    result = {
+        "paired_images": int(pairs["paired_images"].sum()),
+        "baseline_only_correct": baseline_only,
+        "variant_only_correct": variant_only,
+        "mcnemar_test": "",
+        "mcnemar_p": math.nan,
+    }
+    if (variant, method) == BASELINE:
+        return {**result, "verdict": "baseline"}
+    if pairs.empty:
+        return {**result, "verdict": "no paired predictions"}
+    p, test = mcnemar(baseline_only, variant_only)
+    return {
+        **result,
+        "mcnemar_test": test,
+        "mcnemar_p": p,
+        "verdict": verdict(baseline_only, variant_only, p),
+    }
+
+
+def best_int8(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, width): the fastest INT8 configuration with no significant loss.
+
+    Where every one lost accuracy significantly, the most accurate one (its verdict says so).
+    """
+    int8 = summary[(summary["variant"] == "int8-cpu") & (summary["status"] == "ok")]
+    chosen = []
+    for _, group in int8.groupby(["model", "width"], dropna=False, sort=True):
+        safe = group[group["verdict"] == "no significant loss"]
+        if len(safe):
+            chosen.append(safe.loc[safe["speedup_vs_fp32_cpu_eager_mean"].idxmax()])
+        else:
+            chosen.append(group.loc[group["accuracy_mean"].idxmax()])
+    return pd.DataFrame(chosen, columns=summary.columns)
+
+
+def _measured_or_reason(row, cells: list[str]) -> list[str]:
+    if row["status"] == "ok":
+        return cells
+    return [f"not measured: {row['reason']}"] + ["not measured"] * (len(cells) - 1)
+
+
+def _p_value(p: float) -> str:
+    return "—" if pd.isna(p) else f"{p:.3g}"
+
+
+def _estimates(row, columns) -> list[str]:
+    return [estimate(row, metric, scale, digits) for _, metric, scale, digits in columns]
+
+
+# (header, metric, scale, digits) of the summary.md tables' measured cells.
+TABLE1_COLUMNS = [
+    ("time over 10,000 test images (s)", "test_set_seconds", 1, 2),
+    ("model size (MB)", "size_mb", 1, 2),
+    ("top-1 accuracy (%)", "accuracy", 100, 2),
+]
+BEST_COLUMNS = [
+    ("speedup vs FP32 CPU eager (×)", "speedup_vs_fp32_cpu_eager", 1, 2),
+    ("size ratio (×)", "size_ratio", 1, 2),
+    ("accuracy delta (points)", "accuracy_delta", 100, 2),
+]
+EVERY_COLUMNS = [
+    ("accuracy (%)", "accuracy", 100, 2), ("delta (points)", "accuracy_delta", 100, 2),
+    ("images/s", "images_per_s", 1, 0), ("p50 ms (batch 1)", "latency_ms_p50", 1, 2),
+    ("p99 ms (batch 1)", "latency_ms_p99", 1, 2),
+    ("speedup (×)", "speedup_vs_fp32_cpu_eager", 1, 2), ("size (MB)", "size_mb", 1, 2),
+    ("size ratio (×)", "size_ratio", 1, 2),
+]  # fmt: skip
+
+
+def table1(summary: pd.DataFrame, best: pd.DataFrame, model: str, width: int) -> tuple:
+    """The study's Table 1 for one (model, width): FP32 GPU, FP32 CPU, best INT8, with the study's
+    figures in a reference column beside each of ours. `width` is NaN for a model by reference."""
+    mine = summary[(summary["model"] == model) & same_or_both_missing(summary["width"], width)]
+    picks = {
+        "fp32-gpu": mine[(mine["variant"] == "fp32-gpu") & (mine["method"] == "eager")],
+        "fp32-cpu": mine[(mine["variant"] == "fp32-cpu") & (mine["method"] == "eager")],
+        "int8-cpu": best[(best["model"] == model) & same_or_both_missing(best["width"], width)],
+    }
+    header = [""]
+    for title, *_ in TABLE1_COLUMNS:
+        header += [title, "study"]
+    rows = []
+    for variant, chosen in picks.items():
+        references = [
+            f"{STUDY[variant][metric] * scale:.{digits}f}"
+            for _, metric, scale, digits in TABLE1_COLUMNS
+        ]
+        if chosen.empty:
+            label = f"{variant.replace('-', ' ').upper()} (not in this run's config)"
+            ours = ["not measured: not in this run's config"] * len(TABLE1_COLUMNS)
+        else:
+            row = chosen.iloc[0]
+            label = variant_label(row)
+            ours = _measured_or_reason(row, _estimates(row, TABLE1_COLUMNS))
+        rows.append(
+            [label, *(cell for pair in zip(ours, references, strict=True) for cell in pair)]
+        )
+    return "table", header, rows
+
+
+def best_table(best: pd.DataFrame) -> tuple:
+    header = [
+        "model",
+        "width",
+        "method",
+        "calibration images",
+        *(title for title, *_ in BEST_COLUMNS),
+        "McNemar p",
+        "verdict",
+        "CPU",
+        "INT8 flags",
+        "threads",
+        "host",
+    ]
+    rows = [
+        [
+            row["model"],
+            "—" if pd.isna(row["width"]) else str(int(row["width"])),
+            f"{row['method']} {row['calibration_method']}".strip(),
+            str(int(row["calibration_size"])),
+            *_estimates(row, BEST_COLUMNS),
+            _p_value(row["mcnemar_p"]),
+            row["verdict"],
+            row["cpu_model"],
+            row["cpu_int8_flags"],
+            row["threads"],
+            row["host"],
+        ]
+        for _, row in best.iterrows()
+    ]
+    return "table", header, rows
+
+
+def every_table(summary: pd.DataFrame) -> tuple:
+    header = [
+        "configuration",
+        "batch",
+        "seeds",
+        *(title for title, *_ in EVERY_COLUMNS),
+        "FP32-only / variant-only correct",
+        "McNemar p",
+        "verdict",
+    ]
+    rows = []
+    for _, row in summary.iterrows():
+        measured = row["status"] == "ok"
+        discordant = f"{row['baseline_only_correct']} / {row['variant_only_correct']}"
+        rows.append(
+            [
+                variant_label(row, with_model=True),
+                distinct([row["batch_size"]]) or "—",
+                str(row["seeds"]),
+                *_measured_or_reason(row, _estimates(row, EVERY_COLUMNS)),
+                discordant if measured else "—",
+                _p_value(row["mcnemar_p"]),
+                row["verdict"],
+            ]
+        )
+    return "table", header, rows
+
+
+READING = (
+    "Numbers are means over seeds ± the half-width of their 95% confidence interval (Student t; "
+    "a single seed shows its value alone). Accuracy deltas, speedups and size ratios compare with "
+    "FP32 CPU eager of the same seed. The paired test is McNemar's on the test images that each "
+    "model gets right, against FP32 CPU eager on the same images, discordant images summed over "
+    f"seeds; exact binomial below {EXACT_BELOW} discordant images, chi-square with continuity "
+    f'correction above. "no significant loss" means p ≥ {ALPHA}: the test cannot tell the two '
+    "apart, which is weaker than proving them equal. Every number here is in results/summary.csv."
+)
+
+
+def document(summary: pd.DataFrame, facts: dict, figures: dict[str, str]) -> list[tuple]:
+    """summary.md as blocks (quantpipe.reporting.document); `figures`: name -> PNG path."""
+    best = best_int8(summary)
+    blocks = [("h1", "quantpipe summary"), provenance_block(facts), ("p", READING)]
+    for (model, width), group in summary.groupby(["model", "width"], dropna=False, sort=True):
+        batch = distinct(group["batch_size"]) or "—"
+        note = (
+            f"Seeds: {group['seeds'].max()}; test-set time at batch {batch}. The study ran "
+            "torchvision's ResNet18 with a 1000-class head (workflow/experiments/study.yaml "
+            "reproduces it): other configurations compare with it only in shape."
+        )
+        blocks += [
+            ("h2", f"Table 1: {model}" + ("" if pd.isna(width) else f", width {int(width)}")),
+            ("p", note),
+            table1(summary, best, model, width),
+        ]
+    blocks += [
+        ("h2", "Best INT8 method per model"),
+        (
+            "p",
+            "The fastest INT8 configuration whose paired test shows no significant loss (the "
+            "most accurate one where every configuration lost), and the machine it ran on.",
+        ),
+        best_table(best),
+        ("h2", "Every configuration"),
+        every_table(summary),
+        *figure_blocks(figures),
+    ]
+    return blocks
