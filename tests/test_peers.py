@@ -8,8 +8,9 @@ import importlib.util
 
 import pytest
 import torch
-from quantpipe.configuration import PEER_METHODS, check_consistency
+from quantpipe.configuration import check_consistency
 from quantpipe.models.build import build_model
+from quantpipe.optional import PEER_METHODS
 from quantpipe.quantize import backend, peers
 from quantpipe.quantize.calibration import NAMES
 from test_quantize import calibration, relative_error, trained_like

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from quantpipe.configuration import PEER_METHODS, PEERS_INSTALL
+from quantpipe.optional import PEER_METHODS, PEERS_INSTALL
 from workflowtools import copy_repository, snakemake, tiny_config
 
 pytestmark = pytest.mark.workflow

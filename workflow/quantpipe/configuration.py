@@ -6,11 +6,9 @@ schema declares for that key, and leaves anything it cannot convert for the vali
 with its own message.
 """
 
-import importlib.util
-
 import yaml
 
-from quantpipe import tasks
+from quantpipe import optional, tasks
 from quantpipe.models import references as model_refs
 
 CONVERTERS = {
@@ -41,14 +39,6 @@ def coerce_to_schema(config: dict, schema_path: str) -> None:
     config.update(_coerce(dict(config), schema))
 
 
-# Methods from the optional `peers` extra and the packages each imports (quantpipe.quantize.peers).
-PEER_METHODS = {
-    "onnxruntime": ("onnx", "onnxruntime", "onnxscript"),
-    "openvino": ("openvino", "nncf"),
-}
-PEERS_INSTALL = "pip install -e .[peers]"
-
-
 def check_consistency(config: dict) -> None:
     """Rules across keys, which a JSON schema cannot state; raise before any job is submitted.
     The task's own rules are its TaskSpec.check."""
@@ -77,13 +67,12 @@ def check_consistency(config: dict) -> None:
             f"from {', '.join(task.methods)}"
         )
     for method in config.get("methods", ()):
-        absent = [
-            name for name in PEER_METHODS.get(method, ()) if importlib.util.find_spec(name) is None
-        ]
+        absent = optional.missing(method)
         if absent:
             raise ValueError(
                 f"method {method!r} needs {', '.join(absent)} from the optional `peers` extra: "
-                f"run `{PEERS_INSTALL}` (pins in envs/peers.txt), or drop it from `methods`"
+                f"run `{optional.PEERS_INSTALL}` (pins in envs/peers.txt), or drop it from "
+                "`methods`"
             )
     if task.check:
         task.check(config)

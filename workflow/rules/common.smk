@@ -2,7 +2,7 @@ import itertools
 
 from quantpipe import tasks
 from quantpipe.models import references as model_refs
-from quantpipe.configuration import PEER_METHODS
+from quantpipe.optional import PEER_METHODS
 
 # A run's folder (quantpipe.models.references.run_folder): {model}-w{width}-s{seed} for a built-in
 # model, {folder}-s{seed} for a model by reference (torchvision.NAME, or pkg.module:callable as
@@ -59,7 +59,11 @@ def run_config(wildcards):
     """What every stage of one run reads: the task, the model, width and seed, the task's
     run keys."""
     run = model_refs.run_of_folder(wildcards.run, config["models"])
-    return {"task": config["task"], **run, **{key: config[key] for key in TASK.run_keys}}
+    return {
+        "task": config["task"],
+        **run,
+        **{key: config[key] for key in TASK.run_keys},
+    }
 
 
 def task_settings(section):

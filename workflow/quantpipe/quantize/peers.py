@@ -2,17 +2,11 @@
 torch-tensor-in, torch-tensor-out call, so the benchmark measures them exactly like torch modules.
 """
 
-import importlib.util
-
 import numpy as np
 import torch
 
-from quantpipe.configuration import PEER_METHODS as MODULES  # the packages each peer imports
-from quantpipe.configuration import PEERS_INSTALL as INSTALL
-
-
-def missing(method: str) -> list[str]:
-    return [name for name in MODULES[method] if importlib.util.find_spec(name) is None]
+from quantpipe.optional import PEERS_INSTALL as INSTALL
+from quantpipe.optional import missing
 
 
 def require(method: str) -> None:

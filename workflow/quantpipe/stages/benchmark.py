@@ -13,6 +13,7 @@ import io
 import os
 
 import torch
+
 from quantpipe import provenance, tasks
 from quantpipe.artifacts import atomic_path, write_json
 from quantpipe.models.build import load_trained

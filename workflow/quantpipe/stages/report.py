@@ -9,6 +9,7 @@ node-hours where a job has the whole node.
 """
 
 import pandas as pd
+
 from quantpipe.artifacts import atomic_path, read_json
 
 RUN_KEYS = ["model", "width", "seed"]

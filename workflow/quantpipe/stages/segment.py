@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import zarr
+
 from quantpipe import provenance
 from quantpipe.artifacts import replace_directory, write_json
 from quantpipe.models.build import load_trained

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+
 from quantpipe import tasks
 from quantpipe.artifacts import atomic_path
 from quantpipe.reporting.document import provenance, provenance_line, to_html, to_markdown

@@ -8,6 +8,7 @@ saved with the architecture, so every later stage rebuilds the model without the
 import time
 
 import torch
+
 from quantpipe import engine, provenance, tasks
 from quantpipe.models.build import build_model
 

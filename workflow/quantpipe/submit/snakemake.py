@@ -1,6 +1,7 @@
 """The Snakemake bridge: a rule's files, params and resources become one stage's submitit job."""
 
 import contextlib
+import importlib
 import sys
 from pathlib import Path
 
@@ -27,9 +28,9 @@ def from_snakemake(smk) -> None:
     resources, folder = dict(smk.resources.items()), str(log_path.parent / "submitit")
     with open(log_path, "a") as stream, contextlib.redirect_stdout(_Tee(sys.stdout, stream)):
         if stage == "segment":  # one job array over the volume's blocks, not one job
-            # Here, not above: it imports torch, which no other submitter (nor Snakemake) needs.
-            from quantpipe.stages.segment import run_as_array
-
+            # By name, as StageCall runs every stage: the stage sits above this layer, and it
+            # imports torch, which no other submitter (nor Snakemake) needs.
+            run_as_array = importlib.import_module("quantpipe.stages.segment").run_as_array
             run_as_array(**kwargs, tasks=smk.params.tasks, resources=resources,
                          job_name=name, folder=folder, log=log)  # fmt: skip
         else:
