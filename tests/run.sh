@@ -17,7 +17,7 @@ bash workflow/scripts/bootstrap.sh
 # The workflow tests find `snakemake` the way a user does.
 export PATH="$PWD/.venv/bin:$PATH"
 case $tier in
-fast) exec .venv/bin/pytest -ra -m "not slurm and not workflow and not slow and not gpu" "$@" ;;
+fast) exec .venv/bin/pytest -ra -n 2 -m "not slurm and not workflow and not slow and not gpu" "$@" ;;
 gpu) QUANTPIPE_REQUIRE_GPU=1 exec .venv/bin/pytest -ra -m gpu "$@" ;;
 esac
 

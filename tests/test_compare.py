@@ -5,10 +5,9 @@ import math
 
 import pytest
 import torch
-from quantpipe import ceilings, cli
+from quantpipe import ceilings, cli, optional
 from quantpipe.compare import format_table, summarize
 from quantpipe.models.build import build_model
-from quantpipe.quantize import peers
 from torch import nn
 
 
@@ -115,9 +114,9 @@ def test_compare_prints_every_variant(tiny_checkpoint, cifar_dir, tmp_path, caps
     assert rows["INT8 pt2e"]["size_mb"] < rows["FP32 eager"]["size_mb"]
     assert rows["FP32 compiled"]["accuracy"] == pytest.approx(rows["FP32 eager"]["accuracy"])
     for method in ("onnxruntime", "openvino"):
-        if peers.missing(method):  # the extra is optional: the row says how to get it
+        if optional.missing(method):  # the extra is optional: the row says how to get it
             assert rows[f"INT8 {method}"]["status"] == "skipped"
-            assert peers.INSTALL in rows[f"INT8 {method}"]["reason"]
+            assert optional.PEERS_INSTALL in rows[f"INT8 {method}"]["reason"]
         else:
             assert rows[f"INT8 {method}"]["status"] == "ok"
             assert rows[f"INT8 {method}"]["throughput_vs_best_peer"] is not None

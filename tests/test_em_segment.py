@@ -13,7 +13,7 @@ import pytest
 import torch
 import zarr
 from PIL import Image
-from quantpipe import models
+from quantpipe.models.build import build_model
 from quantpipe.stages.segment import create_output, run, run_as_array, split_blocks
 from quantpipe.submit import submit_array
 from slurmtools import run as slurm
@@ -42,7 +42,7 @@ def checkpoint(tmp_path_factory) -> str:
     """A small, randomly initialised 2D U-Net in the train stage's checkpoint format."""
     torch.manual_seed(0)
     architecture = {"name": "unet2d", "num_classes": 1, "width": 2}
-    net = models.build_model(**architecture)
+    net = build_model(**architecture)
     path = str(tmp_path_factory.mktemp("model") / "model.pt")
     torch.save({"architecture": architecture, "state_dict": net.state_dict(), "record": {}}, path)
     return path
@@ -131,7 +131,7 @@ def test_stopping_the_array_submitter_cancels_every_task(tmp_path, cluster, isbi
     architecture = {"name": "unet2d", "num_classes": 1, "width": 16}
     model = str(tmp_path / "model.pt")
     torch.save({"architecture": architecture, "record": {},
-                "state_dict": models.build_model(**architecture).state_dict()}, model)  # fmt: skip
+                "state_dict": build_model(**architecture).state_dict()}, model)  # fmt: skip
     volume = str(tmp_path / "image.zarr")
     sections = np.stack([np.asarray(Image.open(isbi_dir / "image" / f"{n}.png")) for n in range(6)])
     zarr.create_array(store=volume, data=sections, chunks=(1, 512, 512))

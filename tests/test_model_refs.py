@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO
-from quantpipe import cli, compare
+from quantpipe import cli, compare, engine, tasks
 from quantpipe.configuration import check_consistency
 from quantpipe.models import references as model_refs
 from quantpipe.models.build import MODELS, build_model, load_trained
@@ -246,14 +246,12 @@ def test_the_checkpoint_rebuilds_the_model_and_quantize_runs_by_hand(userpkg, tm
     """`quantpipe quantize` by hand: its config names no model; the checkpoint says which."""
     config = {"model": USERNET, "width": None, "seed": 0, "num_classes": 10, "val_size": 1000,
               "epochs": 1}  # fmt: skip
-    architecture = train.architecture(config)
+    architecture = tasks.load("cifar10").architecture(config)
     assert architecture == {"name": USERNET, "num_classes": 10}
     net = trained_like(build_model(**architecture))
     model = tmp_path / "model.pt"
-    train.save_trained(str(model), str(tmp_path / "train.json"), net, config,
-                       architecture=architecture, device=torch.device("cpu"),
-                       device_reason="test", start_epoch=0, started=time.perf_counter(),
-                       history=[], scores={})  # fmt: skip
+    record = {"stage": "train", "config": config, "architecture": architecture}
+    engine.save_trained(str(model), str(tmp_path / "train.json"), net, record)
     loaded, record = load_trained(str(model))
     assert type(loaded).__name__ == "UserNet" and record["architecture"] == architecture
     for name, tensor in net.state_dict().items():

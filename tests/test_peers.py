@@ -8,10 +8,11 @@ import importlib.util
 
 import pytest
 import torch
+from quantpipe import optional
 from quantpipe.configuration import check_consistency
 from quantpipe.models.build import build_model
 from quantpipe.optional import PEER_METHODS
-from quantpipe.quantize import backend, peers
+from quantpipe.quantize import backend
 from quantpipe.quantize.calibration import NAMES
 from test_quantize import calibration, relative_error, trained_like
 
@@ -19,10 +20,11 @@ PEERS = sorted(PEER_METHODS)
 
 
 def needs(method: str):
-    absent = peers.missing(method)
+    absent = optional.missing(method)
     return pytest.mark.skipif(
         bool(absent),
-        reason=f"the `peers` extra is not installed ({', '.join(absent)}): {peers.INSTALL}",
+        reason=f"the `peers` extra is not installed ({', '.join(absent)}): "
+        f"{optional.PEERS_INSTALL}",
     )
 
 
@@ -85,7 +87,7 @@ def test_peer_calibration_methods_map_to_their_own_settings(method, tiny, tmp_pa
     assert default["per_channel"] is True
 
 
-@pytest.mark.skipif(bool(peers.missing("onnxruntime")), reason=f"needs {peers.INSTALL}")
+@pytest.mark.skipif(bool(optional.missing("onnxruntime")), reason=f"needs {optional.PEERS_INSTALL}")
 def test_onnxruntime_uses_u8s8_qdq_per_channel(tiny):
     import onnx
     from quantpipe.quantize import onnxruntime as qort

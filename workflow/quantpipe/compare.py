@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from quantpipe import ceilings, provenance, tasks
+from quantpipe import ceilings, optional, provenance, tasks
 from quantpipe.artifacts import write_json
 from quantpipe.models.build import load_trained
-from quantpipe.quantize import EXAMPLE_BATCH, PEERS, backend, load_for_cpu, peers, quantize_and_save
+from quantpipe.quantize import EXAMPLE_BATCH, PEERS, backend, load_for_cpu, quantize_and_save
 from quantpipe.quantize.calibration import parse
 from quantpipe.stages.benchmark import state_dict_bytes
 from quantpipe.submit import log as stage_log
@@ -69,7 +69,7 @@ def build_variants(net, calibration, example, architecture, config: dict, log=pr
     ]
     for method in methods:
         if method in PEERS:
-            if peers.missing(method):
+            if optional.missing(method):
                 variants.append(Variant(f"FP32 {method}", "fp32", method, skipped=_absent(method)))
                 continue
             runtime, size = backend(method).fp32_for_cpu(net, example)
@@ -78,7 +78,7 @@ def build_variants(net, calibration, example, architecture, config: dict, log=pr
         for method in methods:
             name = f"INT8 {method}"
             runtime = method if method in PEERS else "torch"
-            if method in PEERS and peers.missing(method):
+            if method in PEERS and optional.missing(method):
                 variants.append(Variant(name, "int8", runtime, skipped=_absent(method)))
                 continue
             if method == "eager" and not hasattr(net, "fusion_groups"):
@@ -114,7 +114,7 @@ def _unfrozen(compiled):
 
 
 def _absent(method: str) -> str:
-    return f"not installed ({', '.join(peers.missing(method))}): {peers.INSTALL}"
+    return f"not installed ({', '.join(optional.missing(method))}): {optional.PEERS_INSTALL}"
 
 
 def _throughput(module, images: torch.Tensor, batch_size: int, batches: int) -> float:

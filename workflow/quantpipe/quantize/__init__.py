@@ -10,10 +10,11 @@ import importlib
 
 import torch
 
+from quantpipe.optional import PEER_METHODS
 from quantpipe.quantize import peers
 
 METHODS = ("pt2e", "eager", "qat", "onnxruntime", "openvino")
-PEERS = tuple(peers.MODULES)  # the methods that need the optional `peers` extra
+PEERS = tuple(PEER_METHODS)  # the methods that need the optional `peers` extra
 EXAMPLE_BATCH = 2  # export needs a batch of at least 2 to keep the batch dimension dynamic
 
 

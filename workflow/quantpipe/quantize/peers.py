@@ -5,8 +5,7 @@ torch-tensor-in, torch-tensor-out call, so the benchmark measures them exactly l
 import numpy as np
 import torch
 
-from quantpipe.optional import PEERS_INSTALL as INSTALL
-from quantpipe.optional import missing
+from quantpipe.optional import PEERS_INSTALL, missing
 
 
 def require(method: str) -> None:
@@ -15,7 +14,7 @@ def require(method: str) -> None:
     if absent:
         raise ModuleNotFoundError(
             f"method {method!r} needs {', '.join(absent)} from the optional `peers` extra: run "
-            f"`{INSTALL}` (pins in envs/peers.txt), or drop {method!r} from `methods`"
+            f"`{PEERS_INSTALL}` (pins in envs/peers.txt), or drop {method!r} from `methods`"
         )
 
 

@@ -105,7 +105,7 @@ class Task:
         raise NotImplementedError
 
     def architecture(self, config: dict) -> dict:
-        """quantpipe.models.build_model's arguments for the run `config`, saved with the weights
+        """quantpipe.models.build.build_model's arguments for the run `config`, saved with the weights
         so that later stages rebuild the model without the config."""
         raise NotImplementedError
 
