@@ -1,9 +1,8 @@
 """prepare_data stage: the task's verified data in the folder every later stage reads.
 
-The task (quantpipe.tasks.load(config["task"]), cifar10 by default) fills the machine's data
-cache first if it lacks the data (quantpipe.datacache: a machine fetches it once), then `data`
-from the cache; see its `prepare`. The CIFAR-10 sources also run by hand:
-`python -m quantpipe.tasks.cifar10.sources --help`.
+The task (quantpipe.tasks.load(config["task"])) fills the machine's data cache first if it lacks
+the data (quantpipe.datacache: a machine fetches it once), then `data` from the cache; see its
+`prepare`.
 """
 
 from quantpipe import provenance, tasks

@@ -1,7 +1,8 @@
 """The report stage: merge every benchmark metrics file into one tidy CSV, a row per measurement.
 
-Rows of task isbi2012_em carry the EM columns (pixel_error, v_rand, v_info and their deltas,
-voxels_per_s, job_hours_per_mm3) and no accuracy or images/s; CIFAR rows the reverse. Speedups
+Each row fills the columns its task measures and leaves the rest empty: classifiers accuracy and
+images/s; the membrane task pixel_error, v_rand, v_info and their deltas, voxels_per_s and
+job_hours_per_mm3. COLUMNS lists both, so one CSV reads alike for every task. Speedups
 compare each row's own throughput (images/s or voxels/s) with FP32 CPU eager of the same run.
 `job_hours_per_mm3` is per job with the row's `threads`: the hours one such job would need to
 segment a cubic millimetre at 4x4x40 nm (1.5625e15 voxels) at the measured voxels/s, which is
