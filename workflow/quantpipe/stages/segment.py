@@ -52,7 +52,7 @@ def split_blocks(blocks: int, groups: int) -> list[list[int]]:
 
 def open_volume(volume: str) -> zarr.Array:
     """The uint8 (Z, Y, X) array at `volume`, or the `image` array of a group there (what
-    prepare_data writes for task isbi2012_em)."""
+    prepare_data writes for a volume task)."""
     opened = zarr.open(volume, mode="r")
     if isinstance(opened, zarr.Group):
         if "image" not in opened:

@@ -105,8 +105,8 @@ class Task:
         raise NotImplementedError
 
     def architecture(self, config: dict) -> dict:
-        """quantpipe.models.build.build_model's arguments for the run `config`, saved with the weights
-        so that later stages rebuild the model without the config."""
+        """quantpipe.models.build.build_model's arguments for the run `config`, saved with the
+        weights so that later stages rebuild the model without the config."""
         raise NotImplementedError
 
     def training(self, data: str, config: dict, net, device):
