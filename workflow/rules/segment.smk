@@ -1,5 +1,5 @@
-# Task isbi2012_em: the whole stack segmented block by block as ONE job array
-# (quantpipe.stages.segment.run_as_array), the way a volume too large for one job is processed.
+# A volume task (TaskSpec.segment_settings): the whole volume segmented block by block as ONE job
+# array (quantpipe.stages.segment.run_as_array), the way a volume too large for one job is processed.
 rule segment:
     input:
         unpack(segment_inputs),
