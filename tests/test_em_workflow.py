@@ -11,8 +11,7 @@ import torch
 import yaml
 import zarr
 from conftest import REPO
-from test_workflow import planned_jobs
-from workflowtools import copy_repository, snakemake
+from workflowtools import copy_repository, planned_jobs, snakemake
 
 pytestmark = pytest.mark.workflow
 MODELS = ("unet3d_aniso",)  # tests/configs/tiny_em.yaml

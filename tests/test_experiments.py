@@ -8,8 +8,7 @@ import yaml
 from conftest import REPO
 from quantpipe.configuration import check_consistency, coerce_to_schema
 from snakemake.utils import validate
-from test_workflow import planned_jobs
-from workflowtools import copy_repository
+from workflowtools import copy_repository, planned_jobs
 
 EXPERIMENTS = sorted((REPO / "workflow" / "experiments").glob("*.yaml"))
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")

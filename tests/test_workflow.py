@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 from quantpipe.optional import PEER_METHODS, PEERS_INSTALL
-from workflowtools import copy_repository, snakemake, tiny_config
+from workflowtools import copy_repository, planned_jobs, snakemake, tiny_config
 
 pytestmark = pytest.mark.workflow
 # The peer runtimes join the run where their optional extra is installed (tests/run.sh installs it).
@@ -23,16 +23,6 @@ PEERS = [
     for method, modules in PEER_METHODS.items()
     if all(importlib.util.find_spec(name) for name in modules)
 ]
-
-
-def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
-    """Job counts per rule that Snakemake would run (dry run)."""
-    output = snakemake(workdir, "--dry-run", *args)
-    text = output.stdout + output.stderr
-    if "Nothing to be done" in text:
-        return {}
-    table = text.split("Job stats:", 1)[1].split("total", 1)[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE)}
 
 
 def quantized(workdir: Path, config: dict, method: str) -> Path:

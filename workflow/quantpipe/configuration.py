@@ -6,6 +6,8 @@ schema declares for that key, and leaves anything it cannot convert for the vali
 with its own message.
 """
 
+import os
+
 import yaml
 
 from quantpipe import optional, tasks
@@ -26,9 +28,13 @@ def _coerce(value, schema: dict):
             return value
     if isinstance(value, list) and "items" in schema:
         return [_coerce(item, schema["items"]) for item in value]
-    if isinstance(value, dict) and "properties" in schema:
+    if isinstance(value, dict) and ("properties" in schema or "additionalProperties" in schema):
+        # Keys the schema does not name (e.g. the models of `weights`) follow additionalProperties.
+        other = schema.get("additionalProperties")
+        other = other if isinstance(other, dict) else {}
         return {
-            key: _coerce(item, schema["properties"].get(key, {})) for key, item in value.items()
+            key: _coerce(item, schema.get("properties", {}).get(key, other))
+            for key, item in value.items()
         }
     return value
 
@@ -74,6 +80,7 @@ def check_consistency(config: dict) -> None:
                 f"run `{optional.PEERS_INSTALL}` (pins in envs/peers.txt), or drop it from "
                 "`methods`"
             )
+    check_weights(config)
     if task.check:
         task.check(config)
     # Last, and only for models by reference (the built-ins are tested with every method): it
@@ -84,3 +91,36 @@ def check_consistency(config: dict) -> None:
 
         for model in references:
             readiness.check(model, config.get("num_classes", 10), config.get("methods", ()))
+
+
+def check_weights(config: dict) -> None:
+    """Each `weights` entry names a model of `models` and a file that exists, gives mean and std
+    alike, and, for a built-in model, meets one width: the weights fit the one they were
+    trained at."""
+    models = list(config.get("models", ()))
+    widths = list(config.get("widths", model_refs.DEFAULT_WIDTHS))
+    for model, entry in config.get("weights", {}).items():
+        where = f"weights[{model!r}]"
+        if model not in models:
+            raise ValueError(
+                f"{where} names no model of `models` {models}: add {model!r} to models, or "
+                "spell the key as models does, or drop the entry"
+            )
+        path = entry["path"]
+        if not os.path.isfile(path):
+            raise ValueError(
+                f"{where}: the weights file {path} does not exist (looked for "
+                f"{os.path.abspath(path)}). Fix its path: absolute, or relative to the folder "
+                "Snakemake runs in"
+            )
+        mean, std = entry.get("mean", []), entry.get("std", [])
+        if len(mean) != len(std):
+            raise ValueError(
+                f"{where}: mean has {len(mean)} values and std {len(std)}: give both, one value "
+                "per input channel in each"
+            )
+        if model_refs.is_builtin(model) and len(widths) > 1:
+            raise ValueError(
+                f"{where}: the weights fit one width, but widths sweeps {widths}. Set widths to "
+                "the one they were trained at, or sweep the other widths in a separate run"
+            )

@@ -57,13 +57,31 @@ def benchmark_variants():
 
 def run_config(wildcards):
     """What every stage of one run reads: the task, the model, width and seed, the task's
-    run keys."""
+    run keys, and the model's `weights` entry when it imports trained weights (its file and
+    the normalisation every stage then applies)."""
     run = model_refs.run_of_folder(wildcards.run, config["models"])
+    entry = config["weights"].get(run["model"])
     return {
         "task": config["task"],
         **run,
         **{key: config[key] for key in TASK.run_keys},
+        **({"weights": entry} if entry else {}),
     }
+
+
+def train_inputs(wildcards):
+    """The data, and the weights file of a run that imports one: a changed file reruns it."""
+    entry = run_config(wildcards).get("weights")
+    return {"data": DATA, **({"weights": entry["path"]} if entry else {})}
+
+
+def train_config(wildcards):
+    """The train stage's config: the recipe, or for imported weights only the device they are
+    validated on, so that a changed recipe leaves imported runs alone."""
+    run = run_config(wildcards)
+    if "weights" in run:
+        return {**run, "device": config["train"]["device"]}
+    return {**run, **task_settings("train")}
 
 
 def task_settings(section):

@@ -1,6 +1,6 @@
 rule train:
     input:
-        data=DATA,
+        unpack(train_inputs),
     output:
         model=f"results/train/{RUN}/model.pt",
         metrics=f"results/train/{RUN}/metrics.json",
@@ -10,6 +10,6 @@ rule train:
         ENV
     params:
         stage="train",
-        config=lambda wildcards: {**run_config(wildcards), **task_settings("train")},
+        config=train_config,
     script:
         SUBMIT

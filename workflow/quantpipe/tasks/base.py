@@ -8,8 +8,8 @@ A task comes in two halves:
   the summary's figures, whether the segment stage applies, and the checks across keys that run
   before any job. The Snakefile imports it at every parse, so it must stay cheap.
 - `Task`, the torch half the stages call inside their jobs: prepare the data, training batches
-  and loss, validation, calibration inputs, an example input, how one model variant is measured,
-  the summary tables and figures.
+  and loss, validation (also of imported weights), calibration inputs, an example input, how one
+  model variant is measured, the summary tables and figures.
 
 `SPEC.implementation` names the Task class as "package.module:Class". A user's own task is
 `task: your.module:YOUR_SPEC` in config.yaml, a TaskSpec whose implementation is their Task;
@@ -112,6 +112,16 @@ class Task:
     def training(self, data: str, config: dict, net, device):
         """The quantpipe.engine.Training of one run: optimizer, batches, loss, validation."""
         raise NotImplementedError
+
+    def validate(self, data: str, config: dict, net, device) -> dict:
+        """The validation scores of `net` as it stands, named as its Training's: what the train
+        record keeps for imported weights (config `weights`), which are not trained here."""
+        raise NotImplementedError(f"task {self.spec.name!r} cannot import trained weights")
+
+    def normalization(self, config: dict) -> dict:
+        """{"mean", "std"}: the per-channel statistics the run's inputs are normalised with (a
+        `weights` entry's, else the task's own), for the record; {} where there are none."""
+        return {}
 
     def calibration_inputs(self, data: str, config: dict, count: int):
         """`count` inputs from the training split (never validation or test), as the model

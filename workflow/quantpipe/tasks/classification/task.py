@@ -1,6 +1,8 @@
 """ClassificationTask: the stages' interface for image classifiers, from a subclass's data splits
 and channel statistics (cifar10, images)."""
 
+from functools import partial
+
 import torch
 
 from quantpipe import ceilings
@@ -10,13 +12,14 @@ from quantpipe.tasks.classification import images as batched
 from quantpipe.tasks.classification.figures import render_figures
 from quantpipe.tasks.classification.measure import measure
 from quantpipe.tasks.classification.summary import document, paired_measurements, summarize
-from quantpipe.tasks.classification.training import training
+from quantpipe.tasks.classification.training import evaluate, training
 
 
 class ClassificationTask(Task):
     """A subclass gives `splits(data, config)` -> {"train", "val", "test": (uint8 images (N, C,
     H, W), int64 labels)}, the channel statistics `mean` and `std` ((1, C, 1, 1) tensors) and the
-    `image_shape` (C, H, W) its data comes in."""
+    `image_shape` (C, H, W) its data comes in. A run of imported weights may normalise with the
+    statistics they were trained with instead (config `weights`: mean, std)."""
 
     mean: torch.Tensor
     std: torch.Tensor
@@ -25,8 +28,31 @@ class ClassificationTask(Task):
     def splits(self, data: str, config: dict) -> dict:
         raise NotImplementedError
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return batched.normalize(images, self.mean, self.std)
+    def statistics(self, config: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of the run `config`'s normalisation: its `weights` entry's, else ours."""
+        entry = config.get("weights", {})
+        if "mean" not in entry:
+            return self.mean, self.std
+        channels = self.image_shape[0]
+        if not len(entry["mean"]) == len(entry["std"]) == channels:
+            raise ValueError(
+                f"weights of {config['model']!r}: mean {entry['mean']} and std {entry['std']} "
+                f"need one value per input channel, {channels} for task {self.spec.name!r}"
+            )
+        return tuple(
+            torch.tensor(entry[key], dtype=torch.float32).view(1, channels, 1, 1)
+            for key in ("mean", "std")
+        )
+
+    def normalize(self, images: torch.Tensor, config: dict) -> torch.Tensor:
+        return batched.normalize(images, *self.statistics(config))
+
+    def normalization(self, config: dict) -> dict:
+        mean, std = (
+            [round(value, 6) for value in tensor.flatten().tolist()]
+            for tensor in self.statistics(config)
+        )
+        return {"mean": mean, "std": std}
 
     def architecture(self, config: dict) -> dict:
         """A reference and its num_classes; a built-in's width too."""
@@ -43,9 +69,12 @@ class ClassificationTask(Task):
         images, labels = parts["train"]
         if config.get("images"):  # a quick run: a fixed prefix of the (already shuffled) split
             images, labels = images[: config["images"]], labels[: config["images"]]
-        return training(
-            net, (images, labels), parts["val"], config, self.normalize, batched.augment
-        )
+        normalize = partial(self.normalize, config=config)
+        return training(net, (images, labels), parts["val"], config, normalize, batched.augment)
+
+    def validate(self, data: str, config: dict, net, device) -> dict:
+        val = self.splits(data, config)["val"]
+        return {"val_accuracy": evaluate(net, *val, device, partial(self.normalize, config=config))}
 
     def calibration_inputs(self, data: str, config: dict, count: int) -> torch.Tensor:
         """`count` normalised images drawn from the training split by the run's seed."""
@@ -57,13 +86,13 @@ class ClassificationTask(Task):
             )
         generator = torch.Generator().manual_seed(config["seed"])
         chosen = torch.randperm(len(train_images), generator=generator)
-        return self.normalize(train_images[chosen[:count]])
+        return self.normalize(train_images[chosen[:count]], config)
 
     def fine_tune_data(self, data: str, config: dict):
         images, labels = self.splits(data, config)["train"]
 
         def transform(batch, generator):
-            return self.normalize(batched.augment(batch, generator))
+            return self.normalize(batched.augment(batch, generator), config)
 
         return images, labels, transform
 
@@ -74,7 +103,7 @@ class ClassificationTask(Task):
         """Each implementation's timed pass over the test split; CPU rows also say what
         fraction of this machine's multiply-accumulate ceiling they reach."""
         test_images, test_labels = self.splits(data, config)["test"]
-        test_images = self.normalize(test_images)
+        test_images = self.normalize(test_images, config)
         machine = None
         if base["device"] == "cpu":
             macs = ceilings.macs_per_image(net, tuple(test_images.shape[1:]))

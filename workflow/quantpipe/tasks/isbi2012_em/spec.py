@@ -77,6 +77,12 @@ def check(config: dict) -> None:
         raise ValueError(
             f"em.overlap = {em['overlap']} must be smaller than em.tile = {em['tile']}"
         )
+    normalised = [model for model, entry in config.get("weights", {}).items() if "mean" in entry]
+    if normalised:
+        raise ValueError(
+            f"weights of {normalised}: this task takes no mean or std, its inputs are pixels/255 "
+            "and nothing else. Drop them from the entries"
+        )
     if em["section_overlap"] >= em["sections"] and "unet3d_aniso" in config["models"]:
         raise ValueError(
             f"em.section_overlap = {em['section_overlap']} must be smaller than em.sections = "

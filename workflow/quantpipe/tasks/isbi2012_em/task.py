@@ -4,6 +4,7 @@ import torch
 
 from quantpipe.tasks.base import Task
 from quantpipe.tasks.isbi2012_em import benchmark, sources, train
+from quantpipe.tasks.isbi2012_em.data import load_split
 from quantpipe.tasks.isbi2012_em.data import prepare as write_volume
 from quantpipe.tasks.isbi2012_em.summary import document, render_figures, summarize
 
@@ -26,6 +27,10 @@ class Isbi2012Em(Task):
 
     def training(self, data: str, config: dict, net, device):
         return train.training(data, config, net, device)
+
+    def validate(self, data: str, config: dict, net, device) -> dict:
+        val_image, val_membrane = load_split(data, "val")
+        return {"val_pixel_error": train.pixel_error(net, val_image, val_membrane, device)}
 
     def calibration_inputs(self, data: str, config: dict, count: int):
         return train.calibration_patches(data, config, count)

@@ -1,0 +1,375 @@
+"""Trained weights by reference (config `weights`, quantpipe.models.weights): loading a user's
+file, the checks before any job, the import in the train stage, the normalisation the weights
+were trained with, and the whole DAG with training skipped."""
+
+import hashlib
+import os
+import time
+from functools import partial
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import REPO
+from quantpipe import tasks
+from quantpipe.artifacts import ArtifactError
+from quantpipe.configuration import check_consistency, coerce_to_schema
+from quantpipe.models import references as model_refs
+from quantpipe.models.build import build_model, load_trained
+from quantpipe.models.weights import WeightsError, load_weights, sha256
+from quantpipe.stages import train
+from quantpipe.tasks.cifar10.data import MEAN, STD, load_splits
+from quantpipe.tasks.classification.images import normalize
+from quantpipe.tasks.classification.training import evaluate
+from snakemake.utils import validate
+from torch import nn
+from workflowtools import copy_repository, planned_jobs, snakemake, tiny_config
+
+USERPKG = REPO / "tests" / "userpkg"
+USERNET = "usernets:make_net"
+SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
+# "[-1, 1]", as many training scripts normalise: far from CIFAR-10's own statistics.
+MEAN_STD = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+
+
+@pytest.fixture
+def userpkg(monkeypatch):
+    monkeypatch.syspath_prepend(str(USERPKG))
+
+
+def small_net() -> nn.Module:
+    return build_model("resnet18_cifar", width=4)
+
+
+def filled(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Every parameter and buffer drawn at random, so a loaded copy is told from a fresh one."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in net.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+    return net
+
+
+def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    return all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(),
+                                          strict=True)
+    )  # fmt: skip
+
+
+# --- loading a file ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [lambda state: state,
+     lambda state: {"state_dict": state, "epoch": 90, "best_acc1": 0.71},
+     lambda state: {"model": state, "optimizer": {"state": {}}, "args": ["--lr", "0.1"]}],
+    ids=["state_dict", "checkpoint-state_dict", "checkpoint-model"],
+)  # fmt: skip
+def test_a_state_dict_or_a_checkpoint_loads(tmp_path, layout):
+    source = filled(small_net())
+    path = tmp_path / "weights.pt"
+    torch.save(layout(source.state_dict()), path)
+    net = small_net()
+    load_weights(net, path, "resnet18_cifar")
+    assert same_weights(net, source)
+
+
+def test_a_train_stage_checkpoint_loads_too(tmp_path):
+    source = filled(small_net())
+    torch.save({"architecture": {}, "state_dict": source.state_dict(), "record": {}},
+               tmp_path / "model.pt")  # fmt: skip
+    net = small_net()
+    load_weights(net, tmp_path / "model.pt", "resnet18_cifar")
+    assert same_weights(net, source)
+
+
+def test_mismatched_keys_are_listed_all_at_once(tmp_path):
+    state = small_net().state_dict()
+    state.pop("conv1.weight")
+    state["head.extra"] = torch.zeros(3)
+    state["fc.weight"] = torch.zeros(7, 32)
+    path = tmp_path / "other.pt"
+    torch.save(state, path)
+    with pytest.raises(WeightsError) as caught:
+        load_weights(small_net(), path, "resnet18_cifar")
+    message = str(caught.value)
+    assert str(path) in message and "does not fit model 'resnet18_cifar'" in message
+    assert "1 missing keys: conv1.weight" in message
+    assert "1 unexpected keys: head.extra" in message
+    assert "1 of another shape: fc.weight (file (7, 32), model (10, 32))" in message
+
+
+def test_a_data_parallel_prefix_is_named(tmp_path):
+    path = tmp_path / "dp.pt"
+    torch.save({f"module.{key}": value for key, value in small_net().state_dict().items()}, path)
+    with pytest.raises(WeightsError, match=r"start with 'module\.' \(saved from DataParallel\)"):
+        load_weights(small_net(), path, "resnet18_cifar")
+
+
+def test_what_is_no_state_dict_is_refused_saying_how_to_save_one(tmp_path):
+    cases = {
+        "list.pt": ([torch.zeros(1)], r"holds a list, not a state_dict"),
+        "counters.pt": ({"epoch": 3, "conv.weight": torch.zeros(1)}, r"epoch hold no tensor"),
+    }
+    for name, (content, expected) in cases.items():
+        torch.save(content, tmp_path / name)
+        with pytest.raises(WeightsError, match=expected) as caught:
+            load_weights(small_net(), tmp_path / name, "resnet18_cifar")
+        assert "torch.save(net.state_dict(), path)" in str(caught.value)
+    # A whole pickled module needs code to load: weights_only refuses it.
+    torch.save(small_net(), tmp_path / "module.pt")
+    with pytest.raises(ArtifactError, match="not a safe tensor file"):
+        load_weights(small_net(), tmp_path / "module.pt", "resnet18_cifar")
+
+
+def test_sha256_is_the_files():
+    path = REPO / "tests" / "configs" / "tiny.yaml"
+    assert sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- the checks before any job -------------------------------------------------------------------
+
+
+def config_with(tmp_path, entry: dict | None = None, **changes) -> dict:
+    path = tmp_path / "weights.pt"
+    path.write_bytes(b"checked for existence only")
+    entry = {"path": str(path), **(entry or {})}
+    config = {"models": ["resnet18_cifar"], "widths": [16], "methods": ["pt2e"],
+              "val_size": 5000, "calibration_sizes": [512], "num_classes": 10,
+              "weights": {"resnet18_cifar": entry}}  # fmt: skip
+    return {**config, **changes}
+
+
+def test_a_valid_entry_passes(tmp_path):
+    check_consistency(config_with(tmp_path, MEAN_STD))
+
+
+@pytest.mark.parametrize(
+    "change,expected",
+    [({"models": ["resnet18"]},
+      r"weights\['resnet18_cifar'\] names no model of `models` \['resnet18'\]: add"),
+     ({"widths": [8, 16]},
+      r"the weights fit one width, but widths sweeps \[8, 16\]\. Set widths to the one")],
+)  # fmt: skip
+def test_an_entry_that_does_not_fit_the_sweep_is_refused(tmp_path, change, expected):
+    with pytest.raises(ValueError, match=expected):
+        check_consistency(config_with(tmp_path, **change))
+
+
+def test_a_missing_file_is_named_with_the_fix(tmp_path):
+    config = config_with(tmp_path, {"path": "nets/absent.pt"})
+    with pytest.raises(ValueError) as caught:
+        check_consistency(config)
+    message = str(caught.value)
+    assert "the weights file nets/absent.pt does not exist" in message
+    assert os.path.abspath("nets/absent.pt") in message and "Fix its path" in message
+
+
+def test_mean_and_std_of_different_lengths_are_refused(tmp_path):
+    config = config_with(tmp_path, {"mean": [0.5, 0.5, 0.5], "std": [0.5]})
+    with pytest.raises(ValueError, match="mean has 3 values and std 1"):
+        check_consistency(config)
+
+
+def test_the_schema_takes_entries_and_types_them_from_the_command_line(tmp_path):
+    config = config_with(tmp_path, {"mean": ["0.5", "0.5", "0.5"], "std": ["0.5"] * 3})
+    coerce_to_schema(config, SCHEMA)
+    assert config["weights"]["resnet18_cifar"]["mean"] == [0.5, 0.5, 0.5]
+    validate(config, SCHEMA, set_default=True)
+    refused = [({"path": "w.pt", "std": [0.5, 0.5, 0.5]}, "'mean' is a dependency of 'std'"),
+               ({"mean": [0.5]}, "'path' is a required property"),
+               ({"path": "w.pt", "file": "w.pt"}, r"\('file' was unexpected\)"),
+               ({"path": "w.pt", "mean": [1], "std": [0]}, "0 is less than or equal")]  # fmt: skip
+    for entry, expected in refused:
+        with pytest.raises(Exception, match=expected):
+            validate({"weights": {"resnet18_cifar": entry}}, SCHEMA, set_default=True)
+
+
+def test_the_em_task_takes_weights_but_no_normalisation(tmp_path):
+    config = {**config_with(tmp_path), "task": "isbi2012_em", "models": ["unet2d"],
+              "em": {"patch_size": 64, "tile": 64, "overlap": 8, "section_overlap": 1,
+                     "sections": 3}}  # fmt: skip
+    config["weights"] = {"unet2d": config["weights"].pop("resnet18_cifar")}
+    check_consistency(config)
+    config["weights"]["unet2d"].update(MEAN_STD)
+    with pytest.raises(ValueError, match=r"takes no mean or std, its inputs are pixels/255"):
+        check_consistency(config)
+
+
+# --- the normalisation of the run ----------------------------------------------------------------
+
+
+def test_the_run_normalises_as_its_weights_were_trained():
+    task = tasks.load("cifar10")
+    images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    own = {"model": "resnet18_cifar"}
+    imported = {**own, "weights": {"path": "w.pt", **MEAN_STD}}
+    torch.testing.assert_close(task.normalize(images, own), normalize(images, MEAN, STD))
+    torch.testing.assert_close(task.normalize(images, imported), images / 255 * 2 - 1)
+    assert task.normalization(imported) == MEAN_STD
+    assert task.normalization(own)["mean"] == [0.4914, 0.4822, 0.4465]
+    bad = {**own, "weights": {"path": "w.pt", "mean": [0.5], "std": [0.5]}}
+    with pytest.raises(ValueError, match="need one value per input channel, 3 for task"):
+        task.normalize(images, bad)
+
+
+# --- the train stage imports ---------------------------------------------------------------------
+
+RUN = {"model": USERNET, "width": None, "seed": 0, "num_classes": 10, "val_size": 1000,
+       "device": "auto"}  # fmt: skip
+
+
+def test_the_train_stage_imports_instead_of_training(userpkg, tmp_path, cifar_dir):
+    source = build_model(USERNET).eval()
+    with torch.no_grad():  # batch norm statistics of real-looking inputs, as after training
+        source.train()(torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    weights = tmp_path / "mynet.pt"
+    torch.save({"model": source.state_dict(), "epoch": 30}, weights)
+    config = {**RUN, "weights": {"path": str(weights), **MEAN_STD}}
+    out = tmp_path / "train"
+    record = train.run(str(cifar_dir), str(out / "model.pt"), str(out / "metrics.json"), config,
+                       weights=str(weights), log=lambda _: None)  # fmt: skip
+    assert record["weights"] == {"path": str(weights), "sha256": sha256(weights),
+                                 "imported": True, **MEAN_STD}  # fmt: skip
+    assert record["epochs_run_here"] == 0 and record["history"] == []
+    assert not (out / "checkpoints").exists()
+    val_images, val_labels = load_splits(str(cifar_dir), 1000)["val"]
+    mean, std = (torch.tensor(MEAN_STD[key]).view(1, 3, 1, 1) for key in ("mean", "std"))
+    expected = evaluate(source, val_images, val_labels, torch.device("cpu"),
+                        lambda batch: normalize(batch, mean, std))  # fmt: skip
+    assert record["val_accuracy"] == pytest.approx(expected, abs=1e-3)
+    loaded, saved = load_trained(str(out / "model.pt"))
+    assert same_weights(loaded, source) and saved["weights"]["sha256"] == sha256(weights)
+
+
+def test_weights_in_the_config_need_their_file(tmp_path):
+    config = {**RUN, "weights": {"path": "mynet.pt"}}
+    with pytest.raises(ValueError, match=r"quantpipe train --weights PATH"):
+        train.run("data", str(tmp_path / "model.pt"), str(tmp_path / "m.json"), config)
+
+
+def test_weights_that_do_not_fit_fail_the_import_naming_the_file(userpkg, tmp_path, cifar_dir):
+    weights = tmp_path / "resnet.pt"
+    torch.save(small_net().state_dict(), weights)
+    config = {**RUN, "weights": {"path": str(weights)}}
+    with pytest.raises(WeightsError, match=rf"{weights} does not fit model '{USERNET}'"):
+        train.run(str(cifar_dir), str(tmp_path / "model.pt"), str(tmp_path / "m.json"), config,
+                  weights=str(weights), log=lambda _: None)  # fmt: skip
+
+
+def test_the_em_task_imports_with_its_validation(tmp_path, isbi_dir):
+    from quantpipe.tasks.isbi2012_em.data import prepare
+
+    volume = str(tmp_path / "isbi2012-em.zarr")
+    prepare(str(isbi_dir), volume, log=lambda _: None)
+    weights = tmp_path / "unet.pt"
+    torch.save(build_model("unet2d", width=2).state_dict(), weights)
+    config = {"task": "isbi2012_em", "model": "unet2d", "width": 2, "seed": 0, "device": "auto",
+              "weights": {"path": str(weights)}}  # fmt: skip
+    record = train.run(volume, str(tmp_path / "model.pt"), str(tmp_path / "m.json"), config,
+                       weights=str(weights), log=lambda _: None)  # fmt: skip
+    assert 0 <= record["val_pixel_error"] <= 1
+    assert record["weights"]["mean"] is None and record["weights"]["imported"]
+
+
+# --- the whole DAG, training skipped -------------------------------------------------------------
+
+
+def trained_once(cifar_dir, val_size: int, steps: int = 300) -> tuple[nn.Module, dict]:
+    """UserNet after `steps` SGD steps on CIFAR-10 normalised by MEAN_STD, as a user's own
+    script would train it; (the net, its accuracy on the splits with either normalisation)."""
+    torch.manual_seed(0)
+    net = build_model(USERNET)
+    splits = load_splits(str(cifar_dir), val_size)
+    images, labels = splits["train"]
+    mean, std = (torch.tensor(MEAN_STD[key]).view(1, 3, 1, 1) for key in ("mean", "std"))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    generator = torch.Generator().manual_seed(0)
+    net.train()
+    for _ in range(steps):
+        index = torch.randint(0, len(images), (64,), generator=generator)
+        loss = nn.functional.cross_entropy(net(normalize(images[index], mean, std)), labels[index])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    statistics = {"given": (mean, std), "cifar": (MEAN, STD)}
+    measured = {
+        f"{split}_{name}": evaluate(net, *splits[split], torch.device("cpu"),
+                                    partial(normalize, mean=m, std=s), batch_size=256)
+        for split in ("val", "test")
+        for name, (m, s) in statistics.items()
+    }  # fmt: skip
+    return net.eval(), measured
+
+
+@pytest.fixture(scope="module")
+def imported_run(tmp_path_factory, cifar_dir):
+    workdir = tmp_path_factory.mktemp("weights")
+    copy_repository(workdir)
+    config = tiny_config(workdir)
+    config.pop("widths")  # a reference takes none
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(USERPKG))
+        started = time.perf_counter()
+        net, measured = trained_once(cifar_dir, config["val_size"])
+        print(f"trained {USERNET} in {time.perf_counter() - started:.0f} s: {measured}")
+    # A checkpoint as a training script writes it, named relative to the folder Snakemake runs in.
+    torch.save({"model": net.state_dict(), "epoch": 1}, workdir / "mynet.pt")
+    config.update(models=[USERNET], methods=["pt2e"],
+                  weights={USERNET: {"path": "mynet.pt", **MEAN_STD}})  # fmt: skip
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    path = os.pathsep.join(filter(None, [str(workdir / "tests" / "userpkg"),
+                                         os.environ.get("PYTHONPATH")]))  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTHONPATH", path)
+        started = time.perf_counter()
+        snakemake(workdir)
+        print(f"the DAG with imported weights took {time.perf_counter() - started:.0f} s")
+        digest = sha256(workdir / "mynet.pt")
+        changed_recipe = planned_jobs(workdir, "--config", "train={epochs: 3, lr: 0.1}")
+        with torch.no_grad():  # a changed file: reruns the import and all that follows
+            next(iter(net.parameters())).mul_(1.01)
+        torch.save({"model": net.state_dict(), "epoch": 2}, workdir / "mynet.pt")
+        changed_file = planned_jobs(workdir)
+    return workdir, measured, digest, changed_recipe, changed_file
+
+
+@pytest.mark.workflow
+def test_imported_weights_go_through_the_whole_dag(imported_run):
+    workdir, measured, digest, changed_recipe, changed_file = imported_run
+    results = workdir / "results"
+    folder = model_refs.run_folder(USERNET, None, 0)
+    record = torch.load(results / "train" / folder / "model.pt", weights_only=True)["record"]
+    assert record["weights"] == {"path": "mynet.pt", "sha256": digest, "imported": True,
+                                 **MEAN_STD}  # fmt: skip
+    assert record["epochs_run_here"] == 0
+    assert not (results / "train" / folder / "checkpoints").exists()
+    # Calibration drew its images with the weights' normalisation too.
+    quantized = yaml.safe_load((results / "quantize" / folder / "pt2e-histogram-c64" /
+                                "metrics.json").read_text())  # fmt: skip
+    assert {key: quantized["config"]["weights"][key] for key in MEAN_STD} == MEAN_STD
+    report = pd.read_csv(results / "report.csv")
+    cpu = report[report["device"] == "cpu"].set_index(["variant", "method"])
+    assert (cpu["status"] == "ok").all(), cpu[["reason"]]
+    fp32, int8 = cpu.loc[("fp32-cpu", "eager")], cpu.loc[("int8-cpu", "pt2e")]
+    print(f"imported {USERNET}: FP32 {fp32['accuracy']:.4f} (measured by the test "
+          f"{measured['test_given']:.4f}; with CIFAR-10's statistics it would be "
+          f"{measured['test_cifar']:.4f}), INT8 pt2e {int8['accuracy']:.4f}, speedup "
+          f"{int8['speedup_vs_fp32_cpu_eager']:.2f}, "
+          f"size ratio {int8['size_ratio']:.2f}")  # fmt: skip
+    # The same weights and normalisation, the same test images: the same accuracy, up to the
+    # rounding of another batch layout and thread count (a few images at most).
+    assert fp32["accuracy"] == pytest.approx(measured["test_given"], abs=1e-3)
+    assert fp32["val_accuracy_fp32"] == pytest.approx(measured["val_given"], abs=1e-3)
+    assert abs(measured["test_given"] - measured["test_cifar"]) > 0.01  # the path matters
+    assert fp32["accuracy"] > 0.2 and abs(int8["accuracy"] - fp32["accuracy"]) < 0.03
+    assert f"## Table 1: {USERNET}\n" in (results / "summary.md").read_text()
+    # The recipe does not apply to imported weights (only the summary, which hashes the whole
+    # config, says it changed); a changed file reruns the import and all that depends on it.
+    assert changed_recipe == {"summary": 1, "all": 1}
+    assert changed_file == {"train": 1, "quantize": 1, "benchmark": 2, "benchmark_gpu": 3,
+                            "report": 1, "summary": 1, "all": 1}  # fmt: skip
