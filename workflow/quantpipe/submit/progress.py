@@ -26,16 +26,17 @@ SUBMITIT = re.compile(r"submitit [A-Z]+ \(")
 
 
 def interval_s() -> float:
-    """The interval from the environment; 0 turns the lines off."""
+    """The interval from the environment; 0 turns the lines off. A value that is no number of
+    seconds is named and the default used: it must not fail a job that is already submitted."""
     value = os.environ.get(INTERVAL_VARIABLE, "").strip()
     try:
         seconds = float(value) if value else DEFAULT_INTERVAL_S
     except ValueError:
         seconds = -1.0
     if not seconds >= 0:  # also NaN
-        raise ValueError(
-            f"{INTERVAL_VARIABLE}={value!r}: give the seconds between progress lines (0: none)"
-        )
+        log(f"{INTERVAL_VARIABLE}={value!r} is not a number of seconds: using "
+            f"{DEFAULT_INTERVAL_S:g}")  # fmt: skip
+        return DEFAULT_INTERVAL_S
     return seconds
 
 
