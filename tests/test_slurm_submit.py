@@ -1,6 +1,7 @@
 """The submit layer on the real local Slurm: refusals, cancellation, failures, requeue + resume."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,14 +24,16 @@ TRAIN = {
 }  # fmt: skip
 
 
-def submitter(tmp_path, stage, kwargs, resources, name) -> subprocess.Popen:
-    """The submit layer in its own process, as a Snakemake job runs it."""
+def submitter(tmp_path, stage, kwargs, resources, name, env=None) -> subprocess.Popen:
+    """The submit layer in its own process, as a Snakemake job runs it (`env`: more of its
+    environment)."""
     script = (
         "import sys\nfrom quantpipe.submit import submit\n"
         f"submit({stage!r}, {kwargs!r}, {resources!r}, {name!r}, {str(tmp_path / 'logs')!r})\n"
     )
     return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})  # fmt: skip
 
 
 def job_id_of(name: str, timeout: float = 30) -> str:
@@ -110,13 +113,15 @@ def test_a_requeued_training_job_resumes_and_matches_an_uninterrupted_run(tmp_pa
     name = "qp-test-requeue"
     files = {"data": str(pytest.cifar_dir), "model": str(tmp_path / "slurm" / "model.pt"),
              "metrics": str(tmp_path / "slurm" / "metrics.json"), "config": config}  # fmt: skip
-    process = submitter(tmp_path, "train", files, CPU, name)
+    process = submitter(tmp_path, "train", files, CPU, name, {"QUANTPIPE_PROGRESS_S": "2"})
     job = job_id_of(name)
     checkpoint = tmp_path / "slurm" / "checkpoints" / "last.pt"
     wait_for(checkpoint.exists, 300, "the first epoch checkpoint")
     assert run(["scontrol", "requeue", job]).returncode == 0
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
+    # While it waited, the submitter showed the job's state and its latest training line.
+    assert re.search(rf"{name} job {job}: RUNNING for \S+: .*train: epoch \d/3 step", output)
     record = torch.load(tmp_path / "slurm" / "model.pt", weights_only=True)["record"]
     assert record["resumed_from_epoch"] >= 1, "the requeued job should resume, not start over"
     assert record["provenance"]["slurm_job_id"] == job

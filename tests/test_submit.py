@@ -177,7 +177,8 @@ class _RequeuedJob:
 
     def __init__(self, cluster: _RequeuedCluster, folder) -> None:
         self.cluster = cluster
-        self.paths = type("Paths", (), {"folder": folder, "result_pickle": cluster.result})
+        self.paths = type("Paths", (), {"folder": folder, "result_pickle": cluster.result,
+                                        "stdout": folder / "19_0_log.out"})  # fmt: skip
         self.watcher = _Watcher("NODE_FAIL")
 
     def done(self, force_check: bool = False) -> bool:
@@ -212,9 +213,9 @@ def test_a_requeued_job_is_over_only_when_its_last_attempt_is(tmp_path, monkeypa
     job = _RequeuedJob(cluster, tmp_path)
     assert job.done() and job.state == "NODE_FAIL"  # what submitit says at the start
     if second == "COMPLETED":
-        assert watch.wait(job, "train", "slurm", {}) == "the second attempt's result"
+        assert watch.wait(job, "train", "slurm", {}, "train-r") == "the second attempt's result"
         assert cluster.now >= 30
     else:
         with pytest.raises(submitit.core.utils.UncompletedJobError):
-            watch.wait(job, "train", "slurm", {})
+            watch.wait(job, "train", "slurm", {}, "train-r")
         assert job.state == "FAILED" and cluster.now >= 33

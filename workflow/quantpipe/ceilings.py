@@ -1,15 +1,19 @@
 """The CPU's multiply-accumulate ceilings, measured, and a model's multiply-accumulates per image.
 
 A variant's achieved rate (images/s x MACs per image) over the ceiling for its precision says how
-much of the machine it uses. The ceilings are what the machine's own libraries reach on large,
-well-shaped problems with the threads the job has:
+much of the machine it uses. For that fraction to stay below 1 and to compare across node classes,
+each ceiling is the better of two probes, run with the threads the job has, so that no library's
+weak spot on one CPU sets it:
 
-- FP32: a large 3x3 convolution in channels_last through oneDNN (torch.mm would go through MKL,
-  which misses its fast path on some CPUs, e.g. AMD's: oneDNN is what the FP32 models run on).
-- INT8: torch._int_mm (int8 x int8 -> int32) at 2048 x 2048 x 2048 (VNNI or AMX where present).
+- a large GEMM: torch.mm for FP32 (MKL, which misses its fast path on some CPUs, e.g. AMD's) and
+  torch._int_mm for INT8 (signed x signed: without AMX, VNNI multiplies unsigned by signed, and
+  oneDNN pays a compensation step; INT8 models reached 103% of it on an AMD EPYC);
+- a large 3x3 convolution in channels_last through oneDNN, the path the models run: nn.Conv2d for
+  FP32, and for INT8 the kernel Inductor lowers a compiled PT2E convolution to
+  (onednn.qconv_pointwise: uint8 activations, prepacked int8 weights, ReLU fused, uint8 out).
 
-Each is the best of several timed calls after a warm-up, so noise from a shared machine lowers a
-ceiling only if it lasts the whole measurement.
+Each probe is the best of several timed blocks after a warm-up, so noise from a shared machine
+lowers a ceiling only if it lasts the whole measurement.
 """
 
 import time
@@ -18,6 +22,17 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 GIGA = 1e9
+GEMM_SIZE = 2048  # m = n = k
+# The convolutions: 3x3, same padding, CHANNELS in and out, SIZE x SIZE images, channels_last.
+BATCH, CHANNELS, SIZE = 16, 256, 32
+CONV_MACS = BATCH * CHANNELS * CHANNELS * 9 * SIZE * SIZE
+CONV = f"3x3 {CHANNELS}->{CHANNELS}, {SIZE}x{SIZE}, batch {BATCH}, channels_last"
+KERNELS = {
+    "fp32_gemm": f"torch.mm {GEMM_SIZE}x{GEMM_SIZE}x{GEMM_SIZE}",
+    "fp32_conv": f"oneDNN conv2d {CONV}",
+    "int8_gemm": f"torch._int_mm {GEMM_SIZE}x{GEMM_SIZE}x{GEMM_SIZE}",
+    "int8_conv": f"oneDNN qconv_pointwise u8s8 + ReLU {CONV}",
+}
 
 
 def _best_rate(call, macs: float, seconds: float, repeats: int = 3) -> float:
@@ -37,35 +52,81 @@ def _best_rate(call, macs: float, seconds: float, repeats: int = 3) -> float:
     return best
 
 
-def fp32_macs_per_s(seconds: float = 1.0) -> float:
-    """FP32 multiply-accumulates per second of a 256->256 3x3 convolution, 32x32, batch 16."""
-    batch, channels, size = 16, 256, 32
-    conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
-    conv = conv.to(memory_format=torch.channels_last)
-    images = torch.randn(batch, channels, size, size).contiguous(memory_format=torch.channels_last)
-    macs = batch * channels * channels * 9 * size * size
-    with torch.inference_mode():
-        return _best_rate(lambda: conv(images), macs, seconds)
-
-
-def int8_macs_per_s(seconds: float = 1.0, size: int = 2048) -> float:
-    """INT8 multiply-accumulates per second of torch._int_mm at size x size x size."""
+def _random_bytes(dtype: torch.dtype, *shape: int) -> torch.Tensor:
+    """Uniform over the dtype's whole range (torch.uint8 or torch.int8), the same every time."""
+    low = int(torch.iinfo(dtype).min)
     generator = torch.Generator().manual_seed(0)
-    a = torch.randint(-128, 128, (size, size), dtype=torch.int8, generator=generator)
-    b = torch.randint(-128, 128, (size, size), dtype=torch.int8, generator=generator)
+    return torch.randint(low, low + 256, shape, dtype=dtype, generator=generator)
+
+
+def fp32_gemm_macs_per_s(seconds: float) -> float:
+    a = torch.randn(GEMM_SIZE, GEMM_SIZE)
+    return _best_rate(lambda: torch.mm(a, a), GEMM_SIZE**3, seconds)
+
+
+def fp32_conv_macs_per_s(seconds: float) -> float:
+    conv = torch.nn.Conv2d(CHANNELS, CHANNELS, 3, padding=1, bias=False).eval()
+    conv = conv.to(memory_format=torch.channels_last)
+    images = torch.randn(BATCH, CHANNELS, SIZE, SIZE).contiguous(memory_format=torch.channels_last)
+    return _best_rate(lambda: conv(images), CONV_MACS, seconds)
+
+
+def int8_gemm_macs_per_s(seconds: float) -> float:
+    a = _random_bytes(torch.int8, GEMM_SIZE, GEMM_SIZE)
+    return _best_rate(lambda: torch._int_mm(a, a), GEMM_SIZE**3, seconds)
+
+
+def int8_conv_macs_per_s(seconds: float) -> float:
+    """The call Inductor makes for an interior convolution of a compiled PT2E model (uint8 in
+    and out, per-channel int8 weights prepacked, bias and ReLU fused); tests/test_compare.py
+    checks that a compiled PT2E convolution still lowers to it."""
+    images = _random_bytes(torch.uint8, BATCH, CHANNELS, SIZE, SIZE)
+    images = images.contiguous(memory_format=torch.channels_last)
+    weight = _random_bytes(torch.int8, CHANNELS, CHANNELS, 3, 3)
+    scales, zero_points = torch.full((CHANNELS,), 0.01), torch.zeros(CHANNELS, dtype=torch.long)
+    geometry = ([1, 1], [1, 1], [1, 1], 1)  # stride, padding, dilation, groups
+    packed = torch.ops.onednn.qconv_prepack(weight, scales, 0.02, 0, *geometry, list(images.shape))
+    bias = torch.zeros(CHANNELS)
+
+    def call():
+        return torch.ops.onednn.qconv_pointwise(
+            images, 0.02, 0, packed, scales, zero_points, bias, *geometry, 0.05, 0, None, "relu",
+            [], "",
+        )  # fmt: skip
+
+    return _best_rate(call, CONV_MACS, seconds)
+
+
+PROBES = {
+    "fp32": {"gemm": fp32_gemm_macs_per_s, "conv": fp32_conv_macs_per_s},
+    "int8": {"gemm": int8_gemm_macs_per_s, "conv": int8_conv_macs_per_s},
+}
+
+
+def measure(seconds: float = 2.0) -> dict:
+    """Each precision's ceiling in GMAC/s (1 MAC = 2 ops): the better of its GEMM and its
+    convolution, with the threads torch uses now; both probes' figures and the winner's kernel
+    are kept. `seconds` is the timed total of the four probes."""
+    found = {"threads": torch.get_num_threads()}
     with torch.inference_mode():
-        return _best_rate(lambda: torch._int_mm(a, b), size**3, seconds)
+        for precision, probes in PROBES.items():
+            rates = {kind: probe(seconds / 4) / GIGA for kind, probe in probes.items()}
+            best = max(rates, key=rates.get)
+            found[f"{precision}_gmac_per_s"] = rates[best]
+            found[f"{precision}_kernel"] = KERNELS[f"{precision}_{best}"]
+            for kind, rate in rates.items():
+                found[f"{precision}_{kind}_gmac_per_s"] = rate
+    return found
 
 
-def measure(seconds: float = 1.0) -> dict:
-    """Both ceilings in GMAC/s (1 MAC = 2 ops), with the threads torch uses now."""
-    return {
-        "fp32_gmac_per_s": fp32_macs_per_s(seconds) / GIGA,
-        "int8_gmac_per_s": int8_macs_per_s(seconds) / GIGA,
-        "threads": torch.get_num_threads(),
-        "fp32_kernel": "oneDNN conv2d 3x3 256->256, 32x32, batch 16, channels_last",
-        "int8_kernel": "torch._int_mm 2048x2048x2048",
-    }
+def describe(machine: dict) -> str:
+    """'FP32 58 GMAC/s (GEMM 36, conv 58), INT8 ...': each ceiling and both its probes."""
+    return ", ".join(
+        f"{precision.upper()} {machine[f'{precision}_gmac_per_s']:.0f} GMAC/s (GEMM "
+        f"{machine[f'{precision}_gemm_gmac_per_s']:.0f}, conv "
+        f"{machine[f'{precision}_conv_gmac_per_s']:.0f})"
+        for precision in PROBES
+    )
 
 
 def macs_per_image(model: torch.nn.Module, image_shape=(3, 32, 32)) -> int:

@@ -286,10 +286,7 @@ def compare(model: str, data: str, config: dict, log=print) -> dict:
     )
     machine = ceilings.measure() if config["ceilings"] else None
     if machine:
-        log(
-            f"compare: ceilings FP32 {machine['fp32_gmac_per_s']:.0f} GMAC/s, "
-            f"INT8 {machine['int8_gmac_per_s']:.0f} GMAC/s"
-        )
+        log(f"compare: ceilings {ceilings.describe(machine)}")
     calibration = list(images.split(config["calibration_batch_size"]))
     variants = build_variants(
         net,
@@ -350,8 +347,8 @@ def report(result: dict) -> str:
     ]
     if result["ceilings"]:
         lines.append(
-            f"ceilings: FP32 {result['ceilings']['fp32_gmac_per_s']:.0f} GMAC/s (oneDNN conv), "
-            f"INT8 {result['ceilings']['int8_gmac_per_s']:.0f} GMAC/s (torch._int_mm)"
+            f"ceilings, each the better of a GEMM and a oneDNN convolution: "
+            f"{ceilings.describe(result['ceilings'])}"
         )
     lines.append(
         "×eager: times faster than FP32 eager; ×peer: than the best peer runtime "

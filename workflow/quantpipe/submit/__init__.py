@@ -2,7 +2,8 @@
 
 - executor: a rule's resources as submitit parameters; submit() and submit_array() run a stage
   (StageCall) as a job or job array and wait for it.
-- watch: follows a Slurm job in squeue and sacct until it is over; names why it failed.
+- watch: waits for a job, following a Slurm one in squeue and sacct; names why it failed.
+- progress: while it waits, a line now and then with the job's state and its latest output.
 - signals: a stopped submitter cancels its jobs; a stopped Snakemake stops its submitters.
 - snakemake: the bridge from a rule (workflow/scripts/submit_stage.py) to submit().
 - console: the submitter's timestamped log lines.

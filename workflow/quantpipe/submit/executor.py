@@ -116,7 +116,7 @@ def submit(stage: str, kwargs: dict, resources: Mapping, job_name: str, folder: 
         log(f"{stage}: job stdout {job.paths.stdout}")
         log(f"{stage}: job stderr {job.paths.stderr}")
         try:
-            result = wait(job, stage, cluster, resources)
+            result = wait(job, stage, cluster, resources, job_name)
         except (
             submitit.core.utils.FailedJobError,
             submitit.core.utils.UncompletedJobError,
@@ -164,7 +164,7 @@ def submit_array(
         results, failed = {}, []
         for job in jobs:
             try:
-                results[job.job_id] = wait(job, stage, cluster, resources)
+                results[job.job_id] = wait(job, stage, cluster, resources, job_name)
             except (
                 submitit.core.utils.FailedJobError,
                 submitit.core.utils.UncompletedJobError,

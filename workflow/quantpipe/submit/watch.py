@@ -1,4 +1,5 @@
-"""Watching a Slurm job until it is over, and saying why one died without a result.
+"""Waiting for a job (a Slurm one watched in squeue and sacct) until it is over, showing its
+progress, and saying why one died without a result.
 
 submitit's own wait trusts sacct alone; this asks squeue as well, notices a job that no node can
 start, and turns a job's end state and stderr (an OOM kill) into the fix to apply.
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 import submitit
 
 from quantpipe.submit.console import log
+from quantpipe.submit.progress import Progress
 
 # Node states (`sinfo %t`, flags stripped) in which a node starts no new job; a trailing `*`
 # (not responding) means the same.
@@ -88,6 +90,11 @@ class _QueueWatch:
         self.stuck_since: float | None = None
         self.ended = ""
         self.accounted = False
+
+    @property
+    def state(self) -> str:
+        """The job's state as squeue last showed it (its end state once it has ended)."""
+        return self.ended or self.seen[1] or "SUBMITTED"
 
     def retry_later(self, what: str) -> None:
         self.backoff = min(60.0, max(2.0, 2 * self.backoff))
@@ -188,13 +195,20 @@ class _QueueWatch:
             raise SystemExit(1)
 
 
-def wait(job: submitit.Job, stage: str, cluster: str, resources: Mapping):
-    """job.result(), once a `_QueueWatch` says a Slurm job is over."""
+def wait(job: submitit.Job, stage: str, cluster: str, resources: Mapping, name: str):
+    """job.result(), once the job is over (for a Slurm job: once a `_QueueWatch` says so); the
+    job `name`'s progress is logged meanwhile (quantpipe.submit.progress)."""
+    progress = Progress(job, name)
     if cluster == "slurm":
         watch = _QueueWatch(job, stage, float(resources.get("node_wait_min", 30)))
         while not watch.over():
+            progress.report(watch.state)
             time.sleep(1)
             watch.check()
+    else:
+        while not job.done():
+            progress.report(job.state)
+            time.sleep(1)
     return job.result()
 
 
