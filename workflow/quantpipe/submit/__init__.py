@@ -2,7 +2,8 @@
 
 - executor: a rule's resources as submitit parameters; submit() and submit_array() run a stage
   (StageCall) as a job or job array and wait for it.
-- watch: follows a Slurm job in squeue and sacct until it is over; names why it failed.
+- watch: follows a Slurm job in squeue and sacct until it is over; names why it failed; peak
+  memory from accounting.
 - signals: a stopped submitter cancels its jobs; a stopped Snakemake stops its submitters.
 - snakemake: the bridge from a rule (workflow/scripts/submit_stage.py) to submit().
 - console: the submitter's timestamped log lines.
@@ -12,5 +13,9 @@ from quantpipe.submit.console import log
 from quantpipe.submit.executor import STAGES, submit, submit_array
 from quantpipe.submit.signals import cancel_jobs_on_sigterm
 from quantpipe.submit.snakemake import from_snakemake
+from quantpipe.submit.watch import max_rss_mb
 
-__all__ = ["STAGES", "cancel_jobs_on_sigterm", "from_snakemake", "log", "submit", "submit_array"]
+__all__ = [
+    "STAGES", "cancel_jobs_on_sigterm", "from_snakemake", "log", "max_rss_mb", "submit",
+    "submit_array",
+]  # fmt: skip

@@ -25,14 +25,15 @@ import zarr
 from quantpipe.tasks.isbi2012_em.data import load_split
 from quantpipe.tasks.isbi2012_em.metrics import scores
 from quantpipe.tasks.isbi2012_em.spec import tiling_geometry
-from quantpipe.tiling import create_target, network_rate, plan_blocks, predict_volume
+from quantpipe.tiling import (
+    create_target,
+    job_hours_per_mm3,
+    network_rate,
+    plan_blocks,
+    predict_volume,
+)
 
 GEOMETRY_COLUMNS = ("tile", "overlap", "block_sections", "redundancy")
-VOXELS_PER_MM3 = 1.5625e15  # 1 mm / 4 nm * 1 mm / 4 nm * 1 mm / 40 nm
-
-
-def job_hours_per_mm3(voxels_per_s: float) -> float:
-    return VOXELS_PER_MM3 / voxels_per_s / 3600
 
 
 def _quiet(_line: str) -> None:
