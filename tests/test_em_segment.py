@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from PIL import Image
 from quantpipe.models.build import build_model
 from quantpipe.stages.segment import create_output, run, run_as_array, split_blocks
 from quantpipe.submit import submit_array
+from quantpipe.tasks.isbi2012_em.data import read_stack
 from slurmtools import run as slurm
 from slurmtools import wait_sacct
 
@@ -100,6 +102,11 @@ def test_a_job_array_on_slurm_matches_a_single_process_run(
     assert all(task["threads"] == 1 for task in record["tasks"])
     for task in tasks:
         assert wait_sacct(task)["State"] == "COMPLETED"
+    # Each task's peak memory, from the task itself and from Slurm's accounting.
+    assert all(0 < task["peak_rss_mb"] < 4000 for task in record["tasks"])
+    assert all(task["sacct_max_rss_mb"] is None or task["sacct_max_rss_mb"] > 0
+               for task in record["tasks"])  # fmt: skip
+    assert record["job_hours_per_mm3"] > 0 and record["array_hours_per_mm3"] > 0
     installed = sorted(p.name for p in (tmp_path / "array").iterdir())
     assert installed == ["metrics.json", "segmentation.zarr"]  # no staging directory left
 
@@ -164,3 +171,22 @@ def test_stopping_the_array_submitter_cancels_every_task(tmp_path, cluster, isbi
     # after it was removed: what can be left is only that, named as a temporary.)
     left = os.listdir(tmp_path / "out")
     assert all(name.startswith(".segmentation.zarr.") and name.endswith(".tmp") for name in left)
+
+
+def test_a_generated_volume_repeats_the_sections_without_seams(tmp_path, isbi_dir):
+    """workflow/scripts/make_em_volume.py: a volume larger than the stack, mirrored in depth and
+    in-plane, chunked as asked."""
+    script = Path(__file__).resolve().parent.parent / "workflow/scripts/make_em_volume.py"
+    out = tmp_path / "big.zarr"
+    done = subprocess.run(
+        [sys.executable, str(script), str(out), "--shape", "33", "600", "1100", "--chunks", "4",
+         "256", "512", "--stack", str(isbi_dir)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    volume = zarr.open_array(str(out), mode="r")
+    assert volume.shape == (33, 600, 1100) and volume.chunks == (4, 256, 512)
+    stack = read_stack(str(isbi_dir))[0]
+    np.testing.assert_array_equal(volume[0, :512, :512], stack[0])
+    np.testing.assert_array_equal(volume[30, :512, :512], stack[29])  # depth mirrored: 29 again
+    np.testing.assert_array_equal(volume[2, 512:600, :512], stack[2][::-1][:88])  # in-plane

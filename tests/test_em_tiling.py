@@ -1,14 +1,15 @@
-"""quantpipe.tiling: tiled, blended inference over chunked Zarr volumes matches
-the untiled
+"""quantpipe.tiling: tiled, blended inference over chunked Zarr volumes matches the untiled
 model away from the volume's edges, gives the same bits whatever blocks run where and in what
 order, and reads block by block."""
 
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 import zarr
 from quantpipe.tiling import (
     blend_window,
@@ -20,6 +21,7 @@ from quantpipe.tiling import (
 )
 
 QUIET = {"log": lambda _: None}
+SCHEMA = Path(__file__).resolve().parent.parent / "workflow/schemas/config.schema.yaml"
 
 
 def fixed_conv(dims: int, kernel: int = 3) -> torch.nn.Module:
@@ -165,3 +167,47 @@ def test_clear_errors(volume, tmp_path):
 
     with pytest.raises(ValueError, match="one membrane logit per input voxel"):
         predict_volume(shrinking, volume, target, **SETTINGS[2], **QUIET)
+
+
+def test_the_default_geometry_computes_each_voxel_about_once(tmp_path):
+    """The EM task's default geometry on 512 x 512 sections (the ISBI stack's): one tile per
+    section plus its halo, a batch of tiles per block, at most 1.25 voxels computed per voxel
+    written (issue 14); the network alone is measured on the same tiles."""
+    from quantpipe.tasks.isbi2012_em.spec import tiling_geometry
+    from quantpipe.tiling import network_rate
+
+    em = yaml.safe_load(SCHEMA.read_text())["properties"]["em"]["properties"]
+    defaults = {key: em[key]["default"] for key in em}
+    geometry = tiling_geometry({"model": "unet2d", **defaults})
+    assert geometry["block_sections"] == defaults["inference_batch_size"]
+    data = np.random.default_rng(1).integers(0, 256, (5, 512, 512), dtype=np.uint8)
+    source = zarr.create_array(
+        store=str(tmp_path / "image.zarr"), shape=data.shape, chunks=(1, 512, 512), dtype="uint8"
+    )
+    source[:] = data
+    chunks = (geometry["block_sections"], 512, 512)
+    target = create_target(str(tmp_path / "out.zarr"), source, chunks)
+    settings = {key: geometry[key] for key in ("dims", "tile", "overlap")}
+    settings["batch_size"] = defaults["inference_batch_size"]
+    result = predict_volume(fixed_conv(2), source, target, **settings, **QUIET)
+    assert result["redundancy"] == pytest.approx((544 / 512) ** 2) and result["redundancy"] <= 1.25
+    assert result["tile_voxels"] == 5 * 544 * 544 and 0 < result["model_seconds"]
+    alone = network_rate(fixed_conv(2), source, target, blocks=[0, 1], **settings)
+    assert alone["network_voxels_per_s"] > 0
+    print(f"path {result['voxels_per_s']:,.0f} voxels/s, network alone "
+          f"{alone['network_voxels_per_s']:,.0f}")  # fmt: skip
+
+
+@pytest.mark.parametrize(("depth", "overlap", "batch"), [(3, 1, 4), (5, 2, 2), (4, 0, 3)])
+def test_a_3d_block_is_covered_by_one_batch_of_tiles_in_depth(depth, overlap, batch):
+    """unet3d_aniso: the block and its halo are exactly `batch` tiles deep, so no tile is
+    computed for a voxel outside them."""
+    from quantpipe.tasks.isbi2012_em.spec import tiling_geometry
+
+    config = {"model": "unet3d_aniso", "sections": depth, "section_overlap": overlap,
+              "tile": 64, "overlap": 16, "inference_batch_size": batch}  # fmt: skip
+    block = tiling_geometry(config)["block_sections"]
+    halo = math.ceil(overlap / 2)
+    padded = block + 2 * halo
+    assert len(tile_starts(padded, depth, overlap)) == batch
+    assert batch * (depth - overlap) + overlap == padded

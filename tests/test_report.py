@@ -29,7 +29,7 @@ def metrics(tmp_path):
     paths = []
     for name, rows in files.items():
         path = tmp_path / f"{name}.json"
-        write_json(path, {"rows": rows, "provenance": PROVENANCE})
+        write_json(path, {"config": RUN, "rows": rows, "provenance": PROVENANCE})
         paths.append(str(path))
     train = tmp_path / "train.json"
     write_json(train, {"config": RUN, "val_accuracy": 0.91})

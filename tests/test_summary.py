@@ -85,7 +85,9 @@ def write_run(root, labels: torch.Tensor) -> tuple[list[str], list[str], list[st
         for variant, (rows, stored) in variants.items():
             folder = root / f"resnet18_cifar-w8-s{seed}" / variant
             folder.mkdir(parents=True)
-            write_json(folder / "metrics.json", {"rows": rows, "provenance": PROVENANCE})
+            write_json(
+                folder / "metrics.json", {"config": run, "rows": rows, "provenance": PROVENANCE}
+            )
             torch.save(stored, folder / "predictions.pt")
             metrics.append(str(folder / "metrics.json"))
             predictions.append(str(folder / "predictions.pt"))

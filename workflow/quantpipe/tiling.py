@@ -3,14 +3,15 @@
 The unit of work is a block: one chunk of the target array. A block reads its region of the
 source plus a halo (half the tile overlap on each side, mirrored where it passes the volume's
 edge: a block's border voxels then have as much context as the voxels of a seam between tiles),
-covers that with overlapping tiles, runs them through the model in fixed-size batches, blends the
+covers that with overlapping tiles, runs them through the model in batches, blends the
 tiles' membrane probabilities with smooth weights (`blend_window`: tile borders, where a
 zero-padded network errs, get none; neighbours cross-fade with a raised cosine, so seams vanish)
 and writes exactly its own target chunk. Nothing outside the block enters its computation, and a
-block's batches are always the same (the last one padded to full size), so its output is the same
-bits whichever process computes it, in whatever order, beside whatever other blocks: workers of a
-job array can each take a set of blocks and write into one target, and the result equals a
-single-process run. Memory is bounded by one block plus its halo.
+block's batches are always the same (its tiles in order, the last batch holding the rest), so its
+output is the same bits whichever process computes it, in whatever order, beside whatever other
+blocks: workers of a job array can each take a set of blocks and write into one target, and the
+result equals a single-process run. Memory is bounded by two blocks plus their halos (the next
+one is read while one computes).
 """
 
 from __future__ import annotations
@@ -18,12 +19,19 @@ from __future__ import annotations
 import functools
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 import zarr
 
 flushed_print = functools.partial(print, flush=True)
+VOXELS_PER_MM3 = 1.5625e15  # cortex at 4x4x40 nm: 1 mm / 4 nm * 1 mm / 4 nm * 1 mm / 40 nm
+
+
+def job_hours_per_mm3(voxels_per_s: float) -> float:
+    """Hours one job at `voxels_per_s` needs for a cubic millimetre at 4x4x40 nm."""
+    return VOXELS_PER_MM3 / voxels_per_s / 3600
 
 
 def create_target(path: str, like: zarr.Array, chunks: tuple[int, ...]) -> zarr.Array:
@@ -109,46 +117,86 @@ def _model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
+def _tile_origins(shape: tuple[int, ...], tile, overlap) -> list[tuple[int, int, int]]:
+    return [
+        (z, y, x)
+        for z in tile_starts(shape[0], tile[0], overlap[0])
+        for y in tile_starts(shape[1], tile[1], overlap[1])
+        for x in tile_starts(shape[2], tile[2], overlap[2])
+    ]
+
+
+def _batches(image: np.ndarray, origins, tile, batch_size: int):
+    """The tiles of `image` at `origins` as uint8 batches of at most `batch_size` (the last one
+    holds the rest: a block's batches depend on the block alone)."""
+    for first in range(0, len(origins), batch_size):
+        batch = origins[first : first + batch_size]
+        yield (
+            batch,
+            np.stack(
+                [image[z : z + tile[0], y : y + tile[1], x : x + tile[2]] for z, y, x in batch]
+            ),
+        )
+
+
+def _forward(model, tiles: np.ndarray, dims: int, device) -> np.ndarray:
+    """Membrane probability of uint8 `tiles` (N, Z, Y, X), the same shape."""
+    inputs = torch.from_numpy(tiles).to(device=device, dtype=torch.float32).div_(255.0)
+    inputs = inputs[:, None] if dims == 3 else inputs  # (N, 1, Z, Y, X) or (N, 1, Y, X)
+    with torch.inference_mode():
+        logits = model(inputs)
+    if tuple(logits.shape) != tuple(inputs.shape):
+        raise ValueError(
+            f"the model turned tiles of shape {tuple(inputs.shape)} into "
+            f"{tuple(logits.shape)}: it must return one membrane logit per input voxel "
+            "(N, 1, ...); pick a tile size the model accepts (a U-Net needs sizes "
+            "divisible by 2 per pooling level)"
+        )
+    return torch.sigmoid(logits.float()).reshape(tiles.shape).cpu().numpy()
+
+
 def _predict_region(model, image: np.ndarray, inner, dims, tile, overlap, batch_size, device):
     """(blended membrane probability over the `inner` part of one padded region (uint8 Z, Y, X),
-    voxels the model saw)."""
+    voxels the model computed, seconds inside the model)."""
     window = functools.reduce(
         np.multiply.outer, [blend_window(t, o) for t, o in zip(tile, overlap, strict=True)]
     )
-    origins = [
-        (z, y, x)
-        for z in tile_starts(image.shape[0], tile[0], overlap[0])
-        for y in tile_starts(image.shape[1], tile[1], overlap[1])
-        for x in tile_starts(image.shape[2], tile[2], overlap[2])
-    ]
+    origins = _tile_origins(image.shape, tile, overlap)
     blended = np.zeros(image.shape, np.float32)
     weights = np.zeros(image.shape, np.float32)
-    for first in range(0, len(origins), batch_size):
-        batch = origins[first : first + batch_size]
-        tiles = np.stack(
-            [image[z : z + tile[0], y : y + tile[1], x : x + tile[2]] for z, y, x in batch]
-        )
-        # Always a full batch: a compiled or exported model may fix its batch size, and the same
-        # batch shape everywhere means the model always runs the same kernels.
-        tiles = np.concatenate([tiles, np.repeat(tiles[-1:], batch_size - len(batch), axis=0)])
-        inputs = torch.from_numpy(tiles).to(device=device, dtype=torch.float32).div_(255.0)
-        inputs = inputs[:, None] if dims == 3 else inputs  # (N, 1, Z, Y, X) or (N, 1, Y, X)
-        with torch.inference_mode():
-            logits = model(inputs)
-        if tuple(logits.shape) != tuple(inputs.shape):
-            raise ValueError(
-                f"the model turned tiles of shape {tuple(inputs.shape)} into "
-                f"{tuple(logits.shape)}: it must return one membrane logit per input voxel "
-                "(N, 1, ...); pick a tile size the model accepts (a U-Net needs sizes "
-                "divisible by 2 per pooling level)"
-            )
-        probabilities = torch.sigmoid(logits.float()).reshape(tiles.shape).cpu().numpy()
-        for (z, y, x), probability in zip(batch, probabilities, strict=False):
+    model_seconds = 0.0
+    for batch, tiles in _batches(image, origins, tile, batch_size):
+        tick = time.perf_counter()
+        probabilities = _forward(model, tiles, dims, device)
+        model_seconds += time.perf_counter() - tick
+        for (z, y, x), probability in zip(batch, probabilities, strict=True):
             region = (slice(z, z + tile[0]), slice(y, y + tile[1]), slice(x, x + tile[2]))
             blended[region] += probability * window
             weights[region] += window
     # Only the region's outer margin (inside the halo) can lack weight; `inner` never does.
-    return blended[inner] / weights[inner], len(origins) * math.prod(tile)
+    return blended[inner] / weights[inner], len(origins) * math.prod(tile), model_seconds
+
+
+def _padded_region(target: zarr.Array, block: int, tile3, halo):
+    """(target region of `block`, start and stop of the block plus its halo, widened about its
+    centre to at least one tile, and the block's part of that padded region)."""
+    region = block_region(target, block)
+    start, stop = [], []
+    for axis, piece in enumerate(region):
+        extra = max(halo[axis], math.ceil((tile3[axis] - (piece.stop - piece.start)) / 2))
+        start.append(piece.start - extra)
+        stop.append(max(piece.stop + extra, piece.start - extra + tile3[axis]))
+    inner = tuple(
+        slice(piece.start - a, piece.stop - a) for piece, a in zip(region, start, strict=True)
+    )
+    return region, tuple(start), tuple(stop), inner
+
+
+def _geometry(dims, tile, overlap) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(tile, overlap, halo) as (Z, Y, X); the halo is deeper than blend_window's zero margin."""
+    tile3 = (1, *tile) if dims == 2 else tuple(tile)
+    overlap3 = (0, *overlap) if dims == 2 else tuple(overlap)
+    return tile3, overlap3, tuple(math.ceil(o / 2) for o in overlap3)
 
 
 def predict_volume(
@@ -169,6 +217,9 @@ def predict_volume(
     `model` maps float32 images in [0, 1] (uint8 / 255), shaped (N, 1, Y, X) when dims == 2 (tiles
     of single slices) or (N, 1, Z, Y, X) when dims == 3, to membrane logits of the same shape.
     `tile` and `overlap` are (Y, X) for dims == 2 and (Z, Y, X) for dims == 3.
+
+    I/O runs beside the model: while a block computes, a thread reads (decodes) the next block's
+    region and another writes the previous block's result.
     """
     if source.shape != target.shape or len(source.shape) != 3:
         raise ValueError(f"source {source.shape} and target {target.shape} must be one Z, Y, X")
@@ -179,43 +230,65 @@ def predict_volume(
         raise ValueError(f"each overlap must be >= 0 and smaller than its tile ({tile}, {overlap})")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    tile3 = (1, *tile) if dims == 2 else tuple(tile)
-    overlap3 = (0, *overlap) if dims == 2 else tuple(overlap)
-    halo = tuple(math.ceil(o / 2) for o in overlap3)  # deeper than blend_window's zero margin
+    tile3, overlap3, halo = _geometry(dims, tile, overlap)
     todo = list(range(plan_blocks(target))) if blocks is None else list(blocks)
     device = _model_device(model)
+    regions = [_padded_region(target, block, tile3, halo) for block in todo]
     started = time.monotonic()
     voxels = tile_voxels = 0
-    for done, block in enumerate(todo, 1):
-        region = block_region(target, block)
-        # The block plus its halo, widened (about its centre) to at least one tile.
-        start, stop = [], []
-        for axis, piece in enumerate(region):
-            extra = max(halo[axis], math.ceil((tile3[axis] - (piece.stop - piece.start)) / 2))
-            start.append(piece.start - extra)
-            stop.append(max(piece.stop + extra, piece.start - extra + tile3[axis]))
-        image = read_mirrored(source, tuple(start), tuple(stop))
-        inner = tuple(
-            slice(piece.start - a, piece.stop - a) for piece, a in zip(region, start, strict=True)
-        )
-        target[region], seen = _predict_region(
-            model, image, inner, dims, tile3, overlap3, batch_size, device
-        )
-        tile_voxels += seen
-        voxels += math.prod(int(piece.stop - piece.start) for piece in region)
-        elapsed = time.monotonic() - started
-        eta = elapsed / done * (len(todo) - done)
-        log(
-            f"segment: block {block} ({done}/{len(todo)}) {voxels / elapsed:,.0f} voxels/s, "
-            f"{elapsed:.1f} s elapsed, ETA {eta:.1f} s"
-        )
+    model_seconds = 0.0
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        reads = [reader.submit(read_mirrored, source, *regions[0][1:3])] if todo else []
+        writes = []
+        for done, (block, (region, _, _, inner)) in enumerate(zip(todo, regions, strict=True), 1):
+            image = reads.pop().result()
+            if done < len(todo):  # the next block's region, read while this one computes
+                reads.append(reader.submit(read_mirrored, source, *regions[done][1:3]))
+            result, seen, seconds = _predict_region(
+                model, image, inner, dims, tile3, overlap3, batch_size, device
+            )
+            writes.append(writer.submit(target.__setitem__, region, result))
+            tile_voxels += seen
+            model_seconds += seconds
+            voxels += math.prod(int(piece.stop - piece.start) for piece in region)
+            elapsed = time.monotonic() - started
+            eta = elapsed / done * (len(todo) - done)
+            log(
+                f"segment: block {block} ({done}/{len(todo)}) {voxels / elapsed:,.0f} voxels/s, "
+                f"{elapsed:.1f} s elapsed, ETA {eta:.1f} s"
+            )
+        for write in writes:
+            write.result()
     seconds = time.monotonic() - started
     return {
         "voxels": voxels,
         "seconds": round(seconds, 3),
         "voxels_per_s": float(voxels / seconds) if seconds > 0 else float("nan"),
         "blocks": len(todo),
-        # Voxels the model computed (tiles overlap, blocks carry halos; padding is not counted):
-        # tile_voxels / voxels is the tiling's overhead at this geometry.
+        # Voxels the model computed (tiles overlap, blocks carry halos): tile_voxels / voxels is
+        # the geometry's redundancy, the network's work per voxel written.
         "tile_voxels": tile_voxels,
+        "redundancy": tile_voxels / voxels if voxels else float("nan"),
+        "model_seconds": round(model_seconds, 3),
     }
+
+
+def network_rate(
+    model, source: zarr.Array, target: zarr.Array, *, dims, tile, overlap, batch_size, blocks
+) -> dict:
+    """The network alone on the tiles of `blocks`, read into memory first: output voxels per
+    second of model time, the rate the volume path would reach with free I/O and blending."""
+    tile3, overlap3, halo = _geometry(dims, tile, overlap)
+    device = _model_device(model)
+    voxels, batches = 0, []
+    for block in blocks:
+        region, start, stop, _ = _padded_region(target, block, tile3, halo)
+        image = read_mirrored(source, start, stop)
+        origins = _tile_origins(image.shape, tile3, overlap3)
+        batches += [tiles for _, tiles in _batches(image, origins, tile3, batch_size)]
+        voxels += math.prod(int(piece.stop - piece.start) for piece in region)
+    tick = time.perf_counter()
+    for tiles in batches:
+        _forward(model, tiles, dims, device)
+    seconds = time.perf_counter() - tick
+    return {"network_voxels_per_s": voxels / seconds, "network_seconds": round(seconds, 3)}

@@ -1,33 +1,40 @@
 """The report stage: merge every benchmark metrics file into one tidy CSV, a row per measurement.
 
-Each row fills the columns its task measures and leaves the rest empty: classifiers accuracy and
-images/s; the membrane task pixel_error, v_rand, v_info and their deltas, voxels_per_s and
-job_hours_per_mm3. COLUMNS lists both, so one CSV reads alike for every task. Speedups
-compare each row's own throughput (images/s or voxels/s) with FP32 CPU eager of the same run.
-`job_hours_per_mm3` is per job with the row's `threads`: the hours one such job would need to
-segment a cubic millimetre at 4x4x40 nm (1.5625e15 voxels) at the measured voxels/s, which is
-node-hours where a job has the whole node.
+The task (TaskSpec) names its measured columns, which of them are quality figures (each also as
+`{name}_delta`, the difference from FP32 CPU eager of the same run), its rate (images/s,
+voxels/s) and its validation score. Speedups compare each row's own rate with FP32 CPU eager of
+the same run; every row also carries the columns every task shares (run, variant, size,
+provenance).
 """
 
 import pandas as pd
 
+from quantpipe import tasks
 from quantpipe.artifacts import atomic_path, read_json
+from quantpipe.tasks.base import TaskSpec
 
 RUN_KEYS = ["model", "width", "seed"]
-COLUMNS = [
+# Every task's rows; the task's own measured columns (TaskSpec.report_columns) go after
+# `reason`, its validation score before the speed columns.
+LEADING = [
     "model", "width", "seed", "calibration_method", "calibration_size", "variant", "method",
-    "device", "precision", "status", "reason", "accuracy", "accuracy_delta", "val_accuracy_fp32",
-    "pixel_error", "pixel_error_delta", "v_rand", "v_rand_delta", "v_info", "v_info_delta",
-    "val_pixel_error_fp32", "images_per_s", "voxels_per_s", "job_hours_per_mm3",
-    "test_set_seconds", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
-    "speedup_vs_fp32_cpu_eager", "speedup_vs_best_fp32_cpu", "size_mb", "size_ratio",
-    "macs_per_image", "achieved_gmac_per_s", "ceiling_gmac_per_s", "fraction_of_ceiling",
-    "fraction_of_ceiling_batch1", "batch_size", "threads", "cpu_model", "cpu_int8_flags",
-    "gpu_name", "host", "slurm_job_id", "slurm_partition", "torch", "torchvision", "torchao",
-    "python", "git_commit", "date",
+    "device", "precision", "status", "reason",
 ]  # fmt: skip
-# Measured figures each compared with FP32 CPU eager of the same run as `{name}_delta`.
-QUALITY = ["accuracy", "pixel_error", "v_rand", "v_info"]
+TRAILING = [
+    "test_set_seconds", "speedup_vs_fp32_cpu_eager", "speedup_vs_best_fp32_cpu", "size_mb",
+    "size_ratio", "batch_size", "threads", "cpu_model", "cpu_int8_flags", "gpu_name", "host",
+    "slurm_job_id", "slurm_partition", "torch", "torchvision", "torchao", "python", "git_commit",
+    "date",
+]  # fmt: skip
+
+
+def columns(task: TaskSpec) -> list[str]:
+    """report.csv's columns for `task`: the shared ones around the task's own, each quality
+    column followed by its difference from FP32 CPU eager."""
+    measured = []
+    for name in task.report_columns:
+        measured += [name, f"{name}_delta"] if name in task.quality else [name]
+    return [*LEADING, *measured, f"{task.validation_score}_fp32", *TRAILING]
 
 
 def _rows(metrics_path: str) -> list[dict]:
@@ -49,29 +56,30 @@ def build(benchmark_metrics: list[str], train_metrics: list[str]) -> pd.DataFram
         raise ValueError(
             f"no benchmark rows in {len(benchmark_metrics)} metrics files: nothing to report"
         )
+    task = tasks.spec(read_json(benchmark_metrics[0])["config"].get("task"))
+    score = task.validation_score
     trained = pd.DataFrame(
         [
-            {**{key: record["config"][key] for key in RUN_KEYS},
-             "val_accuracy_fp32": record.get("val_accuracy"),
-             "val_pixel_error_fp32": record.get("val_pixel_error")}
+            {**{key: record["config"][key] for key in RUN_KEYS}, f"{score}_fp32": record.get(score)}
             for record in map(read_json, train_metrics)
         ]
     )  # fmt: skip
     table = table.merge(trained, on=RUN_KEYS, how="left")
-    # Every measured column, empty where a row's task has none.
-    table = table.reindex(columns=[*table.columns, *(c for c in COLUMNS if c not in table)])
+    wanted = columns(task)
+    # Every column, empty where no row has it (a variant that was skipped measures nothing).
+    table = table.reindex(columns=[*table.columns, *(c for c in wanted if c not in table)])
     table["size_mb"] = table["size_bytes"] / 1e6
-    table["rate"] = table["images_per_s"].fillna(table["voxels_per_s"])
+    table["rate"] = table[task.rate]
     fp32 = table[(table["variant"] == "fp32-cpu") & (table["status"] == "ok")]
     baseline = fp32[fp32["method"] == "eager"].set_index(RUN_KEYS)
     best = fp32.groupby(RUN_KEYS)["rate"].max()
     keys = pd.MultiIndex.from_frame(table[RUN_KEYS])
-    for name in QUALITY:
+    for name in task.quality:
         table[f"{name}_delta"] = table[name] - baseline[name].reindex(keys).to_numpy()
     table["speedup_vs_fp32_cpu_eager"] = table["rate"] / baseline["rate"].reindex(keys).to_numpy()
     table["speedup_vs_best_fp32_cpu"] = table["rate"] / best.reindex(keys).to_numpy()
     table["size_ratio"] = baseline["size_bytes"].reindex(keys).to_numpy() / table["size_bytes"]
-    table = table.reindex(columns=COLUMNS)
+    table = table.reindex(columns=wanted)
     order = ["model", "width", "seed", "variant", "calibration_method", "calibration_size"]
     order.append("method")
     return table.sort_values(order, na_position="first").reset_index(drop=True)

@@ -26,6 +26,7 @@ Config: dims (2 or 3), tile, overlap ((Y, X) or (Z, Y, X)), batch_size, block_se
 from __future__ import annotations
 
 import contextlib
+import resource
 import shutil
 import tempfile
 import time
@@ -39,8 +40,8 @@ from quantpipe import provenance
 from quantpipe.artifacts import replace_directory, write_json
 from quantpipe.models.build import load_trained
 from quantpipe.quantize import load_for_cpu
-from quantpipe.submit import submit_array
-from quantpipe.tiling import create_target, plan_blocks, predict_volume
+from quantpipe.submit import max_rss_mb, submit_array
+from quantpipe.tiling import create_target, job_hours_per_mm3, plan_blocks, predict_volume
 
 
 def split_blocks(blocks: int, groups: int) -> list[list[int]]:
@@ -133,6 +134,8 @@ def run(
     result = {
         "stage": "segment",
         "model": description,
+        # This process's peak resident memory (Linux reports KB): the block-bounded footprint.
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "volume": volume,
         "segmentation": segmentation,
         "config": config,
@@ -168,6 +171,9 @@ def run_as_array(
         log(f"segment: {sum(map(len, groups))} blocks in {len(groups)} array tasks")
         results = submit_array("segment", calls, resources, job_name, folder)
     seconds = time.monotonic() - started
+    # Slurm accounting's view of each task's memory (array task ids hold an underscore).
+    slurm_ids = [task for task in results if "_" in str(task)]
+    accounted = max_rss_mb(slurm_ids) if slurm_ids else {}
     voxels = sum(result["voxels"] for result in results.values())
     record = {
         "stage": "segment",
@@ -176,11 +182,23 @@ def run_as_array(
         "segmentation": segmentation,
         "config": config,
         "tasks": [
-            {key: result[key] for key in ("voxels", "seconds", "voxels_per_s", "blocks")}
+            {
+                key: result[key]
+                for key in (
+                    "voxels",
+                    "seconds",
+                    "voxels_per_s",
+                    "blocks",
+                    "tile_voxels",
+                    "redundancy",
+                    "peak_rss_mb",
+                )
+            }
             | {
                 "array_task": task,
                 "node": result["provenance"]["slurm_node"],
                 "threads": result["threads"],
+                "sacct_max_rss_mb": accounted.get(task),
             }
             for task, result in results.items()
         ],
@@ -188,6 +206,12 @@ def run_as_array(
         "seconds": round(seconds, 3),  # wall time, queueing included
         "voxels_per_s": voxels / seconds,
         "task_voxels_per_s": sum(result["voxels_per_s"] for result in results.values()),
+        # One task is one job: its hours per mm^3 at the tasks' mean rate; the array's at its
+        # aggregate rate over the wall time.
+        "job_hours_per_mm3": job_hours_per_mm3(
+            sum(result["voxels_per_s"] for result in results.values()) / len(results)
+        ),
+        "array_hours_per_mm3": job_hours_per_mm3(voxels / seconds),
         "provenance": provenance.collect(),
     }
     if metrics:

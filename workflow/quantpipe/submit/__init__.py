@@ -2,7 +2,8 @@
 
 - executor: a rule's resources as submitit parameters; submit() and submit_array() run a stage
   (StageCall) as a job or job array and wait for it.
-- watch: waits for a job, following a Slurm one in squeue and sacct; names why it failed.
+- watch: waits for a job, following a Slurm one in squeue and sacct; names why it failed; peak
+  memory from accounting.
 - progress: while it waits, a line now and then with the job's state and its latest output.
 - signals: a stopped submitter cancels its jobs; a stopped Snakemake stops its submitters.
 - snakemake: the bridge from a rule (workflow/scripts/submit_stage.py) to submit().
@@ -13,5 +14,9 @@ from quantpipe.submit.console import log
 from quantpipe.submit.executor import STAGES, submit, submit_array
 from quantpipe.submit.signals import cancel_jobs_on_sigterm
 from quantpipe.submit.snakemake import from_snakemake
+from quantpipe.submit.watch import max_rss_mb
 
-__all__ = ["STAGES", "cancel_jobs_on_sigterm", "from_snakemake", "log", "submit", "submit_array"]
+__all__ = [
+    "STAGES", "cancel_jobs_on_sigterm", "from_snakemake", "log", "max_rss_mb", "submit",
+    "submit_array",
+]  # fmt: skip

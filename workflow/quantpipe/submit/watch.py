@@ -235,3 +235,22 @@ def why_failed(job: submitit.Job, error: Exception, resources: Mapping) -> str:
     if state == "CANCELLED":
         return f"job {job.job_id} was cancelled (`scancel` or an administrator): rerun Snakemake"
     return ""
+
+
+def max_rss_mb(job_ids: list[str]) -> dict[str, float | None]:
+    """Each finished Slurm job's (or array task's) peak resident memory in MB from sacct's
+    MaxRSS, the largest of its steps; None where accounting has no figure."""
+    answered, output = _slurm_query(
+        ["sacct", "-j", ",".join(job_ids), "--format=JobID,MaxRSS", "--units=M", "--parsable2",
+         "--noheader"]
+    )  # fmt: skip
+    peaks: dict[str, float | None] = dict.fromkeys(job_ids)
+    if not answered:
+        return peaks
+    for line in output.splitlines():
+        step, _, rss = line.partition("|")
+        job = step.split(".")[0]
+        if job in peaks and rss.strip():
+            megabytes = float(rss.strip().rstrip("M") or 0)
+            peaks[job] = max(peaks[job] or 0.0, megabytes)
+    return peaks

@@ -62,6 +62,10 @@ class TaskSpec:
         the stage reads; the default is the config section of that name. A stage reruns only
         when what it reads changes.
     run_keys: config keys every stage of one run reads (e.g. num_classes, val_size).
+    report_columns: the report's columns of this task's measurements (benchmark row keys).
+    quality: those of them that measure quality; the report adds `{name}_delta` to FP32 eager.
+    rate: the report column of throughput, which speedups divide.
+    validation_score: the train record's score, reported as `{name}_fp32`.
     check: a function of the config that raises ValueError for settings that cannot run.
     """
 
@@ -77,6 +81,10 @@ class TaskSpec:
     data_keys: tuple[str, ...] = ()
     settings: Mapping[str, Callable[[dict], dict]] = field(default_factory=dict)
     run_keys: tuple[str, ...] = ()
+    report_columns: tuple[str, ...] = ()
+    quality: tuple[str, ...] = ()
+    rate: str = "images_per_s"
+    validation_score: str = "val_accuracy"
     check: Callable[[dict], None] | None = None
 
     def stage_settings(self, config: dict, stage: str) -> dict:

@@ -37,5 +37,18 @@ SPEC = TaskSpec(
     ),
     data_keys=("cifar10_copy", "cifar10_url", "allow_download", "allow_npm"),
     run_keys=("num_classes", "val_size"),
+    report_columns=(
+        "accuracy",
+        "images_per_s",
+        "latency_ms_p50",
+        "latency_ms_p90",
+        "latency_ms_p99",
+        "macs_per_image",
+        "achieved_gmac_per_s",
+        "ceiling_gmac_per_s",
+        "fraction_of_ceiling",
+        "fraction_of_ceiling_batch1",
+    ),  # fmt: skip
+    quality=("accuracy",),
     check=check,
 )

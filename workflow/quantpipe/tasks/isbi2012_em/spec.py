@@ -32,19 +32,27 @@ def _settings(stage: str):
 
 def tiling_geometry(config: dict) -> dict:
     """quantpipe.tiling.predict_volume's geometry for this model: tiles, overlaps and the blocks
-    (output chunks), one section per block for unet2d, `sections` per block for unet3d_aniso."""
+    (output chunks) of whole sections. A block holds as many tiles in depth as a batch holds
+    (`inference_batch_size`): then its tiles fill whole batches, and a tile wide enough for a
+    section plus its halo (em.tile = 512 + em.overlap for the ISBI sections) computes each voxel
+    about once. unet2d: one section per tile, so `inference_batch_size` sections per block;
+    unet3d_aniso: tiles of `sections` sections overlapping by `section_overlap`, the block as
+    deep as that many tiles cover once the block's halo is taken off."""
+    batch = config["inference_batch_size"]
     if config["model"] == "unet3d_aniso":
+        depth, overlap = config["sections"], config["section_overlap"]
+        halo = -(-overlap // 2)
         return {
             "dims": 3,
-            "tile": (config["sections"], config["tile"], config["tile"]),
-            "overlap": (config["section_overlap"], config["overlap"], config["overlap"]),
-            "block_sections": config["sections"],
+            "tile": (depth, config["tile"], config["tile"]),
+            "overlap": (overlap, config["overlap"], config["overlap"]),
+            "block_sections": max(1, batch * (depth - overlap) + overlap - 2 * halo),
         }
     return {
         "dims": 2,
         "tile": (config["tile"], config["tile"]),
         "overlap": (config["overlap"], config["overlap"]),
-        "block_sections": 1,
+        "block_sections": batch,
     }
 
 
@@ -100,5 +108,21 @@ SPEC = TaskSpec(
     figures=("quality_vs_throughput", "cost_per_mm3"),
     data_keys=("isbi2012_copy", "isbi2012_url", "allow_download"),
     settings={stage: _settings(stage) for stage in EM_KEYS},
+    report_columns=(
+        "pixel_error",
+        "v_rand",
+        "v_info",
+        "voxels_per_s",
+        "network_voxels_per_s",
+        "path_fraction_of_network",
+        "job_hours_per_mm3",
+        "tile",
+        "overlap",
+        "block_sections",
+        "redundancy",
+    ),  # fmt: skip
+    quality=("pixel_error", "v_rand", "v_info"),
+    rate="voxels_per_s",
+    validation_score="val_pixel_error",
     check=check,
 )

@@ -117,9 +117,13 @@ def training(data: str, config: dict, net: nn.Module, device) -> Training:
 def calibration_patches(data: str, config: dict, count: int) -> torch.Tensor:
     """`count` tile-shaped patches of the training sections (never validation or test), as the
     float input the model takes: PT2E fixes the spatial shape at export, so calibration uses the
-    shape the tiled inference runs."""
+    shape the tiled inference runs. A tile larger than a section (it covers the section and its
+    halo) is cut from the sections mirrored at their edges, as the tiled inference reads them."""
     generator = torch.Generator().manual_seed(config["seed"])
-    (images,) = crops(
-        [load_split(data, "train")[0]], count, patch_shape(config, config["tile"]), generator
+    sections = load_split(data, "train")[0]
+    short = [max(0, config["tile"] - extent) for extent in sections.shape[1:]]
+    sections = np.pad(
+        sections, [(0, 0)] + [(need // 2, need - need // 2) for need in short], mode="symmetric"
     )
+    (images,) = crops([sections], count, patch_shape(config, config["tile"]), generator)
     return to_input(images)

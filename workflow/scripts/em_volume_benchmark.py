@@ -1,0 +1,94 @@
+"""The EM volume path at the network's own speed: voxels/s of a membrane U-Net through the whole
+path (read, tile, run, blend, write) beside the network alone on the same tiles, per variant,
+for a chosen geometry. The benchmark stage measures the same way; this script runs it by hand on
+any uint8 Zarr volume, at any width, with randomly initialised weights (speed does not depend on
+them), so geometries and widths compare without training.
+
+    .venv/bin/python workflow/scripts/em_volume_benchmark.py VOLUME.zarr [--model unet2d]
+        [--width 8] [--tile 544] [--overlap 32] [--batch 4] [--block-sections N]
+
+VOLUME.zarr: a uint8 (Z, Y, X) array, or a group with an `image` array (what prepare_data writes
+for isbi2012_em: resources/isbi2012-em.zarr). One JSON line per variant.
+"""
+
+import argparse
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import torch
+from quantpipe import provenance
+from quantpipe.models.build import build_model
+from quantpipe.quantize import load_for_cpu, quantize_and_save
+from quantpipe.stages.segment import open_volume
+from quantpipe.tasks.isbi2012_em.spec import tiling_geometry
+from quantpipe.tiling import create_target, network_rate, plan_blocks, predict_volume
+
+
+def variants(net, example, folder: Path):
+    net = net.eval()
+    yield "fp32 eager", net
+    yield "fp32 compiled", torch.compile(net)
+    calibration = [example.expand(4, *example.shape[1:]).clone() for _ in range(2)]
+    artifact = folder / "int8.pt"
+    quantize_and_save("pt2e", net, calibration, calibration[0][:2], {}, artifact, log=print)
+    yield "int8 pt2e", load_for_cpu("pt2e", str(artifact))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("volume")
+    parser.add_argument("--model", default="unet2d", choices=("unet2d", "unet3d_aniso"))
+    parser.add_argument("--width", type=int, default=8)
+    parser.add_argument("--tile", type=int, default=544)
+    parser.add_argument("--overlap", type=int, default=32)
+    parser.add_argument("--sections", type=int, default=3, help="unet3d_aniso: tile depth")
+    parser.add_argument("--section-overlap", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument(
+        "--block-sections", type=int, help="sections per block (default: the task's geometry)"
+    )
+    args = parser.parse_args(argv)
+    geometry = tiling_geometry(
+        {"model": args.model, "sections": args.sections, "tile": args.tile,
+         "overlap": args.overlap, "section_overlap": args.section_overlap,
+         "inference_batch_size": args.batch}
+    )  # fmt: skip
+    block_sections = args.block_sections or geometry["block_sections"]
+    threads = provenance.set_threads()
+    source = open_volume(args.volume)
+    settings = {key: geometry[key] for key in ("dims", "tile", "overlap")}
+    settings["batch_size"] = args.batch
+    torch.manual_seed(0)
+    net = build_model(args.model, width=args.width)
+    example = torch.rand(1, 1, *geometry["tile"])
+    with tempfile.TemporaryDirectory(prefix="em-volume-") as folder:
+        folder = Path(folder)
+        for label, module in variants(net, example, folder):
+            chunks = (block_sections, *source.shape[1:])
+            target = create_target(str(folder / "out.zarr"), source, chunks)
+            blocks = plan_blocks(target)
+            quiet = {"log": lambda _line: None}
+            predict_volume(module, source, target, blocks=sorted({0, blocks - 1}), **settings,
+                           **quiet)  # fmt: skip
+            path = predict_volume(module, source, target, **settings, **quiet)
+            alone = network_rate(module, source, target, blocks=list(range(blocks)), **settings)
+            row = {
+                "variant": label, "model": args.model, "width": args.width, "threads": threads,
+                "volume": list(source.shape), "tile": list(geometry["tile"]),
+                "overlap": list(geometry["overlap"]), "block_sections": block_sections,
+                "batch_size": args.batch, "redundancy": round(path["redundancy"], 3),
+                "path_voxels_per_s": round(path["voxels_per_s"]),
+                "network_voxels_per_s": round(alone["network_voxels_per_s"]),
+                "path_fraction_of_network": round(
+                    path["voxels_per_s"] / alone["network_voxels_per_s"], 3
+                ),
+                "seconds": path["seconds"],
+            }  # fmt: skip
+            print(json.dumps(row), flush=True)
+    return 0 if math.isfinite(path["voxels_per_s"]) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
