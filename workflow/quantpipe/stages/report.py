@@ -56,7 +56,7 @@ def build(benchmark_metrics: list[str], train_metrics: list[str]) -> pd.DataFram
         raise ValueError(
             f"no benchmark rows in {len(benchmark_metrics)} metrics files: nothing to report"
         )
-    task = tasks.spec(read_json(benchmark_metrics[0])["config"].get("task"))
+    task = tasks.spec(read_json(benchmark_metrics[0]).get("config", {}).get("task"))
     score = task.validation_score
     trained = pd.DataFrame(
         [

@@ -61,7 +61,10 @@ def segment_settings(config: dict, model: str) -> dict:
     em = config["em"]
     geometry = tiling_geometry(
         {"model": model}
-        | {key: em[key] for key in ("sections", "tile", "overlap", "section_overlap")}
+        | {
+            key: em[key]
+            for key in ("sections", "tile", "overlap", "section_overlap", "inference_batch_size")
+        }
     )
     return {
         **{
