@@ -237,9 +237,19 @@ def why_failed(job: submitit.Job, error: Exception, resources: Mapping) -> str:
     return ""
 
 
-def max_rss_mb(job_ids: list[str]) -> dict[str, float | None]:
+def max_rss_mb(job_ids: list[str], wait_s: float = 60.0) -> dict[str, float | None]:
     """Each finished Slurm job's (or array task's) peak resident memory in MB from sacct's
-    MaxRSS, the largest of its steps; None where accounting has no figure."""
+    MaxRSS, the largest of its steps; None where accounting has no figure. Accounting records a
+    step's figures a little after it ends: ask again for up to `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        peaks = _max_rss_once(job_ids)
+        if all(peak is not None for peak in peaks.values()) or time.monotonic() > deadline:
+            return peaks
+        time.sleep(2)
+
+
+def _max_rss_once(job_ids: list[str]) -> dict[str, float | None]:
     answered, output = _slurm_query(
         ["sacct", "-j", ",".join(job_ids), "--format=JobID,MaxRSS", "--units=M", "--parsable2",
          "--noheader"]
