@@ -104,8 +104,7 @@ def test_a_job_array_on_slurm_matches_a_single_process_run(
         assert wait_sacct(task)["State"] == "COMPLETED"
     # Each task's peak memory, from the task itself and from Slurm's accounting.
     assert all(0 < task["peak_rss_mb"] < 4000 for task in record["tasks"])
-    assert all(task["sacct_max_rss_mb"] is None or task["sacct_max_rss_mb"] > 0
-               for task in record["tasks"])  # fmt: skip
+    assert all(task["sacct_max_rss_mb"] > 0 for task in record["tasks"])
     assert record["job_hours_per_mm3"] > 0 and record["array_hours_per_mm3"] > 0
     installed = sorted(p.name for p in (tmp_path / "array").iterdir())
     assert installed == ["metrics.json", "segmentation.zarr"]  # no staging directory left
