@@ -1,5 +1,12 @@
 """ClassificationTask: the stages' interface for image classifiers, from a subclass's data splits
-and channel statistics (cifar10, images)."""
+and channel statistics (cifar10, images).
+
+Every stage reads the uint8 images batch by batch and normalises each batch as it goes, so a
+split can be a memory-mapped array far larger than memory (task images); only the calibration
+images are held whole, as the quantizers take them.
+"""
+
+from functools import partial
 
 import torch
 
@@ -15,18 +22,24 @@ from quantpipe.tasks.classification.training import training
 
 class ClassificationTask(Task):
     """A subclass gives `splits(data, config)` -> {"train", "val", "test": (uint8 images (N, C,
-    H, W), int64 labels)}, the channel statistics `mean` and `std` ((1, C, 1, 1) tensors) and the
-    `image_shape` (C, H, W) its data comes in."""
+    H, W), int64 labels)}, in memory or memory-mapped; `channel_stats(data)`, the mean and std
+    ((1, C, 1, 1) tensors) images are normalised with; and the `image_shape` (C, H, W) its data
+    comes in, or its own `example_input`."""
 
-    mean: torch.Tensor
-    std: torch.Tensor
     image_shape: tuple[int, int, int]
+    # Whether summary.md sets this run beside the study's Table 1 (ResNet18 on CIFAR-10).
+    compares_with_study = True
 
     def splits(self, data: str, config: dict) -> dict:
         raise NotImplementedError
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        return batched.normalize(images, self.mean, self.std)
+    def channel_stats(self, data: str) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def normalizer(self, data: str):
+        """uint8 batch -> float32 model input, by the data's channel statistics."""
+        mean, std = self.channel_stats(data)
+        return partial(batched.normalize, mean=mean, std=std)
 
     def architecture(self, config: dict) -> dict:
         """A reference and its num_classes; a built-in's width too."""
@@ -44,7 +57,7 @@ class ClassificationTask(Task):
         if config.get("images"):  # a quick run: a fixed prefix of the (already shuffled) split
             images, labels = images[: config["images"]], labels[: config["images"]]
         return training(
-            net, (images, labels), parts["val"], config, self.normalize, batched.augment
+            net, (images, labels), parts["val"], config, self.normalizer(data), batched.augment
         )
 
     def calibration_inputs(self, data: str, config: dict, count: int) -> torch.Tensor:
@@ -57,13 +70,14 @@ class ClassificationTask(Task):
             )
         generator = torch.Generator().manual_seed(config["seed"])
         chosen = torch.randperm(len(train_images), generator=generator)
-        return self.normalize(train_images[chosen[:count]])
+        return self.normalizer(data)(train_images[chosen[:count]])
 
     def fine_tune_data(self, data: str, config: dict):
         images, labels = self.splits(data, config)["train"]
+        normalize = self.normalizer(data)
 
         def transform(batch, generator):
-            return self.normalize(batched.augment(batch, generator))
+            return normalize(batched.augment(batch, generator))
 
         return images, labels, transform
 
@@ -74,7 +88,7 @@ class ClassificationTask(Task):
         """Each implementation's timed pass over the test split; CPU rows also say what
         fraction of this machine's multiply-accumulate ceiling they reach."""
         test_images, test_labels = self.splits(data, config)["test"]
-        test_images = self.normalize(test_images)
+        normalize = self.normalizer(data)
         machine = None
         if base["device"] == "cpu":
             macs = ceilings.macs_per_image(net, tuple(test_images.shape[1:]))
@@ -87,9 +101,10 @@ class ClassificationTask(Task):
         rows, kept = [], {}
         for label, device, module, size in implementations:
             log(f"benchmark: {base['variant']} {label} on {device}")
+            prepare = normalize
             if device.type == "cuda":
-                test_images = test_images.contiguous(memory_format=torch.channels_last)
-            result = measure(module, test_images, test_labels, device, config, log)
+                prepare = _channels_last(normalize)
+            result = measure(module, test_images, test_labels, device, config, prepare, log)
             kept[label] = result.pop("predictions")
             usage = (
                 ceilings.utilisation(
@@ -121,7 +136,14 @@ class ClassificationTask(Task):
         return summarize(report, measurements, config_digest), measurements
 
     def summary_document(self, table, facts, figures):
-        return document(table, facts, figures)
+        return document(table, facts, figures, self.compares_with_study)
 
     def summary_figures(self, table, extra, footer):
         return render_figures(table, extra, footer)
+
+
+def _channels_last(normalize):
+    def prepare(batch: torch.Tensor) -> torch.Tensor:
+        return normalize(batch).contiguous(memory_format=torch.channels_last)
+
+    return prepare
