@@ -208,13 +208,14 @@ def test_the_run_normalises_as_its_weights_were_trained():
     images = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
     own = {"model": "resnet18_cifar"}
     imported = {**own, "weights": {"path": "w.pt", **MEAN_STD}}
-    torch.testing.assert_close(task.normalize(images, own), normalize(images, MEAN, STD))
-    torch.testing.assert_close(task.normalize(images, imported), images / 255 * 2 - 1)
-    assert task.normalization(imported) == MEAN_STD
-    assert task.normalization(own)["mean"] == [0.4914, 0.4822, 0.4465]
+    data = "resources/cifar-10-batches-py"  # CIFAR-10's statistics are the task's, not read
+    torch.testing.assert_close(task.normalizer(data, own)(images), normalize(images, MEAN, STD))
+    torch.testing.assert_close(task.normalizer(data, imported)(images), images / 255 * 2 - 1)
+    assert task.normalization(data, imported) == MEAN_STD
+    assert task.normalization(data, own)["mean"] == [0.4914, 0.4822, 0.4465]
     bad = {**own, "weights": {"path": "w.pt", "mean": [0.5], "std": [0.5]}}
     with pytest.raises(ValueError, match="need one value per input channel, 3 for task"):
-        task.normalize(images, bad)
+        task.normalizer(data, bad)
 
 
 # --- the train stage imports ---------------------------------------------------------------------

@@ -4,6 +4,10 @@ localrules:
 
 
 rule prepare_data:
+    input:
+        # The files the task reads (TaskSpec.data_inputs; none where it fetches its own data): a
+        # changed, added or removed file reruns prepare_data and everything after it.
+        lambda wildcards: TASK.input_files(config),
     output:
         data=directory(DATA),
         metrics=f"results/prepare_data/{TASK.name}.json",

@@ -89,6 +89,6 @@ def imported(task, data: str, net, weights: str, config: dict, device, log) -> d
             "imported": True,
             "mean": None,
             "std": None,
-            **task.normalization(config),
+            **task.normalization(data, config),
         },
     }

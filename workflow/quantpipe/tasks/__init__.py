@@ -9,6 +9,7 @@ from quantpipe.tasks.base import Task, TaskSpec
 BUILTIN = {
     "cifar10": "quantpipe.tasks.cifar10.spec:SPEC",
     "isbi2012_em": "quantpipe.tasks.isbi2012_em.spec:SPEC",
+    "images": "quantpipe.tasks.images.spec:SPEC",
 }
 DEFAULT = "cifar10"
 

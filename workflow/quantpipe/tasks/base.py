@@ -58,9 +58,12 @@ class TaskSpec:
         stage's config (quantpipe.stages.segment); None where the stage does not apply.
     figures: the summary's figure names (results/summary/{name}.png and .svg).
     data_keys: the keys of the config's `data` section its prepare_data reads.
-    settings: per stage (train, quantize, benchmark), a function of the config that gives what
-        the stage reads; the default is the config section of that name. A stage reruns only
-        when what it reads changes.
+    data_inputs: a function of the config that gives the files prepare_data reads (a user's
+        folder), so that a changed or added file reruns it; None where it fetches its own.
+    settings: per stage (train, quantize, benchmark; "data" for prepare_data), a function of
+        the config that gives what the stage reads; the default is the config section of that
+        name (prepare_data: data_keys of `data`). A stage reruns only when what it reads
+        changes.
     run_keys: config keys every stage of one run reads (e.g. num_classes, val_size).
     report_columns: the report's columns of this task's measurements (benchmark row keys).
     quality: those of them that measure quality; the report adds `{name}_delta` to FP32 eager.
@@ -79,6 +82,7 @@ class TaskSpec:
     segment_settings: Callable[[dict, str], dict] | None = None
     figures: tuple[str, ...] = ()
     data_keys: tuple[str, ...] = ()
+    data_inputs: Callable[[dict], list[str]] | None = None
     settings: Mapping[str, Callable[[dict], dict]] = field(default_factory=dict)
     run_keys: tuple[str, ...] = ()
     report_columns: tuple[str, ...] = ()
@@ -93,9 +97,15 @@ class TaskSpec:
             return self.settings[stage](config)
         return dict(config[stage])
 
+    def input_files(self, config: dict) -> list[str]:
+        """The files prepare_data reads, as the rule's inputs (data_inputs)."""
+        return self.data_inputs(config) if self.data_inputs else []
+
     def data_settings(self, config: dict) -> dict:
         """prepare_data's settings: this task's keys of `data`, so another task's change
         nothing here."""
+        if "data" in self.settings:
+            return self.settings["data"](config)
         return {key: config["data"][key] for key in self.data_keys if key in config["data"]}
 
 
@@ -126,7 +136,7 @@ class Task:
         record keeps for imported weights (config `weights`), which are not trained here."""
         raise NotImplementedError(f"task {self.spec.name!r} cannot import trained weights")
 
-    def normalization(self, config: dict) -> dict:
+    def normalization(self, data: str, config: dict) -> dict:
         """{"mean", "std"}: the per-channel statistics the run's inputs are normalised with (a
         `weights` entry's, else the task's own), for the record; {} where there are none."""
         return {}

@@ -1,11 +1,15 @@
 """Task cifar10's torch-free facts (quantpipe.tasks.base.TaskSpec)."""
 
 from quantpipe.tasks.base import TaskSpec
+from quantpipe.tasks.classification.spec import FIGURES, check_qat_calibration
 
 TRAIN_IMAGES = 50_000
+CLASSES = 10
 
 
 def check(config: dict) -> None:
+    if config.get("num_classes", CLASSES) < CLASSES:
+        raise ValueError(f"num_classes {config['num_classes']} is below CIFAR-10's {CLASSES}")
     training_split = TRAIN_IMAGES - config["val_size"]
     too_large = [size for size in config["calibration_sizes"] if size > training_split]
     if too_large:
@@ -14,12 +18,7 @@ def check(config: dict) -> None:
             f"images minus val_size {config['val_size']} = {training_split}. "
             "Lower them or val_size."
         )
-    per_tensor = [name for name in config.get("calibration_methods", ()) if "_per_tensor" in name]
-    if "qat" in config["methods"] and per_tensor:
-        raise ValueError(
-            f"method 'qat' cannot run calibration_methods {per_tensor}: torchao's QAT config "
-            "supports per-channel weights only. Drop them, or run qat in a separate sweep"
-        )
+    check_qat_calibration(config)
 
 
 SPEC = TaskSpec(
@@ -29,12 +28,7 @@ SPEC = TaskSpec(
     models=("resnet18", "resnet18_cifar"),
     references=True,
     gpu_precisions=True,
-    figures=(
-        "accuracy_vs_throughput",
-        "accuracy_delta_vs_calibration",
-        "speedup_and_size",
-        "latency_batch1",
-    ),
+    figures=FIGURES,
     data_keys=("cifar10_copy", "cifar10_url", "allow_download", "allow_npm"),
     run_keys=("num_classes", "val_size"),
     report_columns=(

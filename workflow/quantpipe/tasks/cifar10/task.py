@@ -7,8 +7,6 @@ from quantpipe.tasks.classification.task import ClassificationTask
 
 
 class Cifar10(ClassificationTask):
-    mean = MEAN
-    std = STD
     image_shape = (3, 32, 32)
 
     def prepare(self, data: str, config: dict, log=print) -> dict:
@@ -29,3 +27,6 @@ class Cifar10(ClassificationTask):
 
     def splits(self, data: str, config: dict) -> dict:
         return load_splits(data, config["val_size"])
+
+    def channel_stats(self, data: str):
+        return MEAN, STD

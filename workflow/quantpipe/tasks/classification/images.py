@@ -11,15 +11,19 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, for a whole uint8 batch at once."""
+    """Random crop with zero padding and random horizontal flip, for a whole uint8 batch at once.
+    Each crop is a slice of the padded batch: no index tensors the size of the batch, which at
+    224x224 would take several times its memory."""
     batch, _, height, width = images.shape
     padded = torch.nn.functional.pad(images, (padding,) * 4)
-    top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
-    left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator)
-    rows = (top[:, None] + torch.arange(height))[:, None, :, None]
-    cols = (left[:, None] + torch.arange(width))[:, None, None, :]
-    channels = torch.arange(images.shape[1])[None, :, None, None]
-    cropped = padded[torch.arange(batch)[:, None, None, None], channels, rows, cols]
+    top = torch.randint(0, 2 * padding + 1, (batch,), generator=generator).tolist()
+    left = torch.randint(0, 2 * padding + 1, (batch,), generator=generator).tolist()
+    cropped = torch.stack(
+        [
+            padded[index, :, row : row + height, column : column + width]
+            for index, (row, column) in enumerate(zip(top, left, strict=True))
+        ]
+    )
     flip = torch.rand(batch, generator=generator) < 0.5
     return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
 

@@ -12,35 +12,43 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(module, test_images, test_labels, device, config: dict, log=print) -> dict:
-    """Warm up, time the full test pass at config['batch_size'], then batch-1 latency."""
+def measure(module, test_images, test_labels, device, config: dict, prepare, log=print) -> dict:
+    """Warm up, time the full test pass at config['batch_size'], then batch-1 latency.
+
+    `test_images` are uint8; `prepare` makes each batch model input (normalised) before its
+    clock starts, so the set is never held whole as float and the time is the model's alone:
+    the transfer to `device`, the forward pass and the predictions' return.
+    """
     batch_size = config["batch_size"]
     # Every shape the timed loops use, the last partial batch included: a compiled module
     # recompiles for each new shape, and that must not be timed.
     shapes = {min(batch_size, len(test_images)), len(test_images) % batch_size, 1} - {0}
     with torch.inference_mode():
         for shape in sorted(shapes, reverse=True):
+            batch = prepare(test_images[:shape])
             for _ in range(config["warmup"]):
-                module(test_images[:shape].to(device))
+                module(batch.to(device))
         _synchronize(device)
         predictions = []
-        started = time.perf_counter()
+        test_seconds = 0.0
         for step, start in enumerate(range(0, len(test_images), batch_size), 1):
-            output = module(test_images[start : start + batch_size].to(device))
-            predictions.append(output.argmax(1).cpu())
+            batch = prepare(test_images[start : start + batch_size])
+            tick = time.perf_counter()
+            output = module(batch.to(device))
+            predictions.append(output.argmax(1).cpu())  # .cpu() waits for the device
+            test_seconds += time.perf_counter() - tick
             if step % 10 == 0:
                 done = min(start + batch_size, len(test_images))
-                rate = done / (time.perf_counter() - started)
+                rate = done / test_seconds
                 log(
                     f"benchmark: test pass {done}/{len(test_images)} images, {rate:.0f} img/s, "
                     f"ETA {(len(test_images) - done) / rate:.0f} s"
                 )
-        _synchronize(device)
-        test_seconds = time.perf_counter() - started
         predictions = torch.cat(predictions)
         latencies = []
         for index in range(config["latency_iterations"]):
-            image = test_images[index % len(test_images)][None].to(device)
+            at = index % len(test_images)
+            image = prepare(test_images[at : at + 1]).to(device)
             _synchronize(device)
             tick = time.perf_counter()
             module(image)

@@ -278,10 +278,16 @@ READING = (
 )
 
 
-def document(summary: pd.DataFrame, facts: dict, figures: dict[str, str]) -> list[tuple]:
-    """summary.md as blocks (quantpipe.reporting.document); `figures`: name -> PNG path."""
-    best = best_int8(summary)
-    blocks = [("h1", "quantpipe summary"), provenance_block(facts), ("p", READING)]
+NO_STUDY = (
+    "The study's Table 1 (ResNet18 on the 10,000 CIFAR-10 test images) does not apply to this "
+    "data set, so it is left out; the tables below compare each variant with FP32 CPU eager on "
+    "this data set's own test images."
+)
+
+
+def study_blocks(summary: pd.DataFrame, best: pd.DataFrame) -> list[tuple]:
+    """The study's Table 1 beside ours, one per (model, width)."""
+    blocks = []
     for (model, width), group in summary.groupby(["model", "width"], dropna=False, sort=True):
         batch = distinct(group["batch_size"]) or "—"
         note = (
@@ -294,6 +300,18 @@ def document(summary: pd.DataFrame, facts: dict, figures: dict[str, str]) -> lis
             ("p", note),
             table1(summary, best, model, width),
         ]
+    return blocks
+
+
+def document(
+    summary: pd.DataFrame, facts: dict, figures: dict[str, str], study: bool = True
+) -> list[tuple]:
+    """summary.md as blocks (quantpipe.reporting.document); `figures`: name -> PNG path. With
+    `study`, the study's Table 1 (CIFAR-10) beside ours; without, a line that it does not
+    apply."""
+    best = best_int8(summary)
+    blocks = [("h1", "quantpipe summary"), provenance_block(facts), ("p", READING)]
+    blocks += study_blocks(summary, best) if study else [("p", NO_STUDY)]
     blocks += [
         ("h2", "Best INT8 method per model"),
         (

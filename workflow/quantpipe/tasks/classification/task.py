@@ -1,5 +1,10 @@
 """ClassificationTask: the stages' interface for image classifiers, from a subclass's data splits
-and channel statistics (cifar10, images)."""
+and channel statistics (cifar10, images).
+
+Every stage reads the uint8 images batch by batch and normalises each batch as it goes, so a
+split can be a memory-mapped array far larger than memory (task images); only the calibration
+images are held whole, as the quantizers take them.
+"""
 
 from functools import partial
 
@@ -17,22 +22,27 @@ from quantpipe.tasks.classification.training import evaluate, training
 
 class ClassificationTask(Task):
     """A subclass gives `splits(data, config)` -> {"train", "val", "test": (uint8 images (N, C,
-    H, W), int64 labels)}, the channel statistics `mean` and `std` ((1, C, 1, 1) tensors) and the
-    `image_shape` (C, H, W) its data comes in. A run of imported weights may normalise with the
+    H, W), int64 labels)}, in memory or memory-mapped; `channel_stats(data)`, the mean and std
+    ((1, C, 1, 1) tensors) images are normalised with; and the `image_shape` (C, H, W) its data
+    comes in, or its own `example_input`. A run of imported weights normalises with the
     statistics they were trained with instead (config `weights`: mean, std)."""
 
-    mean: torch.Tensor
-    std: torch.Tensor
     image_shape: tuple[int, int, int]
+    # Whether summary.md sets this run beside the study's Table 1 (ResNet18 on CIFAR-10).
+    compares_with_study = True
 
     def splits(self, data: str, config: dict) -> dict:
         raise NotImplementedError
 
-    def statistics(self, config: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean, std) of the run `config`'s normalisation: its `weights` entry's, else ours."""
+    def channel_stats(self, data: str) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def statistics(self, data: str, config: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of the run `config`'s normalisation: its `weights` entry's, else the
+        data's."""
         entry = config.get("weights", {})
         if "mean" not in entry:
-            return self.mean, self.std
+            return self.channel_stats(data)
         channels = self.image_shape[0]
         if not len(entry["mean"]) == len(entry["std"]) == channels:
             raise ValueError(
@@ -44,13 +54,15 @@ class ClassificationTask(Task):
             for key in ("mean", "std")
         )
 
-    def normalize(self, images: torch.Tensor, config: dict) -> torch.Tensor:
-        return batched.normalize(images, *self.statistics(config))
+    def normalizer(self, data: str, config: dict):
+        """uint8 batch -> float32 model input, by the run's channel statistics."""
+        mean, std = self.statistics(data, config)
+        return partial(batched.normalize, mean=mean, std=std)
 
-    def normalization(self, config: dict) -> dict:
+    def normalization(self, data: str, config: dict) -> dict:
         mean, std = (
             [round(value, 6) for value in tensor.flatten().tolist()]
-            for tensor in self.statistics(config)
+            for tensor in self.statistics(data, config)
         )
         return {"mean": mean, "std": std}
 
@@ -69,12 +81,14 @@ class ClassificationTask(Task):
         images, labels = parts["train"]
         if config.get("images"):  # a quick run: a fixed prefix of the (already shuffled) split
             images, labels = images[: config["images"]], labels[: config["images"]]
-        normalize = partial(self.normalize, config=config)
-        return training(net, (images, labels), parts["val"], config, normalize, batched.augment)
+        return training(
+            net, (images, labels), parts["val"], config, self.normalizer(data, config),
+            batched.augment,
+        )  # fmt: skip
 
     def validate(self, data: str, config: dict, net, device) -> dict:
         val = self.splits(data, config)["val"]
-        return {"val_accuracy": evaluate(net, *val, device, partial(self.normalize, config=config))}
+        return {"val_accuracy": evaluate(net, *val, device, self.normalizer(data, config))}
 
     def calibration_inputs(self, data: str, config: dict, count: int) -> torch.Tensor:
         """`count` normalised images drawn from the training split by the run's seed."""
@@ -86,13 +100,14 @@ class ClassificationTask(Task):
             )
         generator = torch.Generator().manual_seed(config["seed"])
         chosen = torch.randperm(len(train_images), generator=generator)
-        return self.normalize(train_images[chosen[:count]], config)
+        return self.normalizer(data, config)(train_images[chosen[:count]])
 
     def fine_tune_data(self, data: str, config: dict):
         images, labels = self.splits(data, config)["train"]
+        normalize = self.normalizer(data, config)
 
         def transform(batch, generator):
-            return self.normalize(batched.augment(batch, generator), config)
+            return normalize(batched.augment(batch, generator))
 
         return images, labels, transform
 
@@ -103,7 +118,7 @@ class ClassificationTask(Task):
         """Each implementation's timed pass over the test split; CPU rows also say what
         fraction of this machine's multiply-accumulate ceiling they reach."""
         test_images, test_labels = self.splits(data, config)["test"]
-        test_images = self.normalize(test_images, config)
+        normalize = self.normalizer(data, config)
         machine = None
         if base["device"] == "cpu":
             macs = ceilings.macs_per_image(net, tuple(test_images.shape[1:]))
@@ -116,9 +131,10 @@ class ClassificationTask(Task):
         rows, kept = [], {}
         for label, device, module, size in implementations:
             log(f"benchmark: {base['variant']} {label} on {device}")
+            prepare = normalize
             if device.type == "cuda":
-                test_images = test_images.contiguous(memory_format=torch.channels_last)
-            result = measure(module, test_images, test_labels, device, config, log)
+                prepare = _channels_last(normalize)
+            result = measure(module, test_images, test_labels, device, config, prepare, log)
             kept[label] = result.pop("predictions")
             usage = (
                 ceilings.utilisation(
@@ -150,7 +166,14 @@ class ClassificationTask(Task):
         return summarize(report, measurements, config_digest), measurements
 
     def summary_document(self, table, facts, figures):
-        return document(table, facts, figures)
+        return document(table, facts, figures, self.compares_with_study)
 
     def summary_figures(self, table, extra, footer):
         return render_figures(table, extra, footer)
+
+
+def _channels_last(normalize):
+    def prepare(batch: torch.Tensor) -> torch.Tensor:
+        return normalize(batch).contiguous(memory_format=torch.channels_last)
+
+    return prepare

@@ -1,0 +1,18 @@
+"""What every classification task's TaskSpec shares (torch-free: the Snakefile imports it at
+every parse): the summary's figures and the checks across keys."""
+
+FIGURES = (
+    "accuracy_vs_throughput",
+    "accuracy_delta_vs_calibration",
+    "speedup_and_size",
+    "latency_batch1",
+)
+
+
+def check_qat_calibration(config: dict) -> None:
+    per_tensor = [name for name in config.get("calibration_methods", ()) if "_per_tensor" in name]
+    if "qat" in config["methods"] and per_tensor:
+        raise ValueError(
+            f"method 'qat' cannot run calibration_methods {per_tensor}: torchao's QAT config "
+            "supports per-channel weights only. Drop them, or run qat in a separate sweep"
+        )
