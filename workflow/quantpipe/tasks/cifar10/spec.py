@@ -1,7 +1,12 @@
 """Task cifar10's torch-free facts (quantpipe.tasks.base.TaskSpec)."""
 
 from quantpipe.tasks.base import TaskSpec
-from quantpipe.tasks.classification.spec import FIGURES, check_qat_calibration
+from quantpipe.tasks.classification.spec import (
+    FIGURES,
+    QUALITY,
+    REPORT_COLUMNS,
+    check_qat_calibration,
+)
 
 TRAIN_IMAGES = 50_000
 CLASSES = 10
@@ -31,18 +36,7 @@ SPEC = TaskSpec(
     figures=FIGURES,
     data_keys=("cifar10_copy", "cifar10_url", "allow_download", "allow_npm"),
     run_keys=("num_classes", "val_size"),
-    report_columns=(
-        "accuracy",
-        "images_per_s",
-        "latency_ms_p50",
-        "latency_ms_p90",
-        "latency_ms_p99",
-        "macs_per_image",
-        "achieved_gmac_per_s",
-        "ceiling_gmac_per_s",
-        "fraction_of_ceiling",
-        "fraction_of_ceiling_batch1",
-    ),  # fmt: skip
-    quality=("accuracy",),
+    report_columns=REPORT_COLUMNS,
+    quality=QUALITY,
     check=check,
 )

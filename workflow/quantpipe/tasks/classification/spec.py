@@ -1,5 +1,5 @@
 """What every classification task's TaskSpec shares (torch-free: the Snakefile imports it at
-every parse): the summary's figures and the checks across keys."""
+every parse): the summary's figures, the report's columns and the checks across keys."""
 
 FIGURES = (
     "accuracy_vs_throughput",
@@ -7,6 +7,14 @@ FIGURES = (
     "speedup_and_size",
     "latency_batch1",
 )
+
+# The benchmark's measured columns, accuracy the quality one (TaskSpec.report_columns, quality).
+REPORT_COLUMNS = (
+    "accuracy", "images_per_s", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
+    "macs_per_image", "achieved_gmac_per_s", "ceiling_gmac_per_s", "fraction_of_ceiling",
+    "fraction_of_ceiling_batch1",
+)  # fmt: skip
+QUALITY = ("accuracy",)
 
 
 def check_qat_calibration(config: dict) -> None:

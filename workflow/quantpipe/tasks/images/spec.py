@@ -2,7 +2,12 @@
 images, its settings in the config's `images` section."""
 
 from quantpipe.tasks.base import TaskSpec
-from quantpipe.tasks.classification.spec import FIGURES, check_qat_calibration
+from quantpipe.tasks.classification.spec import (
+    FIGURES,
+    QUALITY,
+    REPORT_COLUMNS,
+    check_qat_calibration,
+)
 from quantpipe.tasks.images import folder
 
 # The calibration images are held in memory as float32, every stage's peak under 8 GB with room
@@ -69,5 +74,7 @@ SPEC = TaskSpec(
     data_inputs=data_inputs,
     settings={"data": data_settings, "benchmark": benchmark_settings},
     run_keys=("num_classes",),
+    report_columns=REPORT_COLUMNS,
+    quality=QUALITY,
     check=check,
 )
