@@ -179,7 +179,7 @@ def test_the_default_geometry_computes_each_voxel_about_once(tmp_path):
     em = yaml.safe_load(SCHEMA.read_text())["properties"]["em"]["properties"]
     defaults = {key: em[key]["default"] for key in em}
     geometry = tiling_geometry({"model": "unet2d", **defaults})
-    assert geometry["block_sections"] == defaults["inference_batch_size"]
+    assert geometry["block_sections"] == defaults["block_tiles"]
     data = np.random.default_rng(1).integers(0, 256, (5, 512, 512), dtype=np.uint8)
     source = zarr.create_array(
         store=str(tmp_path / "image.zarr"), shape=data.shape, chunks=(1, 512, 512), dtype="uint8"
@@ -199,13 +199,13 @@ def test_the_default_geometry_computes_each_voxel_about_once(tmp_path):
 
 
 @pytest.mark.parametrize(("depth", "overlap", "batch"), [(3, 1, 4), (5, 2, 2), (4, 0, 3)])
-def test_a_3d_block_is_covered_by_one_batch_of_tiles_in_depth(depth, overlap, batch):
-    """unet3d_aniso: the block and its halo are exactly `batch` tiles deep, so no tile is
+def test_a_3d_block_is_covered_by_its_tiles_in_depth(depth, overlap, batch):
+    """unet3d_aniso: the block and its halo are exactly `block_tiles` tiles deep, so no tile is
     computed for a voxel outside them."""
     from quantpipe.tasks.isbi2012_em.spec import tiling_geometry
 
     config = {"model": "unet3d_aniso", "sections": depth, "section_overlap": overlap,
-              "tile": 64, "overlap": 16, "inference_batch_size": batch}  # fmt: skip
+              "tile": 64, "overlap": 16, "block_tiles": batch}  # fmt: skip
     block = tiling_geometry(config)["block_sections"]
     halo = math.ceil(overlap / 2)
     padded = block + 2 * halo

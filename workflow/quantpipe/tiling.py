@@ -7,7 +7,7 @@ covers that with overlapping tiles, runs them through the model in batches, blen
 tiles' membrane probabilities with smooth weights (`blend_window`: tile borders, where a
 zero-padded network errs, get none; neighbours cross-fade with a raised cosine, so seams vanish)
 and writes exactly its own target chunk. Nothing outside the block enters its computation, and a
-block's batches are always the same (its tiles in order, the last batch holding the rest), so its
+block's batches are always the same (its tiles in order, the last batch padded), so its
 output is the same bits whichever process computes it, in whatever order, beside whatever other
 blocks: workers of a job array can each take a set of blocks and write into one target, and the
 result equals a single-process run. Memory is bounded by two blocks plus their halos (the next
@@ -127,16 +127,16 @@ def _tile_origins(shape: tuple[int, ...], tile, overlap) -> list[tuple[int, int,
 
 
 def _batches(image: np.ndarray, origins, tile, batch_size: int):
-    """The tiles of `image` at `origins` as uint8 batches of at most `batch_size` (the last one
-    holds the rest: a block's batches depend on the block alone)."""
+    """The tiles of `image` at `origins` as uint8 batches of `batch_size`, the last one padded
+    with copies of its last tile: a compiled or exported model may fix its batch size (Inductor
+    recompiles for a second batch size, and its INT8 convolutions fail to at 544 x 544), and one
+    shape means the same kernels everywhere. A block's batches depend on the block alone."""
     for first in range(0, len(origins), batch_size):
         batch = origins[first : first + batch_size]
-        yield (
-            batch,
-            np.stack(
-                [image[z : z + tile[0], y : y + tile[1], x : x + tile[2]] for z, y, x in batch]
-            ),
+        tiles = np.stack(
+            [image[z : z + tile[0], y : y + tile[1], x : x + tile[2]] for z, y, x in batch]
         )
+        yield batch, np.concatenate([tiles, np.repeat(tiles[-1:], batch_size - len(batch), 0)])
 
 
 def _forward(model, tiles: np.ndarray, dims: int, device) -> np.ndarray:
@@ -169,12 +169,13 @@ def _predict_region(model, image: np.ndarray, inner, dims, tile, overlap, batch_
         tick = time.perf_counter()
         probabilities = _forward(model, tiles, dims, device)
         model_seconds += time.perf_counter() - tick
-        for (z, y, x), probability in zip(batch, probabilities, strict=True):
+        for (z, y, x), probability in zip(batch, probabilities, strict=False):
             region = (slice(z, z + tile[0]), slice(y, y + tile[1]), slice(x, x + tile[2]))
             blended[region] += probability * window
             weights[region] += window
     # Only the region's outer margin (inside the halo) can lack weight; `inner` never does.
-    return blended[inner] / weights[inner], len(origins) * math.prod(tile), model_seconds
+    computed = math.ceil(len(origins) / batch_size) * batch_size * math.prod(tile)
+    return blended[inner] / weights[inner], computed, model_seconds
 
 
 def _padded_region(target: zarr.Array, block: int, tile3, halo):
@@ -265,8 +266,9 @@ def predict_volume(
         "seconds": round(seconds, 3),
         "voxels_per_s": float(voxels / seconds) if seconds > 0 else float("nan"),
         "blocks": len(todo),
-        # Voxels the model computed (tiles overlap, blocks carry halos): tile_voxels / voxels is
-        # the geometry's redundancy, the network's work per voxel written.
+        # Voxels the model computed (tiles overlap, blocks carry halos, padding tiles fill the
+        # last batch of a block): tile_voxels / voxels is the geometry's redundancy, the
+        # network's work per voxel written.
         "tile_voxels": tile_voxels,
         "redundancy": tile_voxels / voxels if voxels else float("nan"),
         "model_seconds": round(model_seconds, 3),

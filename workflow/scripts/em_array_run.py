@@ -45,7 +45,8 @@ def main(argv=None) -> int:
     parser.add_argument("--method", default="pt2e", choices=("fp32", "pt2e"))
     parser.add_argument("--tile", type=int, default=544)
     parser.add_argument("--overlap", type=int, default=32)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--block-tiles", type=int, default=4)
     parser.add_argument("--chunks", type=int, nargs=3, help="output blocks (default: the input's)")
     parser.add_argument("--tasks", type=int, default=4)
     parser.add_argument("--cpus-per-task", type=int, default=1)
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     source = zarr.open_array(args.volume, mode="r")
     geometry = tiling_geometry({"model": "unet2d", "tile": args.tile, "overlap": args.overlap,
-                                "inference_batch_size": args.batch})  # fmt: skip
+                                "block_tiles": args.block_tiles})  # fmt: skip
     config = {
         "dims": 2, "tile": list(geometry["tile"]), "overlap": list(geometry["overlap"]),
         "batch_size": args.batch, "block_sections": geometry["block_sections"],

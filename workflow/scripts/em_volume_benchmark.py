@@ -5,7 +5,7 @@ any uint8 Zarr volume, at any width, with randomly initialised weights (speed do
 them), so geometries and widths compare without training.
 
     .venv/bin/python workflow/scripts/em_volume_benchmark.py VOLUME.zarr [--model unet2d]
-        [--width 8] [--tile 544] [--overlap 32] [--batch 4] [--block-sections N]
+        [--width 8] [--tile 544] [--overlap 32] [--batch 1] [--block-tiles 4] [--block-sections N]
 
 VOLUME.zarr: a uint8 (Z, Y, X) array, or a group with an `image` array (what prepare_data writes
 for isbi2012_em: resources/isbi2012-em.zarr). One JSON line per variant.
@@ -45,7 +45,8 @@ def main(argv=None) -> int:
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--sections", type=int, default=3, help="unet3d_aniso: tile depth")
     parser.add_argument("--section-overlap", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--block-tiles", type=int, default=4)
     parser.add_argument(
         "--block-sections", type=int, help="sections per block (default: the task's geometry)"
     )
@@ -53,7 +54,7 @@ def main(argv=None) -> int:
     geometry = tiling_geometry(
         {"model": args.model, "sections": args.sections, "tile": args.tile,
          "overlap": args.overlap, "section_overlap": args.section_overlap,
-         "inference_batch_size": args.batch}
+         "block_tiles": args.block_tiles}
     )  # fmt: skip
     block_sections = args.block_sections or geometry["block_sections"]
     threads = provenance.set_threads()

@@ -10,8 +10,8 @@ EM_KEYS = {
     "train": ("sections", "patch_size", "epochs", "steps_per_epoch", "batch_size", "lr",
               "weight_decay", "membrane_weight"),
     "quantize": ("sections", "tile"),
-    "benchmark": ("sections", "tile", "overlap", "section_overlap", "inference_batch_size",
-                  "threshold"),
+    "benchmark": ("sections", "tile", "overlap", "section_overlap", "block_tiles",
+                  "inference_batch_size", "threshold"),
 }  # fmt: skip
 SHARED_KEYS = {
     "train": ("device", "log_every"),
@@ -32,13 +32,12 @@ def _settings(stage: str):
 
 def tiling_geometry(config: dict) -> dict:
     """quantpipe.tiling.predict_volume's geometry for this model: tiles, overlaps and the blocks
-    (output chunks) of whole sections. A block holds as many tiles in depth as a batch holds
-    (`inference_batch_size`): then its tiles fill whole batches, and a tile wide enough for a
+    (output chunks) of whole sections, each `block_tiles` tiles deep. A tile wide enough for a
     section plus its halo (em.tile = 512 + em.overlap for the ISBI sections) computes each voxel
-    about once. unet2d: one section per tile, so `inference_batch_size` sections per block;
-    unet3d_aniso: tiles of `sections` sections overlapping by `section_overlap`, the block as
-    deep as that many tiles cover once the block's halo is taken off."""
-    batch = config["inference_batch_size"]
+    about once in-plane. unet2d: one section per tile, so `block_tiles` sections per block;
+    unet3d_aniso: tiles of `sections` sections overlapping by `section_overlap`, the block as deep
+    as `block_tiles` such tiles cover once the block's halo is taken off."""
+    tiles = config["block_tiles"]
     if config["model"] == "unet3d_aniso":
         depth, overlap = config["sections"], config["section_overlap"]
         halo = -(-overlap // 2)
@@ -46,13 +45,13 @@ def tiling_geometry(config: dict) -> dict:
             "dims": 3,
             "tile": (depth, config["tile"], config["tile"]),
             "overlap": (overlap, config["overlap"], config["overlap"]),
-            "block_sections": max(1, batch * (depth - overlap) + overlap - 2 * halo),
+            "block_sections": max(1, tiles * (depth - overlap) + overlap - 2 * halo),
         }
     return {
         "dims": 2,
         "tile": (config["tile"], config["tile"]),
         "overlap": (config["overlap"], config["overlap"]),
-        "block_sections": batch,
+        "block_sections": tiles,
     }
 
 
@@ -63,7 +62,7 @@ def segment_settings(config: dict, model: str) -> dict:
         {"model": model}
         | {
             key: em[key]
-            for key in ("sections", "tile", "overlap", "section_overlap", "inference_batch_size")
+            for key in ("sections", "tile", "overlap", "section_overlap", "block_tiles")
         }
     )
     return {
