@@ -146,7 +146,7 @@ class _RequeuedCluster:
         return "NODE_FAIL" if self.now < 12 else "RUNNING" if self.now < 33 else self.second
 
     def query(self, args: list[str]) -> tuple[bool, str]:
-        """watch._slurm_query's answers at this moment."""
+        """watch.slurm_query's answers at this moment."""
         if args[0] == "squeue":
             if self.now < 10:
                 return True, "1|PENDING|BeginTime|cpu|"
@@ -209,7 +209,7 @@ def test_a_requeued_job_is_over_only_when_its_last_attempt_is(tmp_path, monkeypa
     record is final, and then returns the second attempt's result or its own failure."""
     cluster = _RequeuedCluster(tmp_path, second)
     monkeypatch.setattr(watch, "time", cluster)
-    monkeypatch.setattr(watch, "_slurm_query", cluster.query)
+    monkeypatch.setattr(watch, "slurm_query", cluster.query)
     job = _RequeuedJob(cluster, tmp_path)
     assert job.done() and job.state == "NODE_FAIL"  # what submitit says at the start
     if second == "COMPLETED":
