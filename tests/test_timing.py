@@ -32,13 +32,14 @@ class Twice(torch.nn.Module):
 
 
 def test_rounds_give_a_median_and_a_range_and_a_pair():
-    net, images = tiny_model(), torch.randn(10, 3, 32, 32)
+    net, images = tiny_model(), torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
     config = {"batch_size": 4, "warmup": 1, "rounds": 3}
-    alone = timed_rounds(net, images, torch.device("cpu"), config)
+    prepare = lambda batch: batch.float() / 255  # noqa: E731
+    alone = timed_rounds(net, images, torch.device("cpu"), config, prepare)
     assert set(alone) == {"images_per_s", "images_per_s_spread", "rounds", "round_images"}
     assert alone["images_per_s"] > 0 and alone["images_per_s_spread"] >= 0
     assert (alone["rounds"], alone["round_images"]) == (3, 10)
-    paired = timed_rounds(Twice(net), images, torch.device("cpu"), config, reference=net)
+    paired = timed_rounds(Twice(net), images, torch.device("cpu"), config, prepare, net)
     assert paired["paired_speedup"] > 0 and paired["paired_speedup_spread"] >= 0
     assert paired["reference_images_per_s"] > 0
 
