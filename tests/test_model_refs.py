@@ -305,7 +305,8 @@ def test_a_torchvision_model_trains_quantizes_and_benchmarks(tmp_path, cifar_dir
     measured = benchmark.run(model, data, str(tmp_path / "benchmark.json"),
                              str(tmp_path / "predictions.pt"),
                              {**run, **calibration, "variant": "int8-cpu", "batch_size": 256,
-                              "warmup": 1, "latency_iterations": 10},
+                              "warmup": 1, "latency_iterations": 10, "rounds": 2,
+                              "paired_images": 256},
                              artifact=artifact)  # fmt: skip
     (row,) = measured["rows"]
     print(f"{MOBILENET}: train, quantize, benchmark in {time.perf_counter() - started:.0f} s; "

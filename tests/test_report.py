@@ -5,7 +5,8 @@ from quantpipe.stages.report import build
 
 PROVENANCE = {
     "threads": 2, "cpu_model": "test cpu", "cpu_int8_flags": "avx512_vnni", "gpu_name": None,
-    "host": "node1", "slurm_job_id": "42", "slurm_partition": "cpu", "git_commit": "abc",
+    "host": "node1", "slurm_node": "node1", "slurm_job_id": "42", "slurm_partition": "cpu",
+    "git_commit": "abc",
     "date": "2026-11-27T00:00:00+00:00",
     "versions": {"torch": "2.14.1", "torchvision": "0.29.1", "torchao": "0.18.0", "python": "3.11"},
 }  # fmt: skip
@@ -19,6 +20,11 @@ def row(variant, method, accuracy, rate, size, **extra):
 
 @pytest.fixture
 def metrics(tmp_path):
+    return write_metrics(tmp_path)
+
+
+def write_metrics(tmp_path, **paired):
+    """Benchmark files of one run; `paired` (method: paired_speedup) as the rows' pairs."""
     files = {
         "fp32": [row("fp32-cpu", "eager", 0.90, 100.0, 4_000_000),
                  row("fp32-cpu", "compiled", 0.90, 200.0, 4_000_000)],
@@ -26,6 +32,10 @@ def metrics(tmp_path):
                  "reason": "no CUDA device on this node"}],
         "int8": [row("int8-cpu", "pt2e", 0.895, 800.0, 1_000_000, calibration_size=512)],
     }  # fmt: skip
+    for rows in files.values():
+        for entry in rows:
+            if entry["method"] in paired:
+                entry.update(paired_speedup=paired[entry["method"]], paired_speedup_spread=0.1)
     paths = []
     for name, rows in files.items():
         path = tmp_path / f"{name}.json"
@@ -59,3 +69,16 @@ def test_unmeasured_rows_carry_a_reason_and_no_number(metrics):
         "speedup_vs_fp32_cpu_eager",
     ]
     assert pd.isna(gpu[measured]).all()
+
+
+def test_speedups_come_from_the_pair_where_the_row_has_one(tmp_path):
+    """FP32 eager timed in the row's own job gives its speedup; the two jobs' rates stay beside
+    it as the unpaired speedup; the best FP32 CPU is the best by the pairs too."""
+    table = build(*write_metrics(tmp_path, compiled=1.6, pt2e=7.5)).set_index(["variant", "method"])
+    int8, compiled = table.loc[("int8-cpu", "pt2e")], table.loc[("fp32-cpu", "compiled")]
+    assert int8["speedup_vs_fp32_cpu_eager"] == pytest.approx(7.5)
+    assert int8["speedup_vs_fp32_cpu_eager_unpaired"] == pytest.approx(8.0)
+    assert int8["paired_speedup_spread"] == pytest.approx(0.1)
+    assert compiled["speedup_vs_fp32_cpu_eager"] == pytest.approx(1.6)
+    assert int8["speedup_vs_best_fp32_cpu"] == pytest.approx(7.5 / 1.6)
+    assert int8["slurm_node"] == "node1" and int8["cpu_int8_flags"] == "avx512_vnni"

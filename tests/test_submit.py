@@ -5,13 +5,17 @@ import re
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import submitit
+import yaml
 from quantpipe.artifacts import write_json
 from quantpipe.submit import executor, submit, watch
 from quantpipe.submit.executor import StageCall, executor_parameters
 from quantpipe.submit.signals import _descendants
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def test_slurm_resources_map_to_submitit_parameters():
@@ -32,6 +36,21 @@ def test_slurm_resources_map_to_submitit_parameters():
         "slurm_mem": "16000M",
         "slurm_signal_delay_s": 60,
     }
+
+
+def test_exclusive_asks_slurm_for_the_whole_node_and_means_nothing_locally():
+    cluster, parameters = executor_parameters({"slurm_partition": "cpu", "exclusive": 1}, "b")
+    assert cluster == "slurm" and parameters["slurm_exclusive"] is True
+    assert "slurm_exclusive" not in executor_parameters({"slurm_partition": "cpu"}, "b")[1]
+    assert "slurm_exclusive" not in executor_parameters({"exclusive": 1}, "b")[1]
+
+
+def test_the_slurm_profile_runs_benchmarks_alone_on_their_node():
+    profile = yaml.safe_load((REPOSITORY / "profiles/slurm/config.yaml").read_text())
+    for rule in ("benchmark", "benchmark_gpu"):
+        exclusive = profile["set-resources"][rule]["exclusive"]
+        _, parameters = executor_parameters({"slurm_partition": "p", "exclusive": exclusive}, rule)
+        assert parameters["slurm_exclusive"] is True
 
 
 @pytest.mark.parametrize("present, granted", [(0, 0), (1, 1), (4, 1)])
@@ -146,7 +165,7 @@ class _RequeuedCluster:
         return "NODE_FAIL" if self.now < 12 else "RUNNING" if self.now < 33 else self.second
 
     def query(self, args: list[str]) -> tuple[bool, str]:
-        """watch._slurm_query's answers at this moment."""
+        """watch.slurm_query's answers at this moment."""
         if args[0] == "squeue":
             if self.now < 10:
                 return True, "1|PENDING|BeginTime|cpu|"
@@ -209,7 +228,7 @@ def test_a_requeued_job_is_over_only_when_its_last_attempt_is(tmp_path, monkeypa
     record is final, and then returns the second attempt's result or its own failure."""
     cluster = _RequeuedCluster(tmp_path, second)
     monkeypatch.setattr(watch, "time", cluster)
-    monkeypatch.setattr(watch, "_slurm_query", cluster.query)
+    monkeypatch.setattr(watch, "slurm_query", cluster.query)
     job = _RequeuedJob(cluster, tmp_path)
     assert job.done() and job.state == "NODE_FAIL"  # what submitit says at the start
     if second == "COMPLETED":

@@ -50,7 +50,8 @@ def measured(
             "images_per_s": images_per_s, "test_set_seconds": 10_000 / images_per_s,
             "batch_size": 256, "latency_ms_p50": 2.0, "latency_ms_p90": 2.5,
             "latency_ms_p99": 3.0, "latencies_ms": [1.5, 2.0, 2.0, 3.0],
-            "size_bytes": size}  # fmt: skip
+            "size_bytes": size, "images_per_s_spread": images_per_s / 20,
+            "paired_speedup_spread": 0.1}  # fmt: skip
 
 
 def write_run(root, labels: torch.Tensor) -> tuple[list[str], list[str], list[str]]:
@@ -210,6 +211,36 @@ def test_best_int8_is_the_fastest_without_significant_loss(summary_table):
     best = cs.best_int8(summary_table)
     assert len(best) == 1
     assert best.iloc[0]["method"] == "pt2e"
+    # pt2e at 64 and at 512 calibration images run at the same speed: the timing cannot rank them.
+    assert best.iloc[0]["within_noise_of_best"] == "INT8 CPU pt2e c512"
+
+
+def test_speed_differences_smaller_than_the_rounds_range_are_within_noise():
+    def configuration(speedup, spread):
+        return pd.Series(
+            {"speedup_vs_fp32_cpu_eager_mean": speedup, "paired_speedup_spread_mean": spread}
+        )
+
+    assert cs.within_noise(configuration(3.0, 0.2), configuration(3.1, 0.05))
+    assert not cs.within_noise(configuration(3.0, 0.05), configuration(3.1, 0.05))
+    # No rounds, no noise known: nothing is called a tie.
+    assert not cs.within_noise(configuration(3.0, math.nan), configuration(3.0, math.nan))
+    safe = {"variant": "int8-cpu", "status": "ok", "verdict": "no significant loss",
+            "model": "resnet18_cifar", "width": 8, "accuracy_mean": 0.9, "calibration_size": 64,
+            "calibration_method": "minmax"}  # fmt: skip
+    table = pd.DataFrame(
+        [
+            {**safe, "method": "pt2e", "speedup_vs_fp32_cpu_eager_mean": 3.0,
+             "paired_speedup_spread_mean": 0.3},
+            {**safe, "method": "eager", "speedup_vs_fp32_cpu_eager_mean": 2.8,
+             "paired_speedup_spread_mean": 0.1},
+            {**safe, "method": "onnxruntime", "speedup_vs_fp32_cpu_eager_mean": 2.0,
+             "paired_speedup_spread_mean": 0.1},
+        ]
+    )  # fmt: skip
+    (best,) = cs.best_int8(table).to_dict("records")
+    assert best["method"] == "pt2e"
+    assert best["within_noise_of_best"] == "INT8 CPU eager minmax c64"
 
 
 def test_latencies_stay_out_of_the_report(fixture_run):
@@ -260,6 +291,8 @@ def test_run_writes_csv_markdown_html_and_figures(tmp_path, fixture_run, cifar_d
             assert mean == f"{expected[f'{metric}_mean'] * scale:.{digits}f}"
             low, high = expected[f"{metric}_ci95_low"], expected[f"{metric}_ci95_high"]
             assert half == f"{(high - low) / 2 * scale:.{digits}f}"
+    best = cells(markdown, "Best INT8 method per model")[0]
+    assert "INT8 CPU pt2e c512" in best  # as fast as the best within the timing noise
     fp32 = configuration(table, "fp32-cpu", "eager")
     table1 = {row[0]: row for row in cells(markdown, "Table 1")}
     assert table1["FP32 CPU eager"][1].split(" ± ")[0] == f"{fp32['test_set_seconds_mean']:.2f}"

@@ -133,7 +133,8 @@ def phase(name: str, workdir: Path, image_size: int, batch_size: int, calibratio
             torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, CLASSES)
         ).eval()
         base = {"variant": "fp32-cpu", "device": "cpu", "precision": "fp32"}
-        run = {"batch_size": batch_size, "warmup": 1, "latency_iterations": 20}
+        run = {"batch_size": batch_size, "warmup": 1, "latency_iterations": 20, "rounds": 2,
+               "paired_images": 256}  # fmt: skip
         rows, _, _ = task.benchmark(
             data, net, [("eager", torch.device("cpu"), net, 0)], base, run, log=lambda _: None
         )

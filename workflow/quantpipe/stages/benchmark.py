@@ -6,7 +6,9 @@ bf16 and fp16 under autocast, quantpipe.precision; or rows marked skipped with t
 CUDA or the precision is unusable) and `int8-cpu` (a quantize artifact).
 Every measurement follows a warm-up and runs with as many threads as the CPUs the job was given.
 What is measured is the task's (quantpipe.tasks.base.Task.benchmark): for classifiers the timed
-pass over the test images and batch-1 latency; for the EM task the tiled volume path.
+pass over the test images, batch-1 latency and timed rounds (CPU variants paired with FP32 eager
+in the same process); for the EM task the tiled volume path. Every row records the other Slurm
+jobs seen on its node at the start and at the end (quantpipe.submit.neighbours).
 """
 
 import io
@@ -19,6 +21,7 @@ from quantpipe.artifacts import atomic_path, write_json
 from quantpipe.models.build import load_trained
 from quantpipe.precision import GPU_VARIANTS, for_precision, unusable
 from quantpipe.quantize import backend, load_for_cpu
+from quantpipe.submit import neighbours
 
 VARIANTS = ("fp32-cpu", *GPU_VARIANTS, "int8-cpu")
 
@@ -72,7 +75,12 @@ def run(
         variants = implementations(
             config["variant"], net, artifact, config.get("method"), task.example_input(config)
         )
+        start = neighbours.on_this_node()
         rows, kept, extra = task.benchmark(data, net, variants, base, config, log)
+        seen = neighbours.row_fields(start, neighbours.on_this_node())
+        if seen["neighbour_jobs"]:
+            log(f"benchmark: other jobs ran on this node meanwhile: {seen['neighbour_jobs']}")
+        rows = [{**row, **seen} for row in rows]
     return write_results(metrics, predictions, config, rows, kept, extra)
 
 

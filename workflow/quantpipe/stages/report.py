@@ -2,9 +2,11 @@
 
 The task (TaskSpec) names its measured columns, which of them are quality figures (each also as
 `{name}_delta`, the difference from FP32 CPU eager of the same run), its rate (images/s,
-voxels/s) and its validation score. Speedups compare each row's own rate with FP32 CPU eager of
-the same run; every row also carries the columns every task shares (run, variant, size,
-provenance).
+voxels/s) and its validation score. Speedups compare each row with FP32 CPU eager of the same
+run: timed beside it in the row's own job where the task paired them (`paired_speedup`), else
+(and always in `speedup_vs_fp32_cpu_eager_unpaired`) the ratio of the two jobs' rates. Every row
+also carries the columns every task shares (run, variant, size, provenance, the node and the
+other jobs seen on it).
 """
 
 import pandas as pd
@@ -21,10 +23,11 @@ LEADING = [
     "device", "precision", "status", "reason",
 ]  # fmt: skip
 TRAILING = [
-    "test_set_seconds", "speedup_vs_fp32_cpu_eager", "speedup_vs_best_fp32_cpu", "size_mb",
-    "size_ratio", "batch_size", "threads", "cpu_model", "cpu_int8_flags", "gpu_name", "host",
-    "slurm_job_id", "slurm_partition", "torch", "torchvision", "torchao", "python", "git_commit",
-    "date",
+    "test_set_seconds", "speedup_vs_fp32_cpu_eager", "speedup_vs_fp32_cpu_eager_unpaired",
+    "speedup_vs_best_fp32_cpu", "size_mb", "size_ratio", "batch_size", "threads", "cpu_model",
+    "cpu_int8_flags", "gpu_name", "host", "slurm_node", "slurm_job_id", "slurm_partition",
+    "neighbours_at_start", "neighbours_at_end", "neighbour_jobs", "neighbours_reason", "torch",
+    "torchvision", "torchao", "python", "git_commit", "date",
 ]  # fmt: skip
 
 
@@ -42,8 +45,8 @@ def _rows(metrics_path: str) -> list[dict]:
     where = record["provenance"]
     context = {
         **{key: where.get(key) for key in ("threads", "cpu_model", "cpu_int8_flags", "gpu_name",
-                                             "host", "slurm_job_id", "slurm_partition",
-                                             "git_commit", "date")},
+                                             "host", "slurm_node", "slurm_job_id",
+                                             "slurm_partition", "git_commit", "date")},
         **{key: where["versions"].get(key) for key in ("torch", "torchvision", "torchao",
                                                          "python")},
     }  # fmt: skip
@@ -70,14 +73,20 @@ def build(benchmark_metrics: list[str], train_metrics: list[str]) -> pd.DataFram
     table = table.reindex(columns=[*table.columns, *(c for c in wanted if c not in table)])
     table["size_mb"] = table["size_bytes"] / 1e6
     table["rate"] = table[task.rate]
-    fp32 = table[(table["variant"] == "fp32-cpu") & (table["status"] == "ok")]
-    baseline = fp32[fp32["method"] == "eager"].set_index(RUN_KEYS)
-    best = fp32.groupby(RUN_KEYS)["rate"].max()
+    is_fp32 = (table["variant"] == "fp32-cpu") & (table["status"] == "ok")
+    baseline = table[is_fp32 & (table["method"] == "eager")].set_index(RUN_KEYS)
     keys = pd.MultiIndex.from_frame(table[RUN_KEYS])
     for name in task.quality:
         table[f"{name}_delta"] = table[name] - baseline[name].reindex(keys).to_numpy()
-    table["speedup_vs_fp32_cpu_eager"] = table["rate"] / baseline["rate"].reindex(keys).to_numpy()
-    table["speedup_vs_best_fp32_cpu"] = table["rate"] / best.reindex(keys).to_numpy()
+    unpaired = table["rate"] / baseline["rate"].reindex(keys).to_numpy()
+    table["speedup_vs_fp32_cpu_eager_unpaired"] = unpaired
+    # The pair timed in the row's own process where the task measured one (CPU rows), else the
+    # ratio of the two jobs' rates (GPU rows, tasks without pairs).
+    paired = table.get("paired_speedup")
+    speedup = unpaired if paired is None else paired.fillna(unpaired)
+    table["speedup_vs_fp32_cpu_eager"] = speedup
+    best = speedup[is_fp32].groupby([table[key] for key in RUN_KEYS]).max()
+    table["speedup_vs_best_fp32_cpu"] = speedup / best.reindex(keys).to_numpy()
     table["size_ratio"] = baseline["size_bytes"].reindex(keys).to_numpy() / table["size_bytes"]
     table = table.reindex(columns=wanted)
     order = ["model", "width", "seed", "variant", "calibration_method", "calibration_size"]

@@ -67,7 +67,8 @@ def executor_parameters(resources: Mapping, job_name: str) -> tuple[str, dict]:
     """Map a rule's resources to (submitit cluster, submitit parameters).
 
     Snakemake's standard `runtime` (minutes) and `mem_mb` become the time limit and memory; the
-    Slurm keys (partition, account, QoS, constraint) come from the profile. No partition: local.
+    Slurm keys (partition, account, QoS, constraint, `exclusive`: 1 for a whole node) come from
+    the profile. No partition: local.
     """
     cluster = "slurm" if resources.get("slurm_partition") else "local"
     parameters = {"name": _check_name("job name", job_name)}
@@ -79,6 +80,8 @@ def executor_parameters(resources: Mapping, job_name: str) -> tuple[str, dict]:
             value = _check_name(key, str(value))
         parameters[parameter] = value
     if cluster == "slurm":
+        if resources.get("exclusive"):  # the node to this job alone (profiles/slurm: benchmarks)
+            parameters["slurm_exclusive"] = True
         if resources.get("mem_mb"):
             parameters["slurm_mem"] = f"{int(resources['mem_mb'])}M"
         # Warn the job before its time limit so submitit can requeue it (Checkpointable).

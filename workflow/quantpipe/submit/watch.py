@@ -34,7 +34,7 @@ ENDED = {
 OOM_LINE = re.compile(r"slurmstepd.*(exceeded (?:job |step )?memory limit|oom[-_]kill)", re.I)
 
 
-def _slurm_query(args: list[str]) -> tuple[bool, str]:
+def slurm_query(args: list[str]) -> tuple[bool, str]:
     """(answered, output) of a Slurm client command; never raises, never waits more than 60 s."""
     try:
         done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
@@ -48,7 +48,7 @@ def _slurm_query(args: list[str]) -> tuple[bool, str]:
 def _unusable_nodes(partition: str) -> list[str] | None:
     """'node (state: reason)' for each node of `partition` if none of them can start a job,
     else None (a usable node, or sinfo did not answer)."""
-    answered, out = _slurm_query(["sinfo", "-h", "-N", "-p", partition, "-o", "%N|%t|%E"])
+    answered, out = slurm_query(["sinfo", "-h", "-N", "-p", partition, "-o", "%N|%t|%E"])
     rows = [line.split("|", 2) for line in out.splitlines() if line.count("|") == 2]
     if not answered or not rows:
         return None
@@ -121,7 +121,7 @@ class _QueueWatch:
             if self.job.done(force_check=True):
                 self.accounted = True
             else:
-                answered, out = _slurm_query(["sacct", "-n", "-X", "-j", job_id, "-o", "State"])
+                answered, out = slurm_query(["sacct", "-n", "-X", "-j", job_id, "-o", "State"])
                 if answered:  # it answers, but has not recorded the end yet
                     self.next_check = now + 2
                 else:
@@ -131,7 +131,7 @@ class _QueueWatch:
                     )
             return
         fields = "RestartCnt:|,State:|,Reason:|,Partition:|,NodeList:"
-        answered, out = _slurm_query(["squeue", "-h", "-t", "all", "-j", job_id, "-O", fields])
+        answered, out = slurm_query(["squeue", "-h", "-t", "all", "-j", job_id, "-O", fields])
         if not answered and "Invalid job id" not in out:
             self.retry_later(f"status check of job {job_id} failed ({out})")
             return
@@ -250,7 +250,7 @@ def max_rss_mb(job_ids: list[str], wait_s: float = 60.0) -> dict[str, float | No
 
 
 def _max_rss_once(job_ids: list[str]) -> dict[str, float | None]:
-    answered, output = _slurm_query(
+    answered, output = slurm_query(
         ["sacct", "-j", ",".join(job_ids), "--format=JobID,MaxRSS", "--units=M", "--parsable2",
          "--noheader"]
     )  # fmt: skip

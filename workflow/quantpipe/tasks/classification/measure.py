@@ -7,7 +7,7 @@ import time
 import torch
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
 
@@ -28,7 +28,7 @@ def measure(module, test_images, test_labels, device, config: dict, prepare, log
             batch = prepare(test_images[:shape])
             for _ in range(config["warmup"]):
                 module(batch.to(device))
-        _synchronize(device)
+        synchronize(device)
         predictions = []
         test_seconds = 0.0
         for step, start in enumerate(range(0, len(test_images), batch_size), 1):
@@ -49,10 +49,10 @@ def measure(module, test_images, test_labels, device, config: dict, prepare, log
         for index in range(config["latency_iterations"]):
             at = index % len(test_images)
             image = prepare(test_images[at : at + 1]).to(device)
-            _synchronize(device)
+            synchronize(device)
             tick = time.perf_counter()
             module(image)
-            _synchronize(device)
+            synchronize(device)
             latencies.append((time.perf_counter() - tick) * 1e3)
             if (index + 1) % 100 == 0:
                 log(f"benchmark: batch-1 latency {index + 1}/{config['latency_iterations']} calls")

@@ -10,9 +10,10 @@ FIGURES = (
 
 # The benchmark's measured columns, accuracy the quality one (TaskSpec.report_columns, quality).
 REPORT_COLUMNS = (
-    "accuracy", "images_per_s", "latency_ms_p50", "latency_ms_p90", "latency_ms_p99",
-    "macs_per_image", "achieved_gmac_per_s", "ceiling_gmac_per_s", "fraction_of_ceiling",
-    "fraction_of_ceiling_batch1",
+    "accuracy", "images_per_s", "images_per_s_spread", "rounds", "round_images", "paired_speedup",
+    "paired_speedup_spread", "reference_images_per_s", "latency_ms_p50", "latency_ms_p90",
+    "latency_ms_p99", "macs_per_image", "achieved_gmac_per_s", "ceiling_gmac_per_s",
+    "fraction_of_ceiling", "fraction_of_ceiling_batch1",
 )  # fmt: skip
 QUALITY = ("accuracy",)
 

@@ -27,9 +27,10 @@ from quantpipe.reporting.stats import ALPHA, EXACT_BELOW, mcnemar, verdict
 RUN_KEYS = ["model", "width", "seed"]
 ROW_KEYS = [*RUN_KEYS, "variant", "method", "calibration_method", "calibration_size"]
 METRICS = [
-    "accuracy", "accuracy_delta", "images_per_s", "test_set_seconds", "latency_ms_p50",
-    "latency_ms_p99", "speedup_vs_fp32_cpu_eager", "speedup_vs_best_fp32_cpu", "size_mb",
-    "size_ratio",
+    "accuracy", "accuracy_delta", "images_per_s", "images_per_s_spread", "test_set_seconds",
+    "latency_ms_p50", "latency_ms_p99", "speedup_vs_fp32_cpu_eager",
+    "speedup_vs_fp32_cpu_eager_unpaired", "paired_speedup_spread", "speedup_vs_best_fp32_cpu",
+    "size_mb", "size_ratio",
 ]  # fmt: skip
 BASELINE = ("fp32-cpu", "eager")  # what report.csv's accuracy_delta and speedups compare with
 # The study's Table 1 (ResNet18 on CIFAR-10, 10,000 test images), in report.csv's units.
@@ -125,8 +126,19 @@ def _paired_test(keys: tuple, measured: pd.DataFrame) -> dict:
     }
 
 
+def within_noise(first, second) -> bool:
+    """Whether two configurations' speedups over FP32 CPU eager differ by less than the larger
+    of their timing noise: the range of their paired rounds (paired_speedup_spread, mean over
+    seeds). False where neither has rounds (noise unknown)."""
+    noise = max(first["paired_speedup_spread_mean"], second["paired_speedup_spread_mean"])
+    gap = abs(first["speedup_vs_fp32_cpu_eager_mean"] - second["speedup_vs_fp32_cpu_eager_mean"])
+    return bool(gap < noise)  # NaN noise compares False
+
+
 def best_int8(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, width): the fastest INT8 configuration with no significant loss.
+    """Per (model, width): the fastest INT8 configuration with no significant loss, and in
+    `within_noise_of_best` the other such configurations whose speedup differs from it by less
+    than the timing noise (within_noise): the timing cannot rank them.
 
     Where every one lost accuracy significantly, the most accurate one (its verdict says so).
     """
@@ -135,10 +147,17 @@ def best_int8(summary: pd.DataFrame) -> pd.DataFrame:
     for _, group in int8.groupby(["model", "width"], dropna=False, sort=True):
         safe = group[group["verdict"] == "no significant loss"]
         if len(safe):
-            chosen.append(safe.loc[safe["speedup_vs_fp32_cpu_eager_mean"].idxmax()])
+            best = safe.loc[safe["speedup_vs_fp32_cpu_eager_mean"].idxmax()].copy()
+            tied = [
+                variant_label(other)
+                for index, other in safe.iterrows()
+                if index != best.name and within_noise(best, other)
+            ]
+            best["within_noise_of_best"] = "; ".join(tied)
+            chosen.append(best)
         else:
             chosen.append(group.loc[group["accuracy_mean"].idxmax()])
-    return pd.DataFrame(chosen, columns=summary.columns)
+    return pd.DataFrame(chosen, columns=[*summary.columns, "within_noise_of_best"])
 
 
 def _measured_or_reason(row, cells: list[str]) -> list[str]:
@@ -170,7 +189,10 @@ EVERY_COLUMNS = [
     ("accuracy (%)", "accuracy", 100, 2), ("delta (points)", "accuracy_delta", 100, 2),
     ("images/s", "images_per_s", 1, 0), ("p50 ms (batch 1)", "latency_ms_p50", 1, 2),
     ("p99 ms (batch 1)", "latency_ms_p99", 1, 2),
-    ("speedup (×)", "speedup_vs_fp32_cpu_eager", 1, 2), ("size (MB)", "size_mb", 1, 2),
+    ("speedup (×)", "speedup_vs_fp32_cpu_eager", 1, 2),
+    ("speedup, rounds' range (×)", "paired_speedup_spread", 1, 2),
+    ("speedup, unpaired (×)", "speedup_vs_fp32_cpu_eager_unpaired", 1, 2),
+    ("size (MB)", "size_mb", 1, 2),
     ("size ratio (×)", "size_ratio", 1, 2),
 ]  # fmt: skip
 
@@ -215,6 +237,7 @@ def best_table(best: pd.DataFrame) -> tuple:
         *(title for title, *_ in BEST_COLUMNS),
         "McNemar p",
         "verdict",
+        "as fast within the timing noise",
         "CPU",
         "INT8 flags",
         "threads",
@@ -229,6 +252,7 @@ def best_table(best: pd.DataFrame) -> tuple:
             *_estimates(row, BEST_COLUMNS),
             _p_value(row["mcnemar_p"]),
             row["verdict"],
+            row["within_noise_of_best"] if isinstance(row["within_noise_of_best"], str) else "",
             row["cpu_model"],
             row["cpu_int8_flags"],
             row["threads"],
@@ -270,7 +294,12 @@ def every_table(summary: pd.DataFrame) -> tuple:
 READING = (
     "Numbers are means over seeds ± the half-width of their 95% confidence interval (Student t; "
     "a single seed shows its value alone). Accuracy deltas, speedups and size ratios compare with "
-    "FP32 CPU eager of the same seed. The paired test is McNemar's on the test images that each "
+    "FP32 CPU eager of the same seed. A CPU configuration's speedup is paired: FP32 eager timed "
+    "in the same job, round by round with it, the median of the rounds' ratios (rounds' range: "
+    "their max - min); the unpaired speedup divides the two jobs' own rates. Speed is the median "
+    "of timed rounds. A speedup difference smaller than the rounds' range is within the noise: "
+    "the best INT8 table names such configurations instead of ranking them. "
+    "The paired test is McNemar's on the test images that each "
     "model gets right, against FP32 CPU eager on the same images, discordant images summed over "
     f"seeds; exact binomial below {EXACT_BELOW} discordant images, chi-square with continuity "
     f'correction above. "no significant loss" means p ≥ {ALPHA}: the test cannot tell the two '
@@ -317,7 +346,8 @@ def document(
         (
             "p",
             "The fastest INT8 configuration whose paired test shows no significant loss (the "
-            "most accurate one where every configuration lost), and the machine it ran on.",
+            "most accurate one where every configuration lost), the others without loss that "
+            "are as fast within the timing noise, and the machine it ran on.",
         ),
         best_table(best),
         ("h2", "Every configuration"),

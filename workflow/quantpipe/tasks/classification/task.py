@@ -16,6 +16,7 @@ from quantpipe.tasks.base import Task
 from quantpipe.tasks.classification import images as batched
 from quantpipe.tasks.classification.figures import render_figures
 from quantpipe.tasks.classification.measure import measure
+from quantpipe.tasks.classification.rounds import timed_rounds
 from quantpipe.tasks.classification.summary import document, paired_measurements, summarize
 from quantpipe.tasks.classification.training import evaluate, training
 
@@ -115,7 +116,8 @@ class ClassificationTask(Task):
         return torch.zeros(1, *self.image_shape)
 
     def benchmark(self, data, net, implementations, base, config, log=print):
-        """Each implementation's timed pass over the test split; CPU rows also say what
+        """Each implementation's timed pass over the test split (accuracy, latency), then its
+        timed rounds (speed; CPU rows paired with the FP32 eager `net`); CPU rows also say what
         fraction of this machine's multiply-accumulate ceiling they reach."""
         test_images, test_labels = self.splits(data, config)["test"]
         normalize = self.normalizer(data, config)
@@ -136,6 +138,11 @@ class ClassificationTask(Task):
                 prepare = _channels_last(normalize)
             result = measure(module, test_images, test_labels, device, config, prepare, log)
             kept[label] = result.pop("predictions")
+            # Speed from rounds on a fixed slice; a CPU row's speedup from rounds paired with
+            # the FP32 eager model (`net`) in this process (quantpipe.tasks.classification.rounds).
+            sample = test_images[: config["paired_images"]]
+            reference = net if device.type == "cpu" else None
+            result.update(timed_rounds(module, sample, device, config, prepare, reference))
             usage = (
                 ceilings.utilisation(
                     base["precision"],
@@ -153,8 +160,14 @@ class ClassificationTask(Task):
             )  # fmt: skip
             log(
                 f"benchmark: {base['variant']} {label}: accuracy {result['accuracy']:.4f}, "
-                f"{result['images_per_s']:.0f} img/s, p50 {result['latency_ms_p50']:.2f} ms"
+                f"{result['images_per_s']:.0f} img/s (median of {result['rounds']} rounds, "
+                f"range {result['images_per_s_spread']:.0f}), p50 {result['latency_ms_p50']:.2f} ms"
             )
+            if reference is not None:
+                log(
+                    f"benchmark: {base['variant']} {label}: {result['paired_speedup']:.2f}x FP32 "
+                    f"eager timed beside it (range {result['paired_speedup_spread']:.2f})"
+                )
         return rows, kept, {"ceilings": machine}
 
     # The summary (quantpipe.stages.summary): seed statistics, and tests paired on the test

@@ -1,0 +1,109 @@
+"""Speed from timed rounds, CPU speedups paired with FP32 eager in the same process, and the
+other Slurm jobs a benchmark saw on its node. No assertion on a time: only that the fields are
+there and make sense."""
+
+import torch
+from quantpipe import tasks
+from quantpipe.models.build import build_model
+from quantpipe.stages import benchmark
+from quantpipe.submit import neighbours
+from quantpipe.tasks.classification.rounds import timed_rounds
+
+CONFIG = {"task": "cifar10", "variant": "fp32-cpu", "model": "resnet18_cifar", "width": 4,
+          "seed": 0, "num_classes": 10, "val_size": 5000, "batch_size": 256, "warmup": 1,
+          "latency_iterations": 10, "rounds": 3, "paired_images": 128}  # fmt: skip
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("resnet18_cifar", width=4, num_classes=10).eval()
+
+
+class Twice(torch.nn.Module):
+    """The model run twice per call: a variant with about half its speed."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images):
+        self.net(images)
+        return self.net(images)
+
+
+def test_rounds_give_a_median_and_a_range_and_a_pair():
+    net, images = tiny_model(), torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    config = {"batch_size": 4, "warmup": 1, "rounds": 3}
+    prepare = lambda batch: batch.float() / 255  # noqa: E731
+    alone = timed_rounds(net, images, torch.device("cpu"), config, prepare)
+    assert set(alone) == {"images_per_s", "images_per_s_spread", "rounds", "round_images"}
+    assert alone["images_per_s"] > 0 and alone["images_per_s_spread"] >= 0
+    assert (alone["rounds"], alone["round_images"]) == (3, 10)
+    paired = timed_rounds(Twice(net), images, torch.device("cpu"), config, prepare, net)
+    assert paired["paired_speedup"] > 0 and paired["paired_speedup_spread"] >= 0
+    assert paired["reference_images_per_s"] > 0
+
+
+def test_cpu_rows_carry_their_pair_and_their_node_neighbours(tmp_path, cifar_dir, monkeypatch):
+    net = tiny_model()
+    monkeypatch.delenv("SLURMD_NODENAME", raising=False)
+    monkeypatch.setattr(benchmark, "load_trained", lambda path: (net, {}))
+
+    def implementations(variant, model, artifact, method, example):
+        size = benchmark.state_dict_bytes(model)
+        yield "eager", torch.device("cpu"), model, size
+        yield "twice", torch.device("cpu"), Twice(model), size
+
+    monkeypatch.setattr(benchmark, "implementations", implementations)
+    # The first 1,000 test images: the test pass is not what this checks.
+    cifar10 = type(tasks.load("cifar10"))
+    splits = cifar10.splits
+    monkeypatch.setattr(
+        cifar10, "splits", lambda self, data, config: {
+            name: tuple(part[:1000] for part in split)
+            for name, split in splits(self, data, config).items()
+        },
+    )  # fmt: skip
+    record = benchmark.run("unread.pt", str(cifar_dir), str(tmp_path / "metrics.json"),
+                           str(tmp_path / "predictions.pt"), CONFIG, log=print)  # fmt: skip
+    rows = {row["method"]: row for row in record["rows"]}
+    for row in rows.values():
+        assert row["status"] == "ok" and row["rounds"] == 3 and row["round_images"] == 128
+        for key in ("images_per_s", "paired_speedup", "reference_images_per_s"):
+            assert row[key] > 0, key
+        assert row["images_per_s_spread"] >= 0 and row["paired_speedup_spread"] >= 0
+        assert row["neighbours_at_start"] is None and row["neighbours_at_end"] is None
+        assert "not a Slurm job" in row["neighbours_reason"]
+    assert record["provenance"]["cpu_model"] and "slurm_node" in record["provenance"]
+    print(
+        "paired speedups: eager (itself) {:.3f} (range {:.3f}), twice {:.3f} (range {:.3f})".format(
+            rows["eager"]["paired_speedup"], rows["eager"]["paired_speedup_spread"],
+            rows["twice"]["paired_speedup"], rows["twice"]["paired_speedup_spread"],
+        )
+    )  # fmt: skip
+
+
+def test_neighbours_are_the_other_jobs_squeue_lists_on_the_node(monkeypatch):
+    assert neighbours.other_jobs("1017\n998\n\n1020\n", "1017") == ["1020", "998"]
+    assert neighbours.other_jobs("", "1017") == []
+    monkeypatch.setenv("SLURMD_NODENAME", "cpu-07")
+    monkeypatch.setenv("SLURM_JOB_ID", "1017")
+    asked = []
+
+    def squeue(args):
+        asked.append(args)
+        return True, "1017\n1020"
+
+    monkeypatch.setattr(neighbours, "slurm_query", squeue)
+    start = neighbours.on_this_node()
+    assert start == {"jobs": ["1020"], "reason": ""}
+    assert asked[0][asked[0].index("-w") + 1] == "cpu-07"
+    monkeypatch.setattr(neighbours, "slurm_query", lambda args: (False, "slurmctld down"))
+    end = neighbours.on_this_node()
+    assert end["jobs"] is None and "slurmctld down" in end["reason"]
+    assert neighbours.row_fields(start, end) == {
+        "neighbours_at_start": 1, "neighbours_at_end": None, "neighbour_jobs": "1020",
+        "neighbours_reason": "squeue did not answer: slurmctld down",
+    }  # fmt: skip
+    monkeypatch.delenv("SLURMD_NODENAME")
+    assert "not a Slurm job" in neighbours.on_this_node()["reason"]
