@@ -78,11 +78,16 @@ def pack(args) -> None:
 
 def precision_rows(bundle: Path, config: dict) -> list[dict]:
     from quantpipe import precision
+    from quantpipe.models.build import load_trained
     from quantpipe.stages import benchmark
     from quantpipe.tasks.cifar10.data import normalize
+    from quantpipe.tasks.classification.measure import measure
 
     test = torch.load(bundle / "test.pt", weights_only=True)
-    images = normalize(test["images"]).contiguous(memory_format=torch.channels_last)
+
+    def prepare(batch: torch.Tensor) -> torch.Tensor:
+        return normalize(batch).contiguous(memory_format=torch.channels_last)
+
     rows = []
     for name in PRECISIONS:
         variant = f"{name}-gpu"
@@ -91,10 +96,13 @@ def precision_rows(bundle: Path, config: dict) -> list[dict]:
             rows += [{"variant": variant, "method": m, "status": "skipped", "reason": reason}
                      for m in ("eager", "compiled")]  # fmt: skip
             continue
-        implementations = benchmark.implementations(variant, str(bundle / "model.pt"), None, None)
-        for label, device, module, size in implementations:
+        net, _ = load_trained(str(bundle / "model.pt"))
+        example = torch.zeros(1, *test["images"].shape[1:])
+        for label, device, module, size in benchmark.implementations(
+            variant, net, None, None, example
+        ):
             started = time.perf_counter()
-            result = benchmark.measure(module, images, test["labels"], device, config, log=print)
+            result = measure(module, test["images"], test["labels"], device, config, prepare)
             result.pop("predictions"), result.pop("latencies_ms")
             rows.append({"variant": variant, "method": label, "status": "ok", **result,
                          "size_mb": size / 1e6,
@@ -107,9 +115,10 @@ def precision_rows(bundle: Path, config: dict) -> list[dict]:
 
 def qat_rows(bundle: Path, steps: int, device: str) -> list[dict]:
     """QAT on CUDA with the quantize stage's code; INT8 and FP32 test accuracy on the CPU."""
+    from quantpipe.models.build import load_trained
     from quantpipe.quantize import pt2e, qat
-    from quantpipe.stages.train import load_trained
-    from quantpipe.tasks.cifar10.data import batches, normalize
+    from quantpipe.tasks.cifar10.data import normalize
+    from quantpipe.tasks.classification.images import augment
 
     net, record = load_trained(str(bundle / "model.pt"))
     train = torch.load(bundle / "train.pt", weights_only=True)
@@ -123,12 +132,16 @@ def qat_rows(bundle: Path, steps: int, device: str) -> list[dict]:
         return int(right) / len(x)
 
     calibration = normalize(train["images"][:512])
+
+    def transform(batch, generator):
+        return normalize(augment(batch, generator))
+
     fine_tune = qat.FineTune.from_config(
-        train["images"], train["labels"], {"steps": steps, "device": device},
+        train["images"], train["labels"], transform, {"steps": steps, "device": device},
         record.get("config", {}), seed=0,
     )  # fmt: skip
     started = time.perf_counter()
-    quantized = qat.quantize(net, batches(calibration, 64), calibration[:2], fine_tune=fine_tune)
+    quantized = qat.quantize(net, calibration.split(64), calibration[:2], fine_tune=fine_tune)
     with tempfile.TemporaryDirectory() as folder:
         qat.save(quantized, Path(folder) / "int8.pt", calibration[:2])
         loaded = pt2e.load(Path(folder) / "int8.pt")
