@@ -30,6 +30,7 @@ def test_ceilings_are_the_better_of_a_gemm_and_a_convolution():
                         ceilings.describe(found))  # fmt: skip
 
 
+@pytest.mark.slow
 def test_int8_ceiling_probes_the_kernel_a_compiled_pt2e_model_runs():
     """A compiled PT2E network lowers its convolutions to the oneDNN call the INT8 probe times,
     and its rate stays below the ceiling."""

@@ -106,6 +106,7 @@ def _sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
     return 10 * torch.log10(reference.pow(2).mean() / noise).item()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHAPES)
 def test_pt2e_quantizes_every_convolution(name, sections):
     net = realistic(name, sections)

@@ -193,6 +193,7 @@ def test_a_fixed_batch_size_is_refused_saying_why(userpkg):
         readiness.check("usernets:make_fixed_batch", 10, ["qat"])
 
 
+@pytest.mark.slow
 def test_qat_is_refused_for_a_batch_norm_called_twice(userpkg):
     with pytest.raises(ModelReferenceError) as caught:
         readiness.check(USERNET, 10, ["pt2e", "qat"])

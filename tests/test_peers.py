@@ -38,6 +38,7 @@ def tiny():
     return trained_like(build_model("resnet18_cifar", width=8))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", peer_params())
 def test_peer_round_trip_stays_close_to_fp32(method, tiny, tmp_path):
     module = backend(method)
@@ -58,6 +59,7 @@ def test_peer_round_trip_stays_close_to_fp32(method, tiny, tmp_path):
     assert (tmp_path / "int8.pt").stat().st_size < 0.6 * fp32_bytes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", peer_params())
 def test_peer_fp32_matches_torch(method, tiny):
     x = calibration(seed=3, count=1)[0]
@@ -87,6 +89,7 @@ def test_peer_calibration_methods_map_to_their_own_settings(method, tiny, tmp_pa
     assert default["per_channel"] is True
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(bool(optional.missing("onnxruntime")), reason=f"needs {optional.PEERS_INSTALL}")
 def test_onnxruntime_uses_u8s8_qdq_per_channel(tiny):
     import onnx

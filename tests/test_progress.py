@@ -98,6 +98,7 @@ def test_lines_come_at_most_once_an_interval_and_only_on_a_change(tmp_path, monk
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.slow
 def test_a_waiting_submitter_shows_its_local_jobs_progress(tmp_path, monkeypatch, capsys):
     """A real local submitit job that prints progress lines for a few seconds: the submitter's
     output carries its state and its latest progress line while it runs."""

@@ -91,6 +91,7 @@ def test_pt2e_quantizes_any_cnn(make, tmp_path):
         assert loaded(x[:1]).shape == reference[:1].shape  # the batch size stayed dynamic
 
 
+@pytest.mark.slow
 def test_pt2e_artifact_holds_int8_weights_only(tmp_path):
     model = trained_like(build_model("resnet18_cifar", width=32))
     x = calibration(count=1)[0]
@@ -270,6 +271,7 @@ def conv_weight_scales(graph_module: torch.fx.GraphModule) -> list[torch.Tensor]
     return scales
 
 
+@pytest.mark.slow
 def test_per_tensor_gives_one_weight_scale_per_tensor():
     model = trained_like(build_model("resnet18_cifar", width=8))
     x = calibration(seed=2, count=1)[0]
@@ -304,6 +306,7 @@ def activation_ranges(graph_module: torch.fx.GraphModule) -> set[tuple[int, int]
     }
 
 
+@pytest.mark.slow
 def test_reduce_range_halves_the_activation_range(tmp_path):
     model = trained_like(build_model("resnet18_cifar", width=8))
     x = calibration(seed=2, count=1)[0]
@@ -495,6 +498,7 @@ def test_qat_stage_fine_tunes_on_the_training_split(tmp_path, cifar_dir):
 # --- the per-stage command line -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_quantize_command_works_as_the_readme_shows(tmp_path, cifar_dir):
     """`quantpipe quantize --model ... --data ... --artifact ... --metrics ... --config ...` on a
     checkpoint as the train stage writes it: an INT8 artifact close to the FP32 model, and its

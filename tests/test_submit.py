@@ -109,6 +109,7 @@ def test_failed_stage_exits_nonzero_and_writes_nothing(tmp_path, capsys):
     assert "ValueError: no benchmark rows in 1 metrics files: nothing to report" in printed
 
 
+@pytest.mark.slow
 def test_failed_job_traceback_reaches_the_caller(tmp_path):
     script = (
         "from quantpipe.submit import submit\n"

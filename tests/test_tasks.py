@@ -59,6 +59,7 @@ def test_no_stage_names_a_task():
         assert not named, (path.name, named)
 
 
+@pytest.mark.slow
 def test_the_dag_takes_a_users_task(tmp_path):
     """A dry run with `task: usertasks:SPEC`, in a copy of the checkout: the DAG's prepare_data
     writes the user task's record."""

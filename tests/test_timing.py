@@ -2,6 +2,7 @@
 other Slurm jobs a benchmark saw on its node. No assertion on a time: only that the fields are
 there and make sense."""
 
+import pytest
 import torch
 from quantpipe import tasks
 from quantpipe.models.build import build_model
@@ -44,6 +45,7 @@ def test_rounds_give_a_median_and_a_range_and_a_pair():
     assert paired["reference_images_per_s"] > 0
 
 
+@pytest.mark.slow
 def test_cpu_rows_carry_their_pair_and_their_node_neighbours(tmp_path, cifar_dir, monkeypatch):
     net = tiny_model()
     monkeypatch.delenv("SLURMD_NODENAME", raising=False)
