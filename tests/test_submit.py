@@ -45,12 +45,13 @@ def test_exclusive_asks_slurm_for_the_whole_node_and_means_nothing_locally():
     assert "slurm_exclusive" not in executor_parameters({"exclusive": 1}, "b")[1]
 
 
-def test_the_slurm_profile_runs_benchmarks_alone_on_their_node():
+def test_the_slurm_profile_runs_cpu_benchmarks_alone_on_their_node():
+    """CPU benchmarks get the whole node; GPU ones not (that would take every GPU of it)."""
     profile = yaml.safe_load((REPOSITORY / "profiles/slurm/config.yaml").read_text())
-    for rule in ("benchmark", "benchmark_gpu"):
-        exclusive = profile["set-resources"][rule]["exclusive"]
-        _, parameters = executor_parameters({"slurm_partition": "p", "exclusive": exclusive}, rule)
-        assert parameters["slurm_exclusive"] is True
+    exclusive = profile["set-resources"]["benchmark"]["exclusive"]
+    _, parameters = executor_parameters({"slurm_partition": "p", "exclusive": exclusive}, "b")
+    assert parameters["slurm_exclusive"] is True
+    assert "exclusive" not in profile["set-resources"]["benchmark_gpu"]
 
 
 @pytest.mark.parametrize("present, granted", [(0, 0), (1, 1), (4, 1)])
