@@ -78,7 +78,14 @@ def test_every_stage_ran_as_a_slurm_job_where_asked(slurm_run):
     assert on_gpu.sum() == 4 and (jobs.loc[on_gpu, "Partition"] == "gpu").all()
     assert jobs.loc[on_gpu, "AllocTRES"].str.contains("gres/gpu=1").all()
     assert (jobs.loc[~on_gpu, "Partition"] == "cpu").all()
-    assert not jobs.loc[~on_gpu, "AllocTRES"].str.contains("gres/gpu").any()
+    # CPU benchmarks have the node to themselves (exclusive: every CPU of it, and Slurm gives
+    # an exclusive job the node's GPUs too); the other CPU jobs get no GPU.
+    exclusive = ~on_gpu & jobs.index.str.startswith("benchmark-")
+    node_cpus = subprocess.run(["sinfo", "-h", "-p", "cpu", "-o", "%c"], capture_output=True,
+                               text=True, check=True).stdout.split()[0]  # fmt: skip
+    assert exclusive.sum() == 3
+    assert jobs.loc[exclusive, "AllocTRES"].str.contains(f"cpu={node_cpus},").all()
+    assert not jobs.loc[~on_gpu & ~exclusive, "AllocTRES"].str.contains("gres/gpu").any()
     report = pd.read_csv(workdir / "results" / "report.csv")
     assert set(report["slurm_job_id"].astype(str)) <= set(jobs["JobID"])
     gpu_rows = report[report["variant"].str.endswith("-gpu")]
