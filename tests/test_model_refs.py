@@ -6,7 +6,6 @@ sets PYTHONPATH itself, as a user does, so that Snakemake and every job it start
 """
 
 import json
-import os
 import re
 import time
 
@@ -23,7 +22,7 @@ from quantpipe.models.references import ModelReferenceError
 from quantpipe.quantize import pt2e, readiness
 from quantpipe.stages import train
 from torch import nn
-from workflowtools import copy_repository, snakemake, tiny_config
+from workflowtools import copy_repository, snakemake, tiny_config, with_userpkg
 
 USERPKG = REPO / "tests" / "userpkg"
 USERNET = "usernets:make_net"
@@ -330,10 +329,8 @@ def reference_run(tmp_path_factory):
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     # The user's package comes from PYTHONPATH, as a user's would: Snakemake imports it to check
     # the model before any job, and every job it starts inherits the variable.
-    path = os.pathsep.join(filter(None, [str(workdir / "tests" / "userpkg"),
-                                         os.environ.get("PYTHONPATH")]))  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", path)
+        patch.setenv("PYTHONPATH", with_userpkg(workdir))
         started = time.perf_counter()
         snakemake(workdir)
         print(f"the DAG for {config['models']} took {time.perf_counter() - started:.0f} s")

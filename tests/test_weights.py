@@ -24,7 +24,7 @@ from quantpipe.tasks.classification.images import normalize
 from quantpipe.tasks.classification.training import evaluate
 from snakemake.utils import validate
 from torch import nn
-from workflowtools import copy_repository, planned_jobs, snakemake, tiny_config
+from workflowtools import copy_repository, planned_jobs, snakemake, tiny_config, with_userpkg
 
 USERPKG = REPO / "tests" / "userpkg"
 USERNET = "usernets:make_net"
@@ -324,10 +324,8 @@ def imported_run(tmp_path_factory, cifar_dir):
     config.update(models=[USERNET], methods=["pt2e"],
                   weights={USERNET: {"path": "mynet.pt", **MEAN_STD}})  # fmt: skip
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    path = os.pathsep.join(filter(None, [str(workdir / "tests" / "userpkg"),
-                                         os.environ.get("PYTHONPATH")]))  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", path)
+        patch.setenv("PYTHONPATH", with_userpkg(workdir))
         started = time.perf_counter()
         snakemake(workdir)
         print(f"the DAG with imported weights took {time.perf_counter() - started:.0f} s")

@@ -61,6 +61,14 @@ def planned_jobs(workdir: Path, *args: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.MULTILINE)}
 
 
+def with_userpkg(workdir: Path) -> str:
+    """PYTHONPATH with the copy's tests/userpkg first, as a user puts their own package there:
+    Snakemake imports it, and every job it starts inherits the variable."""
+    return os.pathsep.join(
+        filter(None, [str(workdir / "tests" / "userpkg"), os.environ.get("PYTHONPATH")])
+    )
+
+
 def user_env() -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"

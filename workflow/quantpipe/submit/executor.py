@@ -98,6 +98,18 @@ def _local_gpu_count() -> int:
     return len(glob.glob("/dev/nvidia[0-9]*"))
 
 
+# What submitit raises for a job that ran and failed, or ended without a result.
+JOB_FAILURES = (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError)
+
+
+def report_failure(job, error: Exception, headline: str, stage: str, resources: Mapping) -> None:
+    """The headline, the job's own error (its traceback) and, where known, why it failed."""
+    log(f"{stage}: {headline}")
+    print(str(error), file=sys.stderr, flush=True)
+    if why := why_failed(job, error, resources):
+        log(f"{stage}: {why}")
+
+
 def submit(stage: str, kwargs: dict, resources: Mapping, job_name: str, folder: str) -> dict:
     """Run `stage` as a submitit job and wait for it; raise SystemExit(1) if it failed."""
     cluster, parameters = executor_parameters(resources, job_name)
@@ -120,14 +132,9 @@ def submit(stage: str, kwargs: dict, resources: Mapping, job_name: str, folder: 
         log(f"{stage}: job stderr {job.paths.stderr}")
         try:
             result = wait(job, stage, cluster, resources, job_name)
-        except (
-            submitit.core.utils.FailedJobError,
-            submitit.core.utils.UncompletedJobError,
-        ) as error:
-            log(f"{stage}: job {job.job_id} failed (state {job.state}):")
-            print(str(error), file=sys.stderr, flush=True)
-            if why := why_failed(job, error, resources):
-                log(f"{stage}: {why}")
+        except JOB_FAILURES as error:
+            report_failure(job, error, f"job {job.job_id} failed (state {job.state}):", stage,
+                           resources)  # fmt: skip
             raise SystemExit(1) from None
     # (sacct may still say RUNNING for a moment after the result is written: name no state)
     node = job.get_info().get("NodeList", "this machine") if cluster == "slurm" else "this machine"
@@ -168,14 +175,8 @@ def submit_array(
         for job in jobs:
             try:
                 results[job.job_id] = wait(job, stage, cluster, resources, job_name)
-            except (
-                submitit.core.utils.FailedJobError,
-                submitit.core.utils.UncompletedJobError,
-            ) as error:
-                log(f"{stage}: array task {job.job_id} failed:")
-                print(str(error), file=sys.stderr, flush=True)
-                if why := why_failed(job, error, resources):
-                    log(f"{stage}: {why}")
+            except JOB_FAILURES as error:
+                report_failure(job, error, f"array task {job.job_id} failed:", stage, resources)
                 failed.append(job.job_id)
             except SystemExit:  # a task no node can start (see watch.wait): nor can the rest
                 for other in jobs:
