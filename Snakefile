@@ -2,7 +2,8 @@
 # INT8 (CPU), and merge every measurement into results/report.csv. Every stage runs through
 # submitit: locally by default, on Slurm with `snakemake --profile slurm` (see README.md).
 # `task: isbi2012_em` runs the same rules on membrane U-Nets for serial-section EM instead
-# (workflow/experiments/connectomics.yaml): each stage dispatches on the task.
+# (workflow/experiments/isbi2012_em.yaml): the task's plug-in (quantpipe.tasks) says what each
+# stage does for it.
 
 from snakemake.utils import min_version, validate
 
@@ -39,7 +40,7 @@ include: "workflow/rules/segment.smk"
 # Output paths, with RUN = {model}-w{width}-s{seed} (a model by reference: {folder}-s{seed}, e.g.
 # torchvision.mobilenet_v3_small-s0, pkg.nets.make_net-s0 for pkg.nets:make_net):
 #   resources/cifar-10-batches-py/                     prepare_data (verified CIFAR-10), or
-#   resources/isbi2012-em.zarr/                        (task isbi2012_em) the verified EM stack
+#   resources/isbi2012_em.zarr/                        (task isbi2012_em) the verified EM stack
 #   results/prepare_data/{task}.json                   prepare_data record (cifar10.json, ...)
 #   results/train/RUN/{model.pt,metrics.json}          FP32 weights (+ checkpoints/ for resume)
 #   results/quantize/RUN/{method}-{calibration_method}-c{calibration_size}/{int8.pt,metrics.json}

@@ -149,7 +149,7 @@ def test_a_cifar_archive_with_other_content_is_refused_and_never_cached(server, 
 
 def test_em_stage_downloads_the_60_pngs_once_and_verifies_them(server, cache, tmp_path):
     config = {"task": "isbi2012_em", "isbi2012_url": f"{server.url}/em"}
-    destination = tmp_path / "resources" / "isbi2012-em.zarr"
+    destination = tmp_path / "resources" / "isbi2012_em.zarr"
     record = run(str(destination), str(tmp_path / "first.json"), config, **QUIET)
 
     assert record["cache"]["source"] == "download"

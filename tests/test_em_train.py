@@ -20,7 +20,7 @@ class Killed(Exception):
 
 @pytest.fixture(scope="module")
 def volume(tmp_path_factory, isbi_dir):
-    path = tmp_path_factory.mktemp("em") / "isbi2012-em.zarr"
+    path = tmp_path_factory.mktemp("em") / "isbi2012_em.zarr"
     prepare(str(isbi_dir), str(path), log=lambda _: None)
     return str(path)
 

@@ -265,7 +265,7 @@ def test_weights_that_do_not_fit_fail_the_import_naming_the_file(userpkg, tmp_pa
 def test_the_em_task_imports_with_its_validation(tmp_path, isbi_dir):
     from quantpipe.tasks.isbi2012_em.data import prepare
 
-    volume = str(tmp_path / "isbi2012-em.zarr")
+    volume = str(tmp_path / "isbi2012_em.zarr")
     prepare(str(isbi_dir), volume, log=lambda _: None)
     weights = tmp_path / "unet.pt"
     torch.save(build_model("unet2d", width=2).state_dict(), weights)

@@ -8,7 +8,7 @@ them), so geometries and widths compare without training.
         [--width 8] [--tile 544] [--overlap 32] [--batch 1] [--block-tiles 4] [--block-sections N]
 
 VOLUME.zarr: a uint8 (Z, Y, X) array, or a group with an `image` array (what prepare_data writes
-for isbi2012_em: resources/isbi2012-em.zarr). One JSON line per variant.
+for isbi2012_em: resources/isbi2012_em.zarr). One JSON line per variant.
 """
 
 import argparse

@@ -4,7 +4,7 @@ mirrored copies (flipped on every other tile), so no seam is a jump in the image
 slab as a Zarr array chunked for the segment stage's blocks: memory stays one slab.
 
     .venv/bin/python workflow/scripts/make_em_volume.py OUT.zarr --shape 120 4096 4096
-        [--chunks 4 2048 2048] [--stack resources/isbi2012-em.zarr]
+        [--chunks 4 2048 2048] [--stack resources/isbi2012_em.zarr]
 
 --stack: the verified stack prepare_data wrote for isbi2012_em (a group with `image`), or the
 cache's folder of PNG sections ($QUANTPIPE_CACHE/data/isbi2012-em).
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("out")
     parser.add_argument("--shape", type=int, nargs=3, default=(120, 4096, 4096))
     parser.add_argument("--chunks", type=int, nargs=3, default=(4, 2048, 2048))
-    parser.add_argument("--stack", default="resources/isbi2012-em.zarr")
+    parser.add_argument("--stack", default="resources/isbi2012_em.zarr")
     args = parser.parse_args(argv)
     depth, height, width = args.shape
     source = sections(args.stack)

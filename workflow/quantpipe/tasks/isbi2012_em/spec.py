@@ -102,7 +102,7 @@ def check(config: dict) -> None:
 
 SPEC = TaskSpec(
     name="isbi2012_em",
-    data="resources/isbi2012-em.zarr",
+    data="resources/isbi2012_em.zarr",
     implementation="quantpipe.tasks.isbi2012_em.task:Isbi2012Em",
     models=("unet2d", "unet3d_aniso"),
     methods=("pt2e", "eager"),
