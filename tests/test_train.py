@@ -130,3 +130,34 @@ def test_a_checkpoint_carries_the_cuda_rng_state_to_the_resumed_run(tmp_path, mo
     for got, saved in zip(restored, states, strict=True):
         assert torch.equal(got, saved)
     assert any("resuming from" in line for line in lines)
+
+
+def test_train_steps_reports_progress_and_runs_the_hook_before_each_step():
+    """The step loop training and QAT share: the hook sees each step (0-based) before it runs,
+    progress comes every `log_every` steps and at the last, with the mean loss over the pass."""
+    from quantpipe.engine import train_steps
+
+    torch.manual_seed(0)
+    net = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)  # no learning: every loss is known
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+    batches = [(torch.full((2, 3), float(step)), torch.zeros(2, 1)) for step in range(5)]
+    hooked, shown = [], []
+    losses = [torch.nn.functional.mse_loss(net(x), y).item() for x, y in batches]
+    done = train_steps(
+        net,
+        iter(batches),
+        torch.nn.functional.mse_loss,
+        optimizer,
+        scheduler,
+        torch.device("cpu"),
+        steps=5,
+        log_every=2,
+        on_progress=shown.append,
+        before_step=hooked.append,
+    )
+    assert hooked == [0, 1, 2, 3, 4]
+    assert [progress.step for progress in shown] == [2, 4, 5]
+    assert done.step == 5 and done.items == 10
+    assert done.loss == pytest.approx(sum(losses) / 5)
+    assert shown[0].loss == pytest.approx(sum(losses[:2]) / 2)

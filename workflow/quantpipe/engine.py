@@ -1,5 +1,6 @@
-"""The one training loop every task uses: device choice, one-cycle schedule, epochs of a task's
-batches and loss, validation, atomic checkpoints and resume, the final weights and record.
+"""The one training loop every task and QAT use: device choice, one-cycle schedule, the optimizer
+steps over a task's batches and loss (`train_steps`, also QAT's fine-tune), epochs with validation,
+atomic checkpoints and resume, the final weights and record.
 
 Requeue-safe: every epoch ends in an atomic checkpoint (model, optimizer, scheduler, RNG state,
 epoch, history); a restarted job resumes from it when the training config is unchanged. Each
@@ -8,7 +9,7 @@ same weights as an uninterrupted one. The last epoch is kept: nothing is chosen 
 """
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,52 +143,103 @@ def save_trained(model: str, metrics: str, net: nn.Module, record: dict) -> dict
     return record
 
 
+@dataclass
+class Progress:
+    """Where a pass of `train_steps` stands: its steps, the mean loss over them, the items they
+    took and the seconds they ran."""
+
+    step: int
+    loss: float
+    items: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.seconds
+
+
+def train_steps(
+    net: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    device: torch.device,
+    *,
+    steps: int,
+    log_every: int,
+    on_progress: Callable[[Progress], None],
+    before_step: Callable[[int], None] | None = None,
+    mixed_precision: bool = False,
+    channels_last: bool = False,
+) -> Progress:
+    """Optimizer steps over `batches` ((inputs, targets) on the CPU; `steps` of them): forward,
+    loss, backward, optimizer and schedule step. `on_progress` gets the pass so far every
+    `log_every` steps and at the last; `before_step(index)` (0-based) runs ahead of each step
+    (QAT freezes batch norm and observers there). `mixed_precision`: bf16 autocast."""
+    started, seen, loss_sum = time.perf_counter(), 0, 0.0
+    progress = Progress(0, 0.0, 0, 0.0)
+    for step, (inputs, targets) in enumerate(batches, 1):
+        if before_step is not None:
+            before_step(step - 1)
+        x = inputs.to(device, non_blocking=True)
+        y = targets.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed_precision):
+            batch_loss = loss(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        batch_loss.backward()
+        optimizer.step()
+        scheduler.step()
+        seen += len(x)
+        loss_sum += batch_loss.item() * len(x)
+        progress = Progress(step, loss_sum / seen, seen, time.perf_counter() - started)
+        if step % log_every == 0 or step == steps:
+            on_progress(progress)
+    return progress
+
+
 def fit(
     net: nn.Module, training: Training, config: dict, model: str, device, log=print
 ) -> tuple[int, list]:
     """Train `net` for config['epochs'] epochs of `training`, checkpointing each into the folder
     of `model` and resuming from it; (the epoch it started from, the per-epoch history)."""
     on_gpu = device.type == "cuda"
-    steps = training.steps_per_epoch
-    scheduler = one_cycle(training.optimizer, config["lr"], config["epochs"] * steps)
+    steps, epochs, unit = training.steps_per_epoch, config["epochs"], training.unit
+    scheduler = one_cycle(training.optimizer, config["lr"], epochs * steps)
     checkpoint_path = checkpoint_path_for(model)
     start_epoch, history = resume(checkpoint_path, config, net, training.optimizer, scheduler, log)
-    unit = training.unit
-    for epoch in range(start_epoch, config["epochs"]):
+    for epoch in range(start_epoch, epochs):
+
+        def show(progress: Progress, epoch: int = epoch) -> None:
+            remaining = (epochs - epoch) * training.items_per_epoch - progress.items
+            log(
+                f"train: epoch {epoch + 1}/{epochs} step {progress.step}/{steps} "
+                f"loss {progress.loss:.4f} {progress.rate:.0f} {unit}/s "
+                f"ETA {remaining / progress.rate:.0f} s"
+            )
+
         net.train()
-        generator = epoch_generator(config["seed"], epoch)
-        epoch_start, seen, loss_sum = time.perf_counter(), 0, 0.0
-        for step, (inputs, targets) in enumerate(training.batches(generator), 1):
-            x = inputs.to(device, non_blocking=True)
-            y = targets.to(device, non_blocking=True)
-            if on_gpu and training.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=on_gpu):
-                loss = training.loss(net(x), y)
-            training.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            training.optimizer.step()
-            scheduler.step()
-            seen += len(x)
-            loss_sum += loss.item() * len(x)
-            if step % config["log_every"] == 0 or step == steps:
-                rate = seen / (time.perf_counter() - epoch_start)
-                remaining = (config["epochs"] - epoch) * training.items_per_epoch - seen
-                log(
-                    f"train: epoch {epoch + 1}/{config['epochs']} step {step}/{steps} "
-                    f"loss {loss_sum / seen:.4f} {rate:.0f} {unit}/s ETA {remaining / rate:.0f} s"
-                )
+        done = train_steps(
+            net,
+            training.batches(epoch_generator(config["seed"], epoch)),
+            training.loss,
+            training.optimizer,
+            scheduler,
+            device,
+            steps=steps,
+            log_every=config["log_every"],
+            on_progress=show,
+            mixed_precision=on_gpu,
+            channels_last=on_gpu and training.channels_last,
+        )
         scores = training.validate(net, device)
         history.append(
-            {
-                "epoch": epoch + 1,
-                "train_loss": loss_sum / seen,
-                **scores,
-                f"{unit}_per_s": seen / (time.perf_counter() - epoch_start),
-            }
+            {"epoch": epoch + 1, "train_loss": done.loss, **scores, f"{unit}_per_s": done.rate}
         )
         shown = ", ".join(f"{key} {value:.4f}" for key, value in scores.items())
-        log(f"train: epoch {epoch + 1} done: loss {loss_sum / seen:.4f}, {shown}")
+        log(f"train: epoch {epoch + 1} done: loss {done.loss:.4f}, {shown}")
         save_checkpoint(
             checkpoint_path, config, net, training.optimizer, scheduler, epoch + 1, history
         )

@@ -3,10 +3,11 @@
 The flow is torchao's PT2E QAT: torch.export of the FP32 model in train mode, `prepare_qat_pt2e`
 with X86InductorQuantizer's QAT config (fake quantizers with moving-average min-max observers,
 per-channel weights; convolution and batch norm fused into one QAT pattern), a few hundred SGD
-steps on augmented training images with a small, cosine-decayed learning rate, then
-`convert_pt2e`. Batch norm statistics are frozen part-way (torchao's `move_exported_model_to_eval`
-switches the graph's batch norms to their running statistics, weights still train) and the
-observers a little later (the quantization ranges stop moving), as the PyTorch QAT recipes do.
+steps on augmented training images with a small, cosine-decayed learning rate (the training
+engine's `train_steps`, as training uses), then `convert_pt2e`. Batch norm statistics are frozen
+part-way (torchao's `move_exported_model_to_eval` switches the graph's batch norms to their
+running statistics, weights still train) and the observers a little later (the quantization
+ranges stop moving), as the PyTorch QAT recipes do.
 
 The fine-tune runs on CUDA where it is usable, else on the CPU (recorded with the reason). The INT8
 graph is the same kind as `pt2e`'s and is saved, loaded and compiled by pt2e's own functions, so
@@ -35,7 +36,7 @@ from torchao.quantization.pt2e import (
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
-from quantpipe.engine import choose_device
+from quantpipe import engine
 from quantpipe.quantize import pt2e
 from quantpipe.quantize.calibration import Calibration, parse
 
@@ -147,7 +148,7 @@ def quantize(
             "the example batch needs at least 2 images so the batch size stays dynamic"
         )
     tune = fine_tune
-    device, reason = choose_device({"device": tune.device})
+    device, reason = engine.choose_device({"device": tune.device})
     log(f"qat: {reason}")
     started = time.perf_counter()
     prepared = prepare(model, example, calibration).to(device)
@@ -170,45 +171,50 @@ def quantize(
         weight_decay=tune.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _cosine(step, tune.steps))
-    criterion = nn.CrossEntropyLoss(label_smoothing=tune.label_smoothing)
     freeze_bn_step = round(tune.freeze_bn_after * tune.steps)
     freeze_observers_step = round(tune.freeze_observers_after * tune.steps)
     generator = torch.Generator().manual_seed(tune.seed * 100_003 + 7)
-    order, position = torch.randperm(len(tune.images), generator=generator), 0
-    history, loss_sum, correct, count = [], 0.0, 0, 0
-    tick = time.perf_counter()
-    for step in range(tune.steps):
+
+    def batches():
+        """`steps` batches of augmented training images, reshuffled whenever they run out."""
+        order, position = torch.randperm(len(tune.images), generator=generator), 0
+        for _ in range(tune.steps):
+            if position + tune.batch_size > len(order):
+                order, position = torch.randperm(len(tune.images), generator=generator), 0
+            index = order[position : position + tune.batch_size]
+            position += tune.batch_size
+            yield tune.transform(tune.images[index], generator), tune.labels[index]
+
+    def freeze(step: int) -> None:
         if step == freeze_bn_step:
             move_exported_model_to_eval(prepared)  # batch norm: running statistics from here on
             log(f"qat: step {step}: batch norm statistics frozen")
         if step == freeze_observers_step:
             prepared.apply(disable_observer)  # quantization ranges fixed from here on
             log(f"qat: step {step}: observers frozen")
-        if position + tune.batch_size > len(order):
-            order, position = torch.randperm(len(tune.images), generator=generator), 0
-        index = order[position : position + tune.batch_size]
-        position += tune.batch_size
-        x = tune.transform(tune.images[index], generator).to(device, non_blocking=True)
-        y = tune.labels[index].to(device, non_blocking=True)
-        output = prepared(x)
-        loss = criterion(output, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        loss_sum += loss.item() * len(index)
-        correct += (output.argmax(1) == y).sum().item()
-        count += len(index)
-        if (step + 1) % tune.log_every == 0 or step + 1 == tune.steps:
-            rate = count / (time.perf_counter() - tick)
-            entry = {"step": step + 1, "loss": loss_sum / count, "accuracy": correct / count}
-            history.append(entry)
-            log(
-                f"qat: step {step + 1}/{tune.steps} loss {entry['loss']:.4f} "
-                f"train acc {entry['accuracy']:.4f} {rate:.0f} img/s "
-                f"ETA {(tune.steps - step - 1) * tune.batch_size / rate:.0f} s"
-            )
-            loss_sum, correct, count, tick = 0.0, 0, 0, time.perf_counter()
+
+    history = []
+
+    def show(progress: engine.Progress) -> None:
+        history.append({"step": progress.step, "loss": progress.loss})
+        remaining = (tune.steps - progress.step) * tune.batch_size
+        log(
+            f"qat: step {progress.step}/{tune.steps} loss {progress.loss:.4f} "
+            f"{progress.rate:.0f} img/s ETA {remaining / progress.rate:.0f} s"
+        )
+
+    engine.train_steps(
+        prepared,
+        batches(),
+        nn.CrossEntropyLoss(label_smoothing=tune.label_smoothing),
+        optimizer,
+        scheduler,
+        device,
+        steps=tune.steps,
+        log_every=tune.log_every,
+        on_progress=show,
+        before_step=freeze,
+    )
     trained_seconds = time.perf_counter() - started
 
     prepared = prepared.cpu()
