@@ -97,9 +97,9 @@ def test_prepare_decodes_hashes_and_reads_back(image_folder, tmp_path):
         )
     task = tasks.load("images")
     splits = task.splits(str(data), {})
-    images, labels = splits["train"]
-    assert images.dtype == torch.uint8 and images.shape[1:] == (3, SIZE, SIZE)
-    assert isinstance(np.load(data / "train_images.npy", mmap_mode="c"), np.memmap)
+    on_disk, labels = splits["train"]
+    images = on_disk[:]
+    assert images.dtype == torch.uint8 and on_disk.shape[1:] == (3, SIZE, SIZE)
     first = next(entry for entry in manifest["files"] if entry["split"] == "train")
     expected = decode.to_pixels((image_folder / first["path"]).read_bytes(), SIZE)
     assert torch.equal(images[0], torch.from_numpy(expected)) and labels[0] == first["label"]
@@ -170,3 +170,24 @@ def test_the_workers_stop_where_the_parent_bypasses_sigterm():
         assert list(handlers) == [signal.SIG_DFL] * 4
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_split_is_read_by_batches_never_mapped(tmp_path):
+    """Slices, index tensors and single images read what the array holds; the file is not
+    mapped into the process (its pages would count in the job's resident memory)."""
+    from quantpipe.tasks.images.reader import ImagesOnDisk
+
+    array = np.random.default_rng(0).integers(0, 256, (7, 3, 4, 5), dtype=np.uint8)
+    np.save(tmp_path / "train_images.npy", array)
+    images = ImagesOnDisk(tmp_path / "train_images.npy")
+    assert len(images) == 7 and images.shape == (7, 3, 4, 5)
+    assert torch.equal(images[2:5], torch.from_numpy(array[2:5]))
+    assert torch.equal(images[:], torch.from_numpy(array)) and images[6:6].shape == (0, 3, 4, 5)
+    assert torch.equal(images[torch.tensor([6, 0, 6])], torch.from_numpy(array[[6, 0, 6]]))
+    assert torch.equal(images[-1], torch.from_numpy(array[-1]))
+    assert str(tmp_path / "train_images.npy") not in Path("/proc/self/maps").read_text()
+    with pytest.raises(IndexError, match="image 7 of a split of 7"):
+        images[torch.tensor([7])]
+    np.save(tmp_path / "float.npy", array.astype(np.float32))
+    with pytest.raises(ValueError, match="uint8 array.*run prepare_data again"):
+        ImagesOnDisk(tmp_path / "float.npy")

@@ -2,7 +2,7 @@
 and channel statistics (cifar10, images).
 
 Every stage reads the uint8 images batch by batch and normalises each batch as it goes, so a
-split can be a memory-mapped array far larger than memory (task images); only the calibration
+split can be an array on disk far larger than memory (task images); only the calibration
 images are held whole, as the quantizers take them.
 """
 
@@ -23,10 +23,11 @@ from quantpipe.tasks.classification.training import evaluate, training
 
 class ClassificationTask(Task):
     """A subclass gives `splits(data, config)` -> {"train", "val", "test": (uint8 images (N, C,
-    H, W), int64 labels)}, in memory or memory-mapped; `channel_stats(data)`, the mean and std
-    ((1, C, 1, 1) tensors) images are normalised with; and the `image_shape` (C, H, W) its data
-    comes in, or its own `example_input`. A run of imported weights normalises with the
-    statistics they were trained with instead (config `weights`: mean, std)."""
+    H, W), int64 labels)}, in memory or read from disk by batches; `channel_stats(data)`, the
+    mean and std ((1, C, 1, 1) tensors) images are normalised with; and the `image_shape`
+    (C, H, W) its data comes in, or its own `example_input`. A run of imported weights
+    normalises with the statistics they were trained with instead (config `weights`: mean,
+    std)."""
 
     image_shape: tuple[int, int, int]
     # Whether summary.md sets this run beside the study's Table 1 (ResNet18 on CIFAR-10).

@@ -1,6 +1,6 @@
 """Task images' implementation: a user's folder decoded into a verified cache on disk
-(quantpipe.tasks.images.cache), read memory-mapped by ClassificationTask batch by batch, with the
-training split's channel statistics."""
+(quantpipe.tasks.images.cache), read from disk by ClassificationTask batch by batch
+(quantpipe.tasks.images.reader), with the training split's channel statistics."""
 
 import numpy as np
 import torch
@@ -8,6 +8,7 @@ import torch
 from quantpipe.tasks.classification.task import ClassificationTask
 from quantpipe.tasks.images import cache
 from quantpipe.tasks.images.folder import SPLITS
+from quantpipe.tasks.images.reader import ImagesOnDisk
 
 
 class Images(ClassificationTask):
@@ -19,12 +20,11 @@ class Images(ClassificationTask):
         )
 
     def splits(self, data: str, config: dict) -> dict:
-        """Each split's images memory-mapped (copy-on-write, so torch takes them without a
-        copy; nothing writes to them) and its labels."""
+        """Each split's images, read from the cache batch by batch, and its labels."""
         cache.load_manifest(data)
         return {
             split: (
-                torch.from_numpy(np.load(f"{data}/{split}_images.npy", mmap_mode="c")),
+                ImagesOnDisk(f"{data}/{split}_images.npy"),
                 torch.from_numpy(np.load(f"{data}/{split}_labels.npy")),
             )
             for split in SPLITS
