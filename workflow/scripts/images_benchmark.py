@@ -10,7 +10,8 @@ a network).
 Memory is read from /proc/self/status every 20 ms: RssAnon (the process's own memory) and
 RssFile (pages of mapped files: the libraries; the stages read the cache with plain reads, not a
 memory map, so its pages stay in the page cache, outside the process). VmHWM is the kernel's
-peak of both together, what Slurm's MaxRSS reports. Decode workers are separate processes; the largest one's peak is given.
+peak of both together. Decode workers are separate processes; the largest one's peak is
+given.
 
     PYTHONPATH=workflow python workflow/scripts/images_benchmark.py --images 100000 \\
         --image-size 224 --workdir /scratch/images-benchmark
