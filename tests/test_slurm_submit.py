@@ -1,5 +1,6 @@
 """The submit layer on the real local Slurm: refusals, cancellation, failures, requeue + resume."""
 
+import json
 import os
 import re
 import signal
@@ -139,3 +140,30 @@ def test_a_requeued_training_job_resumes_and_matches_an_uninterrupted_run(tmp_pa
         resumed.state_dict().items(), straight.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), key
+
+
+def test_a_job_sees_the_other_jobs_on_its_node(tmp_path):
+    """What a benchmark row records (quantpipe.submit.neighbours), from a real job on the node:
+    squeue's running jobs there, its own left out."""
+    neighbour = run(["sbatch", "--parsable", "-p", "cpu", "-c", "1", "--mem", "100", "-J",
+                     "qp-test-neighbour", "-o", "/dev/null", "--wrap", "sleep 120"])  # fmt: skip
+    assert neighbour.returncode == 0, neighbour.stderr
+    neighbour_id = neighbour.stdout.strip().split(";")[0]
+    try:
+        wait_for(
+            lambda: "RUNNING" in run(["squeue", "-h", "-j", neighbour_id, "-o", "%T"]).stdout,
+            60,
+            "the neighbour to run",
+        )
+        probe = (
+            "import json; from quantpipe.submit.neighbours import on_this_node; "
+            "print(json.dumps(on_this_node()))"
+        )
+        out = tmp_path / "probe.out"
+        done = run(["sbatch", "--wait", "-p", "cpu", "-c", "1", "--mem", "500", "-o", str(out),
+                    "--wrap", f"{sys.executable} -c '{probe}'"], timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr + out.read_text()
+        seen = json.loads(out.read_text().strip().splitlines()[-1])
+        assert seen == {"jobs": [neighbour_id], "reason": ""}
+    finally:
+        run(["scancel", neighbour_id])
