@@ -135,7 +135,7 @@ def test_a_checkpoint_carries_the_cuda_rng_state_to_the_resumed_run(tmp_path, mo
 def test_train_steps_reports_progress_and_runs_the_hook_before_each_step():
     """The step loop training and QAT share: the hook sees each step (0-based) before it runs,
     progress comes every `log_every` steps and at the last, with the mean loss over the pass."""
-    from quantpipe.engine import train_steps
+    from quantpipe.engine import Progress, train_steps
 
     torch.manual_seed(0)
     net = torch.nn.Linear(3, 1)
@@ -161,3 +161,6 @@ def test_train_steps_reports_progress_and_runs_the_hook_before_each_step():
     assert done.step == 5 and done.items == 10
     assert done.loss == pytest.approx(sum(losses) / 5)
     assert shown[0].loss == pytest.approx(sum(losses[:2]) / 2)
+    # A slow run's rate keeps its decimals in the progress line.
+    assert Progress(1, 0.0, 1, 4.0).shown_rate == "0.25"
+    assert Progress(1, 0.0, 400, 4.0).shown_rate == "100"

@@ -157,6 +157,12 @@ class Progress:
     def rate(self) -> float:
         return self.items / self.seconds
 
+    @property
+    def shown_rate(self) -> str:
+        """The rate for a progress line: a slow run (a wide 3D network on a CPU) shows decimals
+        rather than "0"."""
+        return f"{self.rate:.0f}" if self.rate >= 10 else f"{self.rate:.2f}"
+
 
 def train_steps(
     net: nn.Module,
@@ -216,7 +222,7 @@ def fit(
             remaining = (epochs - epoch) * training.items_per_epoch - progress.items
             log(
                 f"train: epoch {epoch + 1}/{epochs} step {progress.step}/{steps} "
-                f"loss {progress.loss:.4f} {progress.rate:.0f} {unit}/s "
+                f"loss {progress.loss:.4f} {progress.shown_rate} {unit}/s "
                 f"ETA {remaining / progress.rate:.0f} s"
             )
 

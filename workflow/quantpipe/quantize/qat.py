@@ -200,7 +200,7 @@ def quantize(
         remaining = (tune.steps - progress.step) * tune.batch_size
         log(
             f"qat: step {progress.step}/{tune.steps} loss {progress.loss:.4f} "
-            f"{progress.rate:.0f} img/s ETA {remaining / progress.rate:.0f} s"
+            f"{progress.shown_rate} img/s ETA {remaining / progress.rate:.0f} s"
         )
 
     engine.train_steps(
