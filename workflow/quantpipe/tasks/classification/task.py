@@ -150,14 +150,7 @@ class ClassificationTask(Task):
             reference = net if device.type == "cpu" else None
             result.update(timed_rounds(module, sample, device, config, prepare, reference))
             result["batch_curve"] = batch_curve(module, sample, device, config, prepare)
-            for point in result["batch_curve"]:
-                speed = (
-                    f"{point['images_per_s']:.0f} img/s (range {point['images_per_s_spread']:.0f}"
-                    f"), {point['batch_latency_ms_p50']:.2f} ms per batch"
-                    if point["status"] == "ok"
-                    else f"skipped: {point['reason']}"
-                )
-                log(f"benchmark: {base['variant']} {label} at batch {point['batch_size']}: {speed}")
+            _log_curve(result["batch_curve"], f"{base['variant']} {label}", log)
             usage = (
                 ceilings.utilisation(
                     base["precision"],
@@ -202,6 +195,17 @@ class ClassificationTask(Task):
 
     def summary_figures(self, table, extra, footer):
         return render_figures(table, extra["measurements"], extra["curve"], footer)
+
+
+def _log_curve(curve: list[dict], name: str, log) -> None:
+    for point in curve:
+        speed = (
+            f"{point['images_per_s']:.0f} img/s (range {point['images_per_s_spread']:.0f}), "
+            f"{point['batch_latency_ms_p50']:.2f} ms per batch"
+            if point["status"] == "ok"
+            else f"skipped: {point['reason']}"
+        )
+        log(f"benchmark: {name} at batch {point['batch_size']}: {speed}")
 
 
 def _channels_last(normalize):
