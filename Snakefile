@@ -50,6 +50,7 @@ include: "workflow/rules/segment.smk"
 #               | int8-cpu-{method}-{calibration_method}-c{calibration_size}
 #       (EM: predictions.pt holds each row's membrane probability of the test sections, uint8)
 #   results/report.csv                                 one row per measurement
+#   results/batch_sizes.csv                            batch-size curves (benchmark.batch_sizes)
 #   results/summary.{csv,md}                           seed statistics, paired tests, Table 1
 #   results/summary/{figure}.{png,svg}, tables.html    figures and tables for --report
 #       (EM: summary.md is the cost per mm^3 table; figures quality_vs_throughput, cost_per_mm3)

@@ -40,3 +40,29 @@ def test_qat_with_per_tensor_calibration_is_rejected():
     with pytest.raises(ValueError, match=r"'qat' .*\['minmax_per_tensor'\].*per-channel"):
         check_consistency(config)
     check_consistency({**config, "methods": ["pt2e"]})
+
+
+@pytest.mark.parametrize(
+    "sizes,message",
+    [([16, 1], r"batch_sizes \[16, 1\] must be ascending without repeats: write \[1, 16\]"),
+     ([1, 16, 16], r"batch_sizes \[1, 16, 16\] must be ascending without repeats"),
+     ([1, 2000], r"batch_sizes \[2000\] exceed benchmark.paired_images = 1000")],
+)  # fmt: skip
+def test_a_bad_batch_size_curve_is_rejected_saying_how_to_fix_it(sizes, message):
+    config = {"val_size": 5000, "calibration_sizes": [512], "methods": ["pt2e"],
+              "benchmark": {"batch_sizes": sizes, "paired_images": 1000}}  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        check_consistency(config)
+    check_consistency({**config, "benchmark": {"batch_sizes": [1, 16, 256],
+                                               "paired_images": 1000}})  # fmt: skip
+
+
+@pytest.mark.parametrize("sizes", [[0, 16], ["one"], 16])
+def test_batch_sizes_are_positive_integers_by_the_schema(sizes):
+    config = {"benchmark": {"batch_sizes": sizes}}
+    coerce_to_schema(config, SCHEMA)
+    with pytest.raises(Exception, match="batch_sizes"):
+        validate(config, SCHEMA, set_default=True)
+    empty = {}
+    validate(empty, SCHEMA, set_default=True)
+    assert empty["benchmark"]["batch_sizes"] == []

@@ -20,7 +20,9 @@ def test_a_consistent_em_config_passes():
      ({"em": {**EM["em"], "tile": 100}}, r"em.tile = 100 must be a multiple of 8"),
      ({"em": {**EM["em"], "overlap": 256}}, r"em.overlap = 256 must be smaller than em.tile"),
      ({"models": ["unet3d_aniso"], "em": {**EM["em"], "section_overlap": 3}},
-      r"em.section_overlap = 3 must be smaller than em.sections = 3")],
+      r"em.section_overlap = 3 must be smaller than em.sections = 3"),
+     ({"benchmark": {"batch_sizes": [1, 4]}},
+      r"batch_sizes \[1, 4\]: the batch-size curve is for the classifier tasks.*inference_batch")],
 )  # fmt: skip
 def test_an_inconsistent_em_config_is_rejected_naming_key_value_and_choices(change, message):
     with pytest.raises(ValueError, match=message):

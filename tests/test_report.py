@@ -1,7 +1,11 @@
+import json
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from quantpipe.artifacts import write_json
-from quantpipe.stages.report import build
+from quantpipe.reporting.rows import LEADING
+from quantpipe.stages.report import build, run
 
 PROVENANCE = {
     "threads": 2, "cpu_model": "test cpu", "cpu_int8_flags": "avx512_vnni", "gpu_name": None,
@@ -82,3 +86,50 @@ def test_speedups_come_from_the_pair_where_the_row_has_one(tmp_path):
     assert compiled["speedup_vs_fp32_cpu_eager"] == pytest.approx(1.6)
     assert int8["speedup_vs_best_fp32_cpu"] == pytest.approx(7.5 / 1.6)
     assert int8["slurm_node"] == "node1" and int8["cpu_int8_flags"] == "avx512_vnni"
+
+
+def curve(rate):
+    """A benchmark row's batch-size curve at batches 1 and 64."""
+    return [
+        {"batch_size": size, "status": "ok", "reason": "", "images_per_s": rate * share,
+         "images_per_s_spread": rate / 20, "batch_latency_ms_p50": 1e3 * size / rate / share,
+         "rounds": 3, "round_images": 256}
+        for size, share in ((1, 0.25), (64, 1.0))
+    ]  # fmt: skip
+
+
+def test_the_batch_size_curves_go_to_their_own_csv_not_to_report_csv(tmp_path):
+    """batch_sizes.csv: a row per measurement and batch size with its run keys and where it
+    ran; a row that was not measured gives each asked-for batch size a row saying why;
+    report.csv keeps one row per measurement."""
+    paths, trained = write_metrics(tmp_path)
+    for path in paths:
+        record = json.loads(Path(path).read_text())
+        record["config"] = {**RUN, "batch_sizes": [1, 64]}
+        for entry in record["rows"]:
+            if entry["status"] == "ok":
+                entry["batch_curve"] = curve(entry["images_per_s"])
+        write_json(path, record)
+    out = tmp_path / "results"
+    result = run(paths, trained, str(out / "report.csv"), str(out / "batch_sizes.csv"),
+                 log=lambda line: None)  # fmt: skip
+    report = pd.read_csv(result["report"])
+    assert len(report) == 4 and "batch_curve" not in report.columns
+    table = pd.read_csv(result["batch_sizes"])
+    assert len(table) == 4 * 2
+    assert list(table.columns[:12]) == [*LEADING, "batch_size"]
+    int8 = table[(table["variant"] == "int8-cpu")].set_index("batch_size")
+    assert int8.loc[1, "images_per_s"] == pytest.approx(200.0)
+    assert int8.loc[64, "batch_latency_ms_p50"] == pytest.approx(80.0)
+    assert (int8["seed"] == 0).all() and (int8["calibration_size"] == 512).all()
+    assert (int8["cpu_model"] == "test cpu").all() and (int8["torch"] == "2.14.1").all()
+    gpu = table[table["variant"] == "fp32-gpu"]
+    assert list(gpu["batch_size"]) == [1, 64] and (gpu["status"] == "skipped").all()
+    assert gpu["reason"].str.contains("CUDA").all() and gpu["images_per_s"].isna().all()
+
+
+def test_without_a_curve_batch_sizes_csv_holds_its_header_alone(metrics, tmp_path):
+    out = tmp_path / "results"
+    run(*metrics, str(out / "report.csv"), str(out / "batch_sizes.csv"), log=lambda line: None)
+    table = pd.read_csv(out / "batch_sizes.csv")
+    assert table.empty and "batch_size" in table.columns and "cpu_model" in table.columns

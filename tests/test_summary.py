@@ -13,7 +13,7 @@ from quantpipe.stages.report import build
 from quantpipe.tasks.cifar10.data import load_splits
 from quantpipe.tasks.cifar10.spec import SPEC
 from quantpipe.tasks.classification import summary as cs
-from quantpipe.tasks.classification.figures import render_figures
+from quantpipe.tasks.classification.figures import plot_batch_size_curve, render_figures
 
 # Three seeds whose FP32 CPU eager model gets the first 1000, 900, 800 test images wrong:
 # accuracy 0.90, 0.91, 0.92 (mean 0.91, sd 0.01), 100, 110, 120 images/s (mean 110, sd 10).
@@ -26,6 +26,7 @@ PROVENANCE = {
     "versions": {"torch": "2.14.1", "torchvision": "0.29.1", "torchao": "0.18.0", "python": "3.11"},
 }  # fmt: skip
 CONFIG = {"val_size": 5000, "seeds": [0, 1, 2]}
+CURVE_SIZES = (1, 64)  # benchmark.batch_sizes of the fixture's runs
 
 
 def wrong_on(labels: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -51,7 +52,19 @@ def measured(
             "batch_size": 256, "latency_ms_p50": 2.0, "latency_ms_p90": 2.5,
             "latency_ms_p99": 3.0, "latencies_ms": [1.5, 2.0, 2.0, 3.0],
             "size_bytes": size, "images_per_s_spread": images_per_s / 20,
-            "paired_speedup_spread": 0.1}  # fmt: skip
+            "paired_speedup_spread": 0.1, "batch_curve": batch_curve(images_per_s)}  # fmt: skip
+
+
+def batch_curve(images_per_s: float) -> list[dict]:
+    """A row's batch-size curve at CURVE_SIZES: a quarter of its rate at batch 1, all of it at
+    64; the time of one batch follows."""
+    return [
+        {"batch_size": size, "status": "ok", "reason": "", "images_per_s": images_per_s * share,
+         "images_per_s_spread": images_per_s / 20,
+         "batch_latency_ms_p50": 1e3 * size / (images_per_s * share), "rounds": 3,
+         "round_images": 256}
+        for size, share in zip(CURVE_SIZES, (0.25, 1.0), strict=True)
+    ]  # fmt: skip
 
 
 def write_run(root, labels: torch.Tensor) -> tuple[list[str], list[str], list[str]]:
@@ -86,9 +99,9 @@ def write_run(root, labels: torch.Tensor) -> tuple[list[str], list[str], list[st
         for variant, (rows, stored) in variants.items():
             folder = root / f"resnet18_cifar-w8-s{seed}" / variant
             folder.mkdir(parents=True)
-            write_json(
-                folder / "metrics.json", {"config": run, "rows": rows, "provenance": PROVENANCE}
-            )
+            record = {"config": {**run, "batch_sizes": list(CURVE_SIZES)}, "rows": rows,
+                      "provenance": PROVENANCE}  # fmt: skip
+            write_json(folder / "metrics.json", record)
             torch.save(stored, folder / "predictions.pt")
             metrics.append(str(folder / "metrics.json"))
             predictions.append(str(folder / "predictions.pt"))
@@ -256,10 +269,10 @@ def png_size(path) -> tuple[int, int]:
 
 def cells(markdown: str, heading: str) -> list[list[str]]:
     """The body rows of the first table under `heading` in summary.md."""
-    section = markdown.split(f"## {heading}", 1)[1]
-    lines = [line for line in section.splitlines() if line.startswith("|")]
+    lines = markdown.split(f"## {heading}", 1)[1].splitlines()
+    start = next(index for index, line in enumerate(lines) if line.startswith("|"))
     table = []
-    for line in lines[2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         table.append([cell.strip() for cell in line.strip("|").split(" | ")])
@@ -291,6 +304,13 @@ def test_run_writes_csv_markdown_html_and_figures(tmp_path, fixture_run, cifar_d
             assert mean == f"{expected[f'{metric}_mean'] * scale:.{digits}f}"
             low, high = expected[f"{metric}_ci95_low"], expected[f"{metric}_ci95_high"]
             assert half == f"{(high - low) / 2 * scale:.{digits}f}"
+    curve = {row[0]: row[1:] for row in cells(markdown, "Batch-size curve")}
+    assert len(curve) == 7
+    eager = curve["resnet18_cifar w8: FP32 CPU eager"]
+    assert eager[0].startswith("28 ± ") and eager[1].startswith("110 ± ")  # 27.5 and 110 img/s
+    assert " img/s, " in eager[1] and eager[1].endswith(" ms")
+    assert curve["resnet18_cifar w8: FP32 GPU eager"] == ["not measured: no CUDA device on this "
+                                                          "node"] * 2  # fmt: skip
     best = cells(markdown, "Best INT8 method per model")[0]
     assert "INT8 CPU pt2e c512" in best  # as fast as the best within the timing noise
     fp32 = configuration(table, "fp32-cpu", "eager")
@@ -318,10 +338,12 @@ def test_figures_have_their_panels_sizes_and_units(summary_table, fixture_run, l
     measurements = cs.paired_measurements(
         fixture_run["benchmark_metrics"], fixture_run["predictions"], labels
     )
-    figures = render_figures(summary_table, measurements, "Provenance: config abc")
+    curve = cs.curve_summary(fixture_run["benchmark_metrics"], stats.config_hash(CONFIG))
+    figures = render_figures(summary_table, measurements, curve, "Provenance: config abc")
     panels = {name: len(figure.axes) for name, figure in figures.items()}
     assert panels == {"accuracy_vs_throughput": 1, "accuracy_delta_vs_calibration": 1,
-                      "speedup_and_size": 2, "latency_batch1": 1}  # fmt: skip
+                      "speedup_and_size": 2, "latency_batch1": 1,
+                      "batch_size_curve": 2}  # fmt: skip
     for name, figure in figures.items():
         for ax in figure.axes:
             assert re.search(r"\(.*(%|images/s|ms|points|×|scale).*\)", ax.get_xlabel())
@@ -338,3 +360,40 @@ def test_figures_have_their_panels_sizes_and_units(summary_table, fixture_run, l
     texts = [text.get_text() for text in legend.get_texts()]
     assert any("not measured (no CUDA device on this node)" in text for text in texts)
     assert any(text.startswith("Pareto front") for text in texts)
+
+
+def test_the_batch_size_curve_is_summarized_over_seeds_and_drawn_log_log(fixture_run):
+    curve = cs.curve_summary(fixture_run["benchmark_metrics"], stats.config_hash(CONFIG))
+    # 7 configurations (the two GPU ones not measured) at 2 batch sizes.
+    assert len(curve) == 14 and list(curve["batch_size"].unique()) == list(CURVE_SIZES)
+    fp32 = curve[(curve["variant"] == "fp32-cpu") & (curve["method"] == "eager")]
+    fp32 = fp32.set_index("batch_size")
+    assert fp32.loc[64, "images_per_s_mean"] == pytest.approx(110.0)  # 100, 110, 120 img/s
+    assert fp32.loc[1, "images_per_s_mean"] == pytest.approx(27.5)
+    assert fp32.loc[64, "images_per_s_n"] == 3 and fp32.loc[64, "seeds"] == 3
+    gpu = curve[curve["variant"] == "fp32-gpu"]
+    assert (gpu["status"] == "skipped").all() and gpu["images_per_s_mean"].isna().all()
+    figure = plot_batch_size_curve(curve)
+    speed, batch = figure.axes
+    assert speed.get_xscale() == speed.get_yscale() == batch.get_yscale() == "log"
+    assert len(speed.get_lines()) >= 5 and len(batch.get_lines()) == 5  # measured configurations
+    # Each throughput point carries a bar as long as the rounds' range (mean over seeds).
+    bars = [collection for collection in speed.collections if len(collection.get_segments())]
+    assert len(bars) == 5
+    (low, high) = bars[0].get_segments()[-1][:, 1]
+    assert high - low == pytest.approx(curve["images_per_s_spread_mean"].dropna().iloc[1])
+    texts = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert sum("not measured (no CUDA device on this node)" in text for text in texts) == 2
+
+
+def test_without_a_curve_the_summary_says_how_to_ask_for_one(tmp_path):
+    empty = cs.curve_summary([], "abc")
+    assert empty.empty
+    blocks = cs.curve_blocks(empty)
+    assert blocks == [("h2", "Batch-size curve"), ("p", cs.NO_CURVE)]
+    assert "benchmark.batch_sizes is empty" in cs.NO_CURVE
+    figure = plot_batch_size_curve(empty)
+    texts = [text.get_text() for text in figure.axes[0].texts]
+    assert any("set benchmark.batch_sizes" in text for text in texts)
+    save_figure(figure, str(tmp_path / "batch_size_curve.png"))
+    assert png_size(tmp_path / "batch_size_curve.png")[0] > 1000

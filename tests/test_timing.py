@@ -1,6 +1,6 @@
-"""Speed from timed rounds, CPU speedups paired with FP32 eager in the same process, and the
-other Slurm jobs a benchmark saw on its node. No assertion on a time: only that the fields are
-there and make sense."""
+"""Speed from timed rounds, CPU speedups paired with FP32 eager in the same process, the
+batch-size curve, and the other Slurm jobs a benchmark saw on its node. No assertion on a time:
+only that the fields are there and make sense."""
 
 import pytest
 import torch
@@ -8,11 +8,13 @@ from quantpipe import tasks
 from quantpipe.models.build import build_model
 from quantpipe.stages import benchmark
 from quantpipe.submit import neighbours
-from quantpipe.tasks.classification.rounds import timed_rounds
+from quantpipe.tasks.classification import rounds
+from quantpipe.tasks.classification.rounds import batch_curve, timed_rounds
 
 CONFIG = {"task": "cifar10", "variant": "fp32-cpu", "model": "resnet18_cifar", "width": 4,
           "seed": 0, "num_classes": 10, "val_size": 5000, "batch_size": 256, "warmup": 1,
-          "latency_iterations": 10, "rounds": 3, "paired_images": 128}  # fmt: skip
+          "latency_iterations": 10, "rounds": 3, "paired_images": 128,
+          "batch_sizes": [4, 64]}  # fmt: skip
 
 
 def tiny_model() -> torch.nn.Module:
@@ -33,16 +35,79 @@ class Twice(torch.nn.Module):
 
 
 def test_rounds_give_a_median_and_a_range_and_a_pair():
-    net, images = tiny_model(), torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    net, images = tiny_model(), uint8_images(10)
     config = {"batch_size": 4, "warmup": 1, "rounds": 3}
-    prepare = lambda batch: batch.float() / 255  # noqa: E731
-    alone = timed_rounds(net, images, torch.device("cpu"), config, prepare)
-    assert set(alone) == {"images_per_s", "images_per_s_spread", "rounds", "round_images"}
+    alone = timed_rounds(net, images, torch.device("cpu"), config, as_input)
+    assert set(alone) == {"images_per_s", "images_per_s_spread", "batch_latency_ms_p50", "rounds",
+                          "round_images"}  # fmt: skip
     assert alone["images_per_s"] > 0 and alone["images_per_s_spread"] >= 0
+    assert alone["batch_latency_ms_p50"] > 0
     assert (alone["rounds"], alone["round_images"]) == (3, 10)
-    paired = timed_rounds(Twice(net), images, torch.device("cpu"), config, prepare, net)
+    paired = timed_rounds(Twice(net), images, torch.device("cpu"), config, as_input, net)
     assert paired["paired_speedup"] > 0 and paired["paired_speedup_spread"] >= 0
     assert paired["reference_images_per_s"] > 0
+
+
+def uint8_images(count: int) -> torch.Tensor:
+    return torch.randint(0, 256, (count, 3, 32, 32), dtype=torch.uint8)
+
+
+def as_input(batch: torch.Tensor) -> torch.Tensor:
+    return batch.float() / 255
+
+
+def test_the_curve_has_one_entry_per_batch_size_and_says_why_one_is_not_timed():
+    images = uint8_images(10)
+    config = {"batch_sizes": [1, 4, 10, 16], "warmup": 1, "rounds": 3}
+    curve = batch_curve(tiny_model(), images, torch.device("cpu"), config, as_input)
+    assert [point["batch_size"] for point in curve] == [1, 4, 10, 16]
+    for point in curve[:3]:
+        assert point["status"] == "ok" and point["reason"] == ""
+        assert point["images_per_s"] > 0 and point["images_per_s_spread"] >= 0
+        assert point["batch_latency_ms_p50"] > 0
+        assert (point["rounds"], point["round_images"]) == (3, 10)
+    # 16 images do not fit in the 10 that every round passes over: no number, a reason.
+    assert curve[3] == {
+        "batch_size": 16, "status": "skipped",
+        "reason": "batch 16 exceeds the 10 test images timed in each round",
+    }  # fmt: skip
+    assert batch_curve(tiny_model(), images, torch.device("cpu"), {**config, "batch_sizes": []},
+                       as_input) == []  # fmt: skip
+
+
+def test_a_compiled_module_compiles_every_shape_before_its_clock_starts(monkeypatch):
+    """Each batch size's shapes (the whole batch and the last, partial one) are warmed up
+    first: no compilation happens inside a timed pass."""
+    compiled_while_timing, timing = [], [False]
+
+    def backend(graph, example_inputs):
+        compiled_while_timing.append(timing[0])
+        return graph.forward
+
+    timed_pass = rounds._batch_seconds
+
+    def watched(*args):
+        timing[0] = True
+        try:
+            return timed_pass(*args)
+        finally:
+            timing[0] = False
+
+    monkeypatch.setattr(rounds, "_batch_seconds", watched)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(), torch.nn.Linear(4, 10),
+    ).eval()  # fmt: skip
+    config = {"batch_sizes": [1, 4, 8], "warmup": 1, "rounds": 2}  # shapes 1, 4, 8 and 2
+    # dynamic=False: every new shape compiles, as a model that cannot take a dynamic batch does.
+    curve = batch_curve(torch.compile(net, backend=backend, dynamic=False), uint8_images(10),
+                        torch.device("cpu"), config, as_input)  # fmt: skip
+    torch._dynamo.reset()
+    assert [point["status"] for point in curve] == ["ok"] * 3
+    assert compiled_while_timing, "the backend never compiled: the test checks nothing"
+    assert not any(compiled_while_timing)
 
 
 @pytest.mark.slow
@@ -75,6 +140,8 @@ def test_cpu_rows_carry_their_pair_and_their_node_neighbours(tmp_path, cifar_dir
             assert row[key] > 0, key
         assert row["images_per_s_spread"] >= 0 and row["paired_speedup_spread"] >= 0
         assert row["neighbours_at_start"] is None and row["neighbours_at_end"] is None
+        assert [point["batch_size"] for point in row["batch_curve"]] == [4, 64]
+        assert all(point["images_per_s"] > 0 for point in row["batch_curve"])
         assert "not a Slurm job" in row["neighbours_reason"]
     assert record["provenance"]["cpu_model"] and "slurm_node" in record["provenance"]
     print(

@@ -55,9 +55,11 @@ def finished_run(tmp_path_factory):
     copy_repository(workdir)
     config = tiny_config(workdir)
     # One run covers every method: the installed peers and a 3-step QAT fine-tune (its own rule,
-    # quantize_gpu; on the CPU where CUDA is absent), so the DAG is run once for all the tests.
+    # quantize_gpu; on the CPU where CUDA is absent), and a batch-size curve, so the DAG is run
+    # once for all the tests.
     config["methods"] = [*config["methods"], *PEERS, "qat"]
     config["qat"] = {"steps": 3, "batch_size": 32}
+    config["benchmark"]["batch_sizes"] = [1, 4]  # the batch-size curve, at two sizes
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     snakemake(workdir)
     return workdir, config
@@ -152,6 +154,30 @@ def test_gpu_rows_are_measured_or_say_skipped(finished_run):
         assert re.search(rf"{label} \|[^\n]*not measured: [^\n]*CUDA", markdown), label
 
 
+def test_the_batch_size_curve_has_a_row_per_measurement_and_batch_size(finished_run):
+    """benchmark.batch_sizes [1, 4]: batch_sizes.csv holds each report row at both sizes (the
+    unmeasured ones saying why), and the summary its table and figure."""
+    workdir, _ = finished_run
+    results = workdir / "results"
+    report = pd.read_csv(results / "report.csv")
+    curve = pd.read_csv(results / "batch_sizes.csv")
+    keys = ["variant", "method", "calibration_method", "calibration_size"]
+    assert len(curve) == 2 * len(report)
+    for size in (1, 4):
+        at = curve[curve["batch_size"] == size]
+        merged = report.merge(at, on=[*keys, "seed"], suffixes=("", "_curve"), validate="1:1")
+        assert (merged["status"] == merged["status_curve"]).all()
+    measured = curve[curve["status"] == "ok"]
+    assert (measured[["images_per_s", "batch_latency_ms_p50"]] > 0).all().all()
+    assert (measured["images_per_s_spread"] >= 0).all() and (measured["rounds"] == 2).all()
+    assert curve.loc[curve["status"] != "ok", "images_per_s"].isna().all()
+    markdown = (results / "summary.md").read_text()
+    section = markdown.split("## Batch-size curve", 1)[1]
+    assert "| configuration | batch 1 | batch 4 |" in section and " img/s, " in section
+    for kind in ("png", "svg"):
+        assert (results / "summary" / f"batch_size_curve.{kind}").stat().st_size > 0
+
+
 def test_a_second_run_does_nothing(finished_run):
     workdir, _ = finished_run
     started = time.perf_counter()
@@ -192,7 +218,7 @@ def test_the_html_report_holds_the_summary(finished_run):
     assert len(int8) == len(config["methods"]) and int8.between(0, 1).all()
     assert "## Table 1" in (results / "summary.md").read_text()
     figures = ["accuracy_vs_throughput", "accuracy_delta_vs_calibration", "speedup_and_size",
-               "latency_batch1"]  # fmt: skip
+               "latency_batch1", "batch_size_curve"]  # fmt: skip
     for name in figures:
         for kind in ("png", "svg"):
             assert (results / "summary" / f"{name}.{kind}").stat().st_size > 0

@@ -8,6 +8,8 @@ rule report:
         train_metrics=[rules.train.output.metrics.format(**run) for run in runs()],
     output:
         report="results/report.csv",
+        # The batch-size curves (benchmark.batch_sizes), a row per measurement and batch size.
+        batch_sizes="results/batch_sizes.csv",
     log:
         "logs/report/report.log",
     conda:

@@ -135,7 +135,7 @@ def phase(name: str, workdir: Path, image_size: int, batch_size: int, calibratio
         ).eval()
         base = {"variant": "fp32-cpu", "device": "cpu", "precision": "fp32"}
         run = {"batch_size": batch_size, "warmup": 1, "latency_iterations": 20, "rounds": 2,
-               "paired_images": 256}  # fmt: skip
+               "paired_images": 256, "batch_sizes": []}  # fmt: skip
         rows, _, _ = task.benchmark(
             data, net, [("eager", torch.device("cpu"), net, 0)], base, run, log=lambda _: None
         )

@@ -7,21 +7,22 @@ run: timed beside it in the row's own job where the task paired them (`paired_sp
 (and always in `speedup_vs_fp32_cpu_eager_unpaired`) the ratio of the two jobs' rates. Every row
 also carries the columns every task shares (run, variant, size, provenance, the node and the
 other jobs seen on it).
+
+The batch-size curves (benchmark.batch_sizes; the rows' `batch_curve` lists) stay out of
+report.csv, whose rows are one per measurement: batch_sizes.csv holds them, a row per
+measurement and batch size (quantpipe.reporting.rows.curve_table).
 """
 
 import pandas as pd
 
 from quantpipe import tasks
 from quantpipe.artifacts import atomic_path, read_json
+from quantpipe.reporting.rows import LEADING, benchmark_rows, curve_table
 from quantpipe.tasks.base import TaskSpec
 
 RUN_KEYS = ["model", "width", "seed"]
-# Every task's rows; the task's own measured columns (TaskSpec.report_columns) go after
-# `reason`, its validation score before the speed columns.
-LEADING = [
-    "model", "width", "seed", "calibration_method", "calibration_size", "variant", "method",
-    "device", "precision", "status", "reason",
-]  # fmt: skip
+# Every task's rows lead with reporting.rows.LEADING; the task's own measured columns
+# (TaskSpec.report_columns) go after it, its validation score before the speed columns.
 TRAILING = [
     "test_set_seconds", "speedup_vs_fp32_cpu_eager", "speedup_vs_fp32_cpu_eager_unpaired",
     "speedup_vs_best_fp32_cpu", "size_mb", "size_ratio", "batch_size", "threads", "cpu_model",
@@ -40,21 +41,8 @@ def columns(task: TaskSpec) -> list[str]:
     return [*LEADING, *measured, f"{task.validation_score}_fp32", *TRAILING]
 
 
-def _rows(metrics_path: str) -> list[dict]:
-    record = read_json(metrics_path)
-    where = record["provenance"]
-    context = {
-        **{key: where.get(key) for key in ("threads", "cpu_model", "cpu_int8_flags", "gpu_name",
-                                             "host", "slurm_node", "slurm_job_id",
-                                             "slurm_partition", "git_commit", "date")},
-        **{key: where["versions"].get(key) for key in ("torch", "torchvision", "torchao",
-                                                         "python")},
-    }  # fmt: skip
-    return [{**row, **context} for row in record["rows"]]
-
-
 def build(benchmark_metrics: list[str], train_metrics: list[str]) -> pd.DataFrame:
-    table = pd.DataFrame([row for path in benchmark_metrics for row in _rows(path)])
+    table = pd.DataFrame([row for path in benchmark_metrics for row in benchmark_rows(path)])
     if table.empty:
         raise ValueError(
             f"no benchmark rows in {len(benchmark_metrics)} metrics files: nothing to report"
@@ -94,9 +82,21 @@ def build(benchmark_metrics: list[str], train_metrics: list[str]) -> pd.DataFram
     return table.sort_values(order, na_position="first").reset_index(drop=True)
 
 
-def run(benchmark_metrics: list[str], train_metrics: list[str], report: str, log=print) -> dict:
+def run(
+    benchmark_metrics: list[str],
+    train_metrics: list[str],
+    report: str,
+    batch_sizes: str,
+    log=print,
+) -> dict:
+    """report.csv to `report`; the batch-size curves (benchmark.batch_sizes), one row per
+    measurement and batch size, to `batch_sizes` (only its header where none was asked for)."""
     table = build(benchmark_metrics, train_metrics)
     with atomic_path(report) as tmp:
         table.to_csv(tmp, index=False)
     log(f"report: {len(table)} rows from {len(benchmark_metrics)} benchmark files -> {report}")
-    return {"stage": "report", "rows": len(table), "report": report}
+    curve = curve_table(benchmark_metrics)
+    with atomic_path(batch_sizes) as tmp:
+        curve.to_csv(tmp, index=False)
+    log(f"report: {len(curve)} batch-size curve rows -> {batch_sizes}")
+    return {"stage": "report", "rows": len(table), "report": report, "batch_sizes": batch_sizes}

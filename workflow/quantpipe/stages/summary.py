@@ -55,7 +55,7 @@ def run(
         for p in figures
         if p.endswith(".png")
     }
-    blocks = task.summary_document(result, facts, pngs)
+    blocks = task.summary_document(result, extra, facts, pngs)
     with atomic_path(markdown) as tmp:
         tmp.write_text(to_markdown(blocks))
     with atomic_path(tables) as tmp:

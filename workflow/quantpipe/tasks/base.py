@@ -29,7 +29,7 @@ A minimal task (see README.md, "Your own task"):
         def benchmark(self, data, variant, config, log): ...   # rows and predictions
         def summary_table(self, report, config_digest, benchmark_metrics, predictions, data,
                           config): ...                         # summary.csv's table, extra
-        def summary_document(self, table, facts, figures): ... # summary.md's blocks
+        def summary_document(self, table, extra, facts, figures): ...  # summary.md
         def summary_figures(self, table, extra, footer): ...   # the figures by name
 """
 
@@ -183,10 +183,11 @@ class Task:
         benchmark_metrics and predictions are the benchmark stage's files of every variant."""
         raise NotImplementedError
 
-    def summary_document(self, table, facts: dict, figures: dict[str, str]) -> list[tuple]:
-        """summary.md's blocks (quantpipe.reporting.document) from the table; facts: the
-        provenance (quantpipe.reporting.document.provenance); figures: name -> PNG path
-        relative to summary.md."""
+    def summary_document(self, table, extra, facts: dict, figures: dict[str, str]) -> list[tuple]:
+        """summary.md's blocks (quantpipe.reporting.document) from the table; extra:
+        summary_table's second value; facts: the provenance
+        (quantpipe.reporting.document.provenance); figures: name -> PNG path relative to
+        summary.md."""
         raise NotImplementedError
 
     def summary_figures(self, table, extra, footer: str) -> dict:

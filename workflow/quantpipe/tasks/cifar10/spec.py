@@ -5,6 +5,7 @@ from quantpipe.tasks.classification.spec import (
     FIGURES,
     QUALITY,
     REPORT_COLUMNS,
+    check_batch_sizes,
     check_qat_calibration,
 )
 
@@ -24,6 +25,7 @@ def check(config: dict) -> None:
             "Lower them or val_size."
         )
     check_qat_calibration(config)
+    check_batch_sizes(config)
 
 
 SPEC = TaskSpec(

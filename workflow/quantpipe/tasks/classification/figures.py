@@ -1,10 +1,11 @@
-"""The four figures of a classification summary: accuracy against throughput with its Pareto
-front, the INT8 accuracy delta against calibration size, speedup and size side by side, and
-batch-1 latency per configuration."""
+"""The five figures of a classification summary: accuracy against throughput with its Pareto
+front, the INT8 accuracy delta against calibration size, speedup and size side by side, batch-1
+latency per configuration, and the batch-size curve."""
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from quantpipe.reporting.aggregate import distinct, same_or_both_missing
 from quantpipe.reporting.document import model_label, variant_label
@@ -17,6 +18,7 @@ from quantpipe.reporting.figures import (
     plain_log_axis,
 )
 from quantpipe.reporting.stats import ALPHA, pareto_front
+from quantpipe.tasks.classification.summary import CONFIGURATION
 
 
 def _half_width(row, metric: str, scale: float = 1.0):
@@ -240,13 +242,75 @@ def plot_latency_batch1(summary: pd.DataFrame, measurements: pd.DataFrame) -> Fi
     return figure
 
 
-def render_figures(summary: pd.DataFrame, measurements: pd.DataFrame, footer: str) -> dict:
-    """Every figure by name, `footer` (the provenance) on each."""
+def plot_batch_size_curve(curve: pd.DataFrame) -> Figure:
+    """Images/s and the time of one batch against the batch size, log-log, a line per
+    configuration (classification.summary.curve_summary's table); bars: the rounds' range."""
+    figure = new_figure(12, 5)
+    speed_ax, batch_ax = figure.subplots(1, 2, sharex=True)
+    measured = curve[curve["status"] == "ok"]
+    many = _many_models(curve)
+    for i, (_, group) in enumerate(measured.groupby(CONFIGURATION, dropna=False, sort=False)):
+        first = group.iloc[0]
+        style = {
+            "color": GRAYS[i % len(GRAYS)],
+            "linestyle": LINES[i % len(LINES)],
+            "marker": MARKERS[i % len(MARKERS)],
+            "markerfacecolor": "white" if first["variant"] == "int8-cpu" else None,
+        }
+        speed_ax.errorbar(
+            group["batch_size"],
+            group["images_per_s_mean"],
+            yerr=group["images_per_s_spread_mean"] / 2,
+            capsize=3,
+            label=variant_label(first, many),
+            **style,
+        )
+        batch_ax.plot(group["batch_size"], group["batch_latency_ms_p50_mean"], **style)
+    for _, row in curve[curve["status"] != "ok"].drop_duplicates(CONFIGURATION).iterrows():
+        label = f"{variant_label(row, many)}: not measured ({row['reason']})"
+        speed_ax.plot([], [], " ", label=label)
+    if len(measured):
+        sizes = sorted(measured["batch_size"].unique())
+        for ax in (speed_ax, batch_ax):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xticks(sizes, [str(int(size)) for size in sizes])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            plain_log_axis(ax.yaxis)
+            ax.grid(True, which="both", color="0.9")
+    else:
+        reason = "no batch-size curve in this run: set benchmark.batch_sizes, e.g. [1, 16, 256]"
+        speed_ax.text(0.5, 0.5, reason, ha="center", transform=speed_ax.transAxes)
+    speed_ax.set_xlabel("batch size (images, log scale)")
+    batch_ax.set_xlabel("batch size (images, log scale)")
+    speed_ax.set_ylabel("throughput (images/s, log scale)")
+    batch_ax.set_ylabel("time of one batch (ms, log scale)")
+    speed_ax.set_title("Throughput (bars: the timed rounds' range)")
+    batch_ax.set_title("Latency per batch (median)")
+    handles, labels = speed_ax.get_legend_handles_labels()
+    if handles:  # measured configurations first, then what was not measured
+        order = sorted(range(len(labels)), key=lambda i: "not measured" in labels[i])
+        figure.legend(
+            [handles[i] for i in order],
+            [labels[i] for i in order],
+            loc="outside right upper",
+            fontsize=8,
+            frameon=False,
+        )
+    return figure
+
+
+def render_figures(
+    summary: pd.DataFrame, measurements: pd.DataFrame, curve: pd.DataFrame, footer: str
+) -> dict:
+    """Every figure by name, `footer` (the provenance) on each; `curve`: the batch-size curves
+    over seeds (classification.summary.curve_summary)."""
     figures = {
         "accuracy_vs_throughput": plot_accuracy_vs_throughput(summary),
         "accuracy_delta_vs_calibration": plot_accuracy_delta_vs_calibration(summary),
         "speedup_and_size": plot_speedup_and_size(summary),
         "latency_batch1": plot_latency_batch1(summary, measurements),
+        "batch_size_curve": plot_batch_size_curve(curve),
     }
     for figure in figures.values():
         add_footer(figure, footer)

@@ -1,6 +1,7 @@
 """The summary of a classification task: accuracy and speed over seeds, each variant's accuracy
 tested against FP32 CPU eager on the same test images (McNemar's paired test), the study's
-Table 1 side by side with ours, the best INT8 configuration per model, and every configuration.
+Table 1 side by side with ours, the best INT8 configuration per model, every configuration, and
+the batch-size curves (benchmark.batch_sizes).
 """
 
 import math
@@ -22,6 +23,7 @@ from quantpipe.reporting.document import (
     provenance_block,
     variant_label,
 )
+from quantpipe.reporting.rows import curve_table
 from quantpipe.reporting.stats import ALPHA, EXACT_BELOW, mcnemar, verdict
 
 RUN_KEYS = ["model", "width", "seed"]
@@ -32,6 +34,10 @@ METRICS = [
     "speedup_vs_fp32_cpu_eager_unpaired", "paired_speedup_spread", "speedup_vs_best_fp32_cpu",
     "size_mb", "size_ratio",
 ]  # fmt: skip
+# The curve's measurements per configuration and batch size (batch_sizes.csv's columns).
+CURVE_METRICS = ["images_per_s", "images_per_s_spread", "batch_latency_ms_p50"]
+# What names a configuration (a line of the curve): every GROUP_KEYS but the batch size.
+CONFIGURATION = ["model", "width", "variant", "method", "calibration_method", "calibration_size"]
 BASELINE = ("fp32-cpu", "eager")  # what report.csv's accuracy_delta and speedups compare with
 # The study's Table 1 (ResNet18 on CIFAR-10, 10,000 test images), in report.csv's units.
 STUDY = {
@@ -94,6 +100,20 @@ def summarize(report: pd.DataFrame, measurements: pd.DataFrame, config_digest: s
     unmeasured = table["status"] != "ok"
     table.loc[unmeasured, "verdict"] = "not measured: " + table.loc[unmeasured, "reason"]
     return table
+
+
+def curve_summary(benchmark_metrics: list[str], config_digest: str) -> pd.DataFrame:
+    """The batch-size curves (quantpipe.reporting.rows.curve_table) over seeds: a row per
+    configuration and batch size, each measurement as mean, sd, n and 95% interval; empty where
+    no curve was measured or asked for."""
+    curve = curve_table(benchmark_metrics)
+    if curve.empty:
+        return curve
+    curve = curve.reindex(columns=[*curve.columns, *(m for m in CURVE_METRICS if m not in curve)])
+    table = over_seeds(curve, CURVE_METRICS, config_digest)
+    return table.sort_values(
+        [*CONFIGURATION, "batch_size"], na_position="first", kind="stable"
+    ).reset_index(drop=True)
 
 
 def _paired_test(keys: tuple, measured: pd.DataFrame) -> dict:
@@ -307,6 +327,40 @@ READING = (
 )
 
 
+CURVE_READING = (
+    "Each implementation's timed rounds again at each batch size of benchmark.batch_sizes, over "
+    "the same test images, every shape warmed up first: images/s (the rounds' median) and the "
+    "median time of one batch (ms), means over seeds ± the half-width of their 95% interval. "
+    "Not paired: each job's own rate, so compare across variants with the noise in mind. "
+    "results/batch_sizes.csv holds every run's values and the rounds' range."
+)
+NO_CURVE = (
+    "No batch-size curve in this run: benchmark.batch_sizes is empty. Set it (e.g. [1, 16, 256]) "
+    "to time every implementation at each batch size."
+)
+
+
+def curve_blocks(curve: pd.DataFrame) -> list[tuple]:
+    """The batch-size curve section: a row per configuration, a column per batch size."""
+    if curve.empty:
+        return [("h2", "Batch-size curve"), ("p", NO_CURVE)]
+    sizes = sorted(curve["batch_size"].unique())
+    header = ["configuration", *(f"batch {int(size)}" for size in sizes)]
+    rows = []
+    for _, group in curve.groupby(CONFIGURATION, dropna=False, sort=False):
+        cells = {row["batch_size"]: _curve_cell(row) for _, row in group.iterrows()}
+        label = variant_label(group.iloc[0], with_model=True)
+        rows.append([label, *(cells.get(size, "—") for size in sizes)])
+    return [("h2", "Batch-size curve"), ("p", CURVE_READING), ("table", header, rows)]
+
+
+def _curve_cell(row) -> str:
+    if row["status"] != "ok":
+        return f"not measured: {row['reason']}"
+    rate, batch = estimate(row, "images_per_s", 1, 0), estimate(row, "batch_latency_ms_p50")
+    return f"{rate} img/s, {batch} ms"
+
+
 NO_STUDY = (
     "The study's Table 1 (ResNet18 on the 10,000 CIFAR-10 test images) does not apply to this "
     "data set, so it is left out; the tables below compare each variant with FP32 CPU eager on "
@@ -333,11 +387,15 @@ def study_blocks(summary: pd.DataFrame, best: pd.DataFrame) -> list[tuple]:
 
 
 def document(
-    summary: pd.DataFrame, facts: dict, figures: dict[str, str], study: bool = True
+    summary: pd.DataFrame,
+    curve: pd.DataFrame,
+    facts: dict,
+    figures: dict[str, str],
+    study: bool = True,
 ) -> list[tuple]:
-    """summary.md as blocks (quantpipe.reporting.document); `figures`: name -> PNG path. With
-    `study`, the study's Table 1 (CIFAR-10) beside ours; without, a line that it does not
-    apply."""
+    """summary.md as blocks (quantpipe.reporting.document); `curve`: curve_summary's table;
+    `figures`: name -> PNG path. With `study`, the study's Table 1 (CIFAR-10) beside ours;
+    without, a line that it does not apply."""
     best = best_int8(summary)
     blocks = [("h1", "quantpipe summary"), provenance_block(facts), ("p", READING)]
     blocks += study_blocks(summary, best) if study else [("p", NO_STUDY)]
@@ -352,6 +410,7 @@ def document(
         best_table(best),
         ("h2", "Every configuration"),
         every_table(summary),
+        *curve_blocks(curve),
         *figure_blocks(figures),
     ]
     return blocks

@@ -16,8 +16,13 @@ from quantpipe.tasks.base import Task
 from quantpipe.tasks.classification import images as batched
 from quantpipe.tasks.classification.figures import render_figures
 from quantpipe.tasks.classification.measure import measure
-from quantpipe.tasks.classification.rounds import timed_rounds
-from quantpipe.tasks.classification.summary import document, paired_measurements, summarize
+from quantpipe.tasks.classification.rounds import batch_curve, timed_rounds
+from quantpipe.tasks.classification.summary import (
+    curve_summary,
+    document,
+    paired_measurements,
+    summarize,
+)
 from quantpipe.tasks.classification.training import evaluate, training
 
 
@@ -118,7 +123,8 @@ class ClassificationTask(Task):
 
     def benchmark(self, data, net, implementations, base, config, log=print):
         """Each implementation's timed pass over the test split (accuracy, latency), then its
-        timed rounds (speed; CPU rows paired with the FP32 eager `net`); CPU rows also say what
+        timed rounds (speed; CPU rows paired with the FP32 eager `net`) and, at each of
+        config['batch_sizes'], its rounds again (the row's `batch_curve`); CPU rows also say what
         fraction of this machine's multiply-accumulate ceiling they reach."""
         test_images, test_labels = self.splits(data, config)["test"]
         normalize = self.normalizer(data, config)
@@ -144,6 +150,8 @@ class ClassificationTask(Task):
             sample = test_images[: config["paired_images"]]
             reference = net if device.type == "cpu" else None
             result.update(timed_rounds(module, sample, device, config, prepare, reference))
+            result["batch_curve"] = batch_curve(module, sample, device, config, prepare)
+            _log_curve(result["batch_curve"], f"{base['variant']} {label}", log)
             usage = (
                 ceilings.utilisation(
                     base["precision"],
@@ -171,19 +179,34 @@ class ClassificationTask(Task):
                 )
         return rows, kept, {"ceilings": machine}
 
-    # The summary (quantpipe.stages.summary): seed statistics, and tests paired on the test
-    # split's labels.
+    # The summary (quantpipe.stages.summary): seed statistics, tests paired on the test split's
+    # labels, and the batch-size curves.
 
     def summary_table(self, report, config_digest, benchmark_metrics, predictions, data, config):
         labels = self.splits(data, config)["test"][1]
         measurements = paired_measurements(benchmark_metrics, predictions, labels)
-        return summarize(report, measurements, config_digest), measurements
+        extra = {
+            "measurements": measurements,
+            "curve": curve_summary(benchmark_metrics, config_digest),
+        }
+        return summarize(report, measurements, config_digest), extra
 
-    def summary_document(self, table, facts, figures):
-        return document(table, facts, figures, self.compares_with_study)
+    def summary_document(self, table, extra, facts, figures):
+        return document(table, extra["curve"], facts, figures, self.compares_with_study)
 
     def summary_figures(self, table, extra, footer):
-        return render_figures(table, extra, footer)
+        return render_figures(table, extra["measurements"], extra["curve"], footer)
+
+
+def _log_curve(curve: list[dict], name: str, log) -> None:
+    for point in curve:
+        speed = (
+            f"{point['images_per_s']:.0f} img/s (range {point['images_per_s_spread']:.0f}), "
+            f"{point['batch_latency_ms_p50']:.2f} ms per batch"
+            if point["status"] == "ok"
+            else f"skipped: {point['reason']}"
+        )
+        log(f"benchmark: {name} at batch {point['batch_size']}: {speed}")
 
 
 def _channels_last(normalize):

@@ -6,6 +6,7 @@ from quantpipe.tasks.classification.spec import (
     FIGURES,
     QUALITY,
     REPORT_COLUMNS,
+    check_batch_sizes,
     check_qat_calibration,
 )
 from quantpipe.tasks.images import folder
@@ -61,6 +62,7 @@ def check(config: dict) -> None:
             f"at most {CALIBRATION_BYTES // per_image} images"
         )
     check_qat_calibration(config)
+    check_batch_sizes(config)
 
 
 SPEC = TaskSpec(

@@ -87,6 +87,13 @@ def check(config: dict) -> None:
         raise ValueError(
             f"em.overlap = {em['overlap']} must be smaller than em.tile = {em['tile']}"
         )
+    curve = config.get("benchmark", {}).get("batch_sizes", [])
+    if curve:
+        raise ValueError(
+            f"benchmark.batch_sizes {curve}: the batch-size curve is for the classifier tasks; "
+            "this task's batch is em.inference_batch_size (tiles per forward pass). Drop "
+            "batch_sizes, or set it to []"
+        )
     normalised = [model for model, entry in config.get("weights", {}).items() if "mean" in entry]
     if normalised:
         raise ValueError(

@@ -50,7 +50,7 @@ class Isbi2012Em(Task):
     def summary_table(self, report, config_digest, benchmark_metrics, predictions, data, config):
         return summarize(report, config_digest), None
 
-    def summary_document(self, table, facts, figures):
+    def summary_document(self, table, extra, facts, figures):
         return document(table, facts, figures)
 
     def summary_figures(self, table, extra, footer):
