@@ -1,18 +1,13 @@
-"""A classifier's speed from several timed rounds, and a CPU variant's speedup from a pair.
+"""A classifier's speed from several timed rounds over a fixed slice of the test images, and a
+CPU variant's speedup from rounds paired with the FP32 eager reference (quantpipe.pairing says
+why pairs)."""
 
-One timed pass is one draw of the machine's noise: a neighbour's job, a clock that changed, a
-page fault. Rounds give a median and a spread. A speedup divides two such draws; taken from two
-jobs (another node, another hour, another neighbour) its noise can exceed the difference it is
-meant to show. So each CPU variant also times the FP32 eager reference of the same model in the
-same process, on the same threads, round by round with itself: the pair shares the node and
-the moment, and its ratio is the speedup the report shows.
-"""
-
-import statistics
 import time
+from functools import partial
 
 import torch
 
+from quantpipe.pairing import paired_rounds
 from quantpipe.tasks.classification.measure import synchronize
 
 
@@ -30,10 +25,6 @@ def _seconds(module, images, prepare, batch_size: int, device: torch.device) -> 
     return total
 
 
-def _median_and_range(values: list[float]) -> tuple[float, float]:
-    return statistics.median(values), max(values) - min(values)
-
-
 def timed_rounds(module, images, device, config: dict, prepare, reference=None) -> dict:
     """config['rounds'] timed passes of `module` over `images` (a fixed slice of the test split,
     uint8; `prepare` makes a batch model input, untimed) at config['batch_size']: `images_per_s`
@@ -44,37 +35,22 @@ def timed_rounds(module, images, device, config: dict, prepare, reference=None) 
     seconds / module seconds, `paired_speedup_spread` the range of those ratios (max - min),
     `reference_images_per_s` the reference's median rate.
     """
-    batch_size, rounds = config["batch_size"], config["rounds"]
-    timed = (
-        {"variant": module} if reference is None else {"reference": reference, "variant": module}
-    )
+    batch_size = config["batch_size"]
+    candidates = [module] if reference is None else [reference, module]
     # Every shape the rounds use, untimed first: a compiled module recompiles for a new shape.
     shapes = {min(batch_size, len(images)), len(images) % batch_size} - {0}
-    seconds = {name: [] for name in timed}
     with torch.inference_mode():
-        for candidate in timed.values():
+        for candidate in candidates:
             for shape in sorted(shapes, reverse=True):
                 for _ in range(config["warmup"]):
                     candidate(prepare(images[:shape]).to(device))
-        for _ in range(rounds):
-            for name, candidate in timed.items():
-                seconds[name].append(_seconds(candidate, images, prepare, batch_size, device))
-    rate, rate_spread = _median_and_range([len(images) / s for s in seconds["variant"]])
-    result = {
-        "images_per_s": rate,
-        "images_per_s_spread": rate_spread,
-        "rounds": rounds,
-        "round_images": len(images),
-    }
-    if reference is None:
-        return result
-    ratios = [ref / own for ref, own in zip(seconds["reference"], seconds["variant"], strict=True)]
-    speedup, speedup_spread = _median_and_range(ratios)
-    return {
-        **result,
-        "paired_speedup": speedup,
-        "paired_speedup_spread": speedup_spread,
-        "reference_images_per_s": statistics.median(
-            [len(images) / s for s in seconds["reference"]]
-        ),
-    }
+        result = paired_rounds(
+            partial(_seconds, module, images, prepare, batch_size, device),
+            config["rounds"],
+            len(images),
+            "images",
+            None if reference is None else partial(
+                _seconds, reference, images, prepare, batch_size, device
+            ),
+        )  # fmt: skip
+    return {**result, "round_images": len(images)}
