@@ -91,20 +91,17 @@ def segment(
         scratch = create_target(os.path.join(folder, "reference.zarr"), image, chunks)
         paired = _volume_pass(reference, image, scratch, arguments, [])
     target = create_target(os.path.join(folder, "probability.zarr"), image, chunks)
-    passes = []
+    passes, voxels = [], math.prod(image.shape)
     timed = paired_rounds(
-        _volume_pass(module, image, target, arguments, passes),
-        config["rounds"],
-        math.prod(image.shape),
-        "voxels",
-        paired,
-    )
+        _volume_pass(module, image, target, arguments, passes), config["rounds"], voxels,
+        "voxels", paired,
+    )  # fmt: skip
     alone = network_rate(module, image, target, blocks=list(range(blocks)), **arguments)
     measured = {
         **passes[-1],
         **timed,
         **alone,
-        "seconds": math.prod(image.shape) / timed["voxels_per_s"],
+        "seconds": voxels / timed["voxels_per_s"],  # the test volume's, at the median rate
         "path_fraction_of_network": timed["voxels_per_s"] / alone["network_voxels_per_s"],
         "tile": "x".join(map(str, geometry["tile"])),
         "overlap": "x".join(map(str, geometry["overlap"])),
