@@ -1,10 +1,12 @@
-"""The summary stage on task isbi2012_em's report.csv: a cost table per model, and its figures."""
+"""The summary stage on task isbi2012_em's report.csv: a cost table per model with the paired speed
+ratios and what their noise blurs, and its figures."""
 
 import pandas as pd
 import pytest
 from quantpipe.reporting.stats import config_hash
 from quantpipe.stages import summary
 from quantpipe.tasks.isbi2012_em.spec import SPEC
+from quantpipe.tasks.isbi2012_em.summary import document, summarize
 
 PROVENANCE = {
     "git_commit": "abc123", "torch": "2.14.1", "torchvision": "0.29.1", "torchao": "0.18.0",
@@ -13,8 +15,11 @@ PROVENANCE = {
 }  # fmt: skip
 
 
-def em_row(model: str, seed: int, variant: str, method: str, speedup: float | None) -> dict:
-    """A report.csv row as the report stage writes it for the EM task; no speedup: skipped."""
+def em_row(
+    model: str, seed: int, variant: str, method: str, speedup: float | None, spread: float = 0.05
+) -> dict:
+    """A report.csv row as the report stage writes it for the EM task; no speedup: skipped. The
+    speedup is paired with rounds' range `spread`, the unpaired one 10% above it."""
     row = {"model": model, "width": 16, "seed": seed, "variant": variant, "method": method,
            "calibration_method": "minmax" if variant == "int8-cpu" else None,
            "calibration_size": 64 if variant == "int8-cpu" else None, "batch_size": 1,
@@ -25,8 +30,9 @@ def em_row(model: str, seed: int, variant: str, method: str, speedup: float | No
     return {**row, "status": "ok", "reason": None, **quality,
             **{f"{name}_delta": 0.0 for name in quality}, "voxels_per_s": 1e6 * speedup,
             "job_hours_per_mm3": 1.5625e15 / (1e6 * speedup) / 3600,
-            "speedup_vs_fp32_cpu_eager": speedup, "size_mb": 4 / speedup,
-            "size_ratio": speedup}  # fmt: skip
+            "voxels_per_s_spread": 1e5, "speedup_vs_fp32_cpu_eager": speedup,
+            "paired_speedup_spread": spread, "speedup_vs_fp32_cpu_eager_unpaired": speedup * 1.1,
+            "size_mb": 4 / speedup, "size_ratio": speedup}  # fmt: skip
 
 
 def test_run_writes_a_cost_table_per_model_and_the_figures(tmp_path):
@@ -63,3 +69,30 @@ def test_run_writes_a_cost_table_per_model_and_the_figures(tmp_path):
         assert svg.count(f"Provenance: config {digest}") == 1  # the footer, once
     with pytest.raises(ValueError, match="unknown figures \\['accuracy_vs_throughput'\\]"):
         summary.run(**arguments, figures=[str(out / "accuracy_vs_throughput.png")])
+
+
+def test_speed_ratios_within_the_rounds_range_are_marked_not_ranked():
+    rows = [
+        em_row("unet2d", 0, variant, method, speedup, spread)
+        for variant, method, speedup, spread in [
+            ("fp32-cpu", "eager", 1.0, 0.05), ("fp32-cpu", "compiled", 1.9, 0.1),
+            ("int8-cpu", "pt2e", 2.0, 0.15), ("int8-cpu", "eager", 1.5, 0.05),
+            ("int8-cpu", "qat", 1.03, 0.02),
+        ]
+    ]  # fmt: skip
+    # A GPU row has no pair (its spread is empty): it is neither ranked nor tied.
+    rows.append({**em_row("unet2d", 0, "fp32-gpu", "eager", 5.0), "paired_speedup_spread": None})
+    table = summarize(pd.DataFrame(rows), "digest").set_index(["variant", "method"])["timing"]
+    assert table[("int8-cpu", "pt2e")] == "fastest"
+    fastest = "the fastest (INT8 CPU pt2e minmax c64)"
+    assert table[("fp32-cpu", "compiled")] == f"within noise of {fastest}"
+    assert table[("int8-cpu", "eager")] == ""
+    assert table[("int8-cpu", "qat")] == "within noise of FP32 eager"
+    assert table[("fp32-cpu", "eager")] == ""  # not compared with itself
+    assert table[("fp32-gpu", "eager")] == ""
+    (block,) = [block for block in document(summarize(pd.DataFrame(rows), "d"), {}, {})
+                if block[0] == "table"]  # fmt: skip
+    _, header, cells = block
+    assert "speed, rounds' range" in header and header[-1] == "timing"
+    (pt2e,) = [row for row in cells if row[0] == "INT8 CPU pt2e minmax c64"]
+    assert (pt2e[header.index("speed, rounds' range")], pt2e[-1]) == ("0.15", "fastest")

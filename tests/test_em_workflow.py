@@ -43,14 +43,19 @@ def test_report_scores_fp32_and_both_int8_methods(finished_run):
         for _, row in ok.iterrows():
             hours = 1.5625e15 / row["voxels_per_s"] / 3600
             assert math.isclose(row["job_hours_per_mm3"], hours, rel_tol=1e-9)
+        # Every CPU row timed in a round beside FP32 eager (tiny_em.yaml), FP32 eager beside
+        # itself: the report's speedup is the pair's.
+        assert (ok["rounds"] == 1).all() and (ok["paired_speedup"] > 0).all()
+        assert (ok["voxels_per_s_spread"] >= 0).all() and (ok["paired_speedup_spread"] >= 0).all()
+        assert (ok["speedup_vs_fp32_cpu_eager"] == ok["paired_speedup"]).all()
         fp32 = ok.loc[("fp32-cpu", "eager")]
-        assert fp32["speedup_vs_fp32_cpu_eager"] == 1 and fp32["v_rand_delta"] == 0
+        assert fp32["speedup_vs_fp32_cpu_eager_unpaired"] == 1 and fp32["v_rand_delta"] == 0
         assert "accuracy" not in report.columns  # the report has the task's own columns
         gpu = rows[rows["variant"] == "fp32-gpu"]
         assert sorted(gpu["method"]) == ["compiled", "eager"]
         if torch.cuda.is_available():
             assert (gpu["status"] == "ok").all() and gpu["v_rand"].between(0, 1).all()
-            assert (gpu["voxels_per_s"] > 0).all()
+            assert (gpu["voxels_per_s"] > 0).all() and gpu["paired_speedup"].isna().all()
         else:
             assert (gpu["status"] == "skipped").all()
             assert gpu["reason"].str.contains("CUDA").all() and gpu["v_rand"].isna().all()

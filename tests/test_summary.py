@@ -234,10 +234,10 @@ def test_speed_differences_smaller_than_the_rounds_range_are_within_noise():
             {"speedup_vs_fp32_cpu_eager_mean": speedup, "paired_speedup_spread_mean": spread}
         )
 
-    assert cs.within_noise(configuration(3.0, 0.2), configuration(3.1, 0.05))
-    assert not cs.within_noise(configuration(3.0, 0.05), configuration(3.1, 0.05))
+    assert stats.within_noise(configuration(3.0, 0.2), configuration(3.1, 0.05))
+    assert not stats.within_noise(configuration(3.0, 0.05), configuration(3.1, 0.05))
     # No rounds, no noise known: nothing is called a tie.
-    assert not cs.within_noise(configuration(3.0, math.nan), configuration(3.0, math.nan))
+    assert not stats.within_noise(configuration(3.0, math.nan), configuration(3.0, math.nan))
     safe = {"variant": "int8-cpu", "status": "ok", "verdict": "no significant loss",
             "model": "resnet18_cifar", "width": 8, "accuracy_mean": 0.9, "calibration_size": 64,
             "calibration_method": "minmax"}  # fmt: skip

@@ -1,5 +1,6 @@
-"""The statistics of the summaries: Student t intervals over seeds, McNemar's paired test, the
-Pareto front, and the hash that ties every output to its config. Pure functions."""
+"""The statistics of the summaries: Student t intervals over seeds, McNemar's paired test, whether
+two speedups differ by less than their timing noise, the Pareto front, and the hash that ties
+every output to its config. Pure functions."""
 
 import hashlib
 import json
@@ -92,6 +93,15 @@ def verdict(baseline_only: int, variant_only: int, p: float, alpha: float = ALPH
     if p >= alpha:
         return "no significant loss"
     return "significant loss" if baseline_only > variant_only else "significant gain"
+
+
+def within_noise(first, second) -> bool:
+    """Whether two configurations' speedups over FP32 CPU eager differ by less than the larger
+    of their timing noise: the range of their paired rounds (paired_speedup_spread, mean over
+    seeds; rows of summary.csv). False where neither has rounds (noise unknown)."""
+    noise = max(first["paired_speedup_spread_mean"], second["paired_speedup_spread_mean"])
+    gap = abs(first["speedup_vs_fp32_cpu_eager_mean"] - second["speedup_vs_fp32_cpu_eager_mean"])
+    return bool(gap < noise)  # NaN noise compares False
 
 
 def pareto_front(xs, ys) -> list[int]:

@@ -7,8 +7,9 @@ CUDA or the precision is unusable) and `int8-cpu` (a quantize artifact).
 Every measurement follows a warm-up and runs with as many threads as the CPUs the job was given.
 What is measured is the task's (quantpipe.tasks.base.Task.benchmark): for classifiers the timed
 pass over the test images, batch-1 latency and timed rounds (CPU variants paired with FP32 eager
-in the same process); for the EM task the tiled volume path. Every row records the other Slurm
-jobs seen on its node at the start and at the end (quantpipe.submit.neighbours).
+in the same process); for the EM task timed rounds of the tiled volume path, paired the same way.
+Every row records the other Slurm jobs seen on its node at the start and at the end
+(quantpipe.submit.neighbours).
 """
 
 import io

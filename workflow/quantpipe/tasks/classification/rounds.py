@@ -1,20 +1,15 @@
-"""A classifier's speed from several timed rounds, a CPU variant's speedup from a pair, and its
-speed at each batch size of benchmark.batch_sizes (the batch-size curve).
-
-One timed pass is one draw of the machine's noise: a neighbour's job, a clock that changed, a
-page fault. Rounds give a median and a spread. A speedup divides two such draws; taken from two
-jobs (another node, another hour, another neighbour) its noise can exceed the difference it is
-meant to show. So each CPU variant also times the FP32 eager reference of the same model in the
-same process, on the same threads, round by round with itself: the pair shares the node and
-the moment, and its ratio is the speedup the report shows. The curve repeats the rounds at each
-batch size on the same images, unpaired: it shows how speed grows with the batch, not a speedup.
-"""
+"""A classifier's speed from several timed rounds over a fixed slice of the test images, a CPU
+variant's speedup from rounds paired with the FP32 eager reference (quantpipe.pairing says why
+pairs), and its speed at each batch size of benchmark.batch_sizes (the batch-size curve: the same
+rounds at each size, unpaired, showing how speed grows with the batch, not a speedup)."""
 
 import statistics
 import time
+from functools import partial
 
 import torch
 
+from quantpipe.pairing import paired_rounds
 from quantpipe.tasks.classification.measure import synchronize
 
 
@@ -32,8 +27,12 @@ def _batch_seconds(module, images, prepare, batch_size: int, device: torch.devic
     return seconds
 
 
-def _median_and_range(values: list[float]) -> tuple[float, float]:
-    return statistics.median(values), max(values) - min(values)
+def _pass_seconds(module, images, prepare, batch_size, device, kept: list | None = None) -> float:
+    """Seconds of one pass; each batch's seconds appended to `kept` when given."""
+    seconds = _batch_seconds(module, images, prepare, batch_size, device)
+    if kept is not None:
+        kept.append(seconds)
+    return sum(seconds)
 
 
 def timed_rounds(module, images, device, config: dict, prepare, reference=None) -> dict:
@@ -48,45 +47,28 @@ def timed_rounds(module, images, device, config: dict, prepare, reference=None) 
     seconds / module seconds, `paired_speedup_spread` the range of those ratios (max - min),
     `reference_images_per_s` the reference's median rate.
     """
-    batch_size, rounds = config["batch_size"], config["rounds"]
-    timed = (
-        {"variant": module} if reference is None else {"reference": reference, "variant": module}
-    )
+    batch_size = config["batch_size"]
+    candidates = [module] if reference is None else [reference, module]
     # Every shape the rounds use, untimed first: a compiled module recompiles for a new shape.
     shapes = {min(batch_size, len(images)), len(images) % batch_size} - {0}
-    batches = {name: [] for name in timed}
+    batches = []
     with torch.inference_mode():
-        for candidate in timed.values():
+        for candidate in candidates:
             for shape in sorted(shapes, reverse=True):
                 for _ in range(config["warmup"]):
                     candidate(prepare(images[:shape]).to(device))
-        for _ in range(rounds):
-            for name, candidate in timed.items():
-                batches[name].append(_batch_seconds(candidate, images, prepare, batch_size, device))
-    seconds = {name: [sum(one_pass) for one_pass in passes] for name, passes in batches.items()}
+        result = paired_rounds(
+            partial(_pass_seconds, module, images, prepare, batch_size, device, batches),
+            config["rounds"],
+            len(images),
+            "images",
+            None if reference is None else partial(
+                _pass_seconds, reference, images, prepare, batch_size, device
+            ),
+        )  # fmt: skip
     whole = max(1, len(images) // batch_size)  # the batches of min(batch_size, len) images
-    rate, rate_spread = _median_and_range([len(images) / s for s in seconds["variant"]])
-    result = {
-        "images_per_s": rate,
-        "images_per_s_spread": rate_spread,
-        "batch_latency_ms_p50": statistics.median(
-            [batch * 1e3 for one_pass in batches["variant"] for batch in one_pass[:whole]]
-        ),
-        "rounds": rounds,
-        "round_images": len(images),
-    }
-    if reference is None:
-        return result
-    ratios = [ref / own for ref, own in zip(seconds["reference"], seconds["variant"], strict=True)]
-    speedup, speedup_spread = _median_and_range(ratios)
-    return {
-        **result,
-        "paired_speedup": speedup,
-        "paired_speedup_spread": speedup_spread,
-        "reference_images_per_s": statistics.median(
-            [len(images) / s for s in seconds["reference"]]
-        ),
-    }
+    latency = statistics.median([batch * 1e3 for one in batches for batch in one[:whole]])
+    return {**result, "batch_latency_ms_p50": latency, "round_images": len(images)}
 
 
 def batch_curve(module, images, device, config: dict, prepare) -> list[dict]:

@@ -24,7 +24,7 @@ from quantpipe.reporting.document import (
     variant_label,
 )
 from quantpipe.reporting.rows import curve_table
-from quantpipe.reporting.stats import ALPHA, EXACT_BELOW, mcnemar, verdict
+from quantpipe.reporting.stats import ALPHA, EXACT_BELOW, mcnemar, verdict, within_noise
 
 RUN_KEYS = ["model", "width", "seed"]
 ROW_KEYS = [*RUN_KEYS, "variant", "method", "calibration_method", "calibration_size"]
@@ -144,15 +144,6 @@ def _paired_test(keys: tuple, measured: pd.DataFrame) -> dict:
         "mcnemar_p": p,
         "verdict": verdict(baseline_only, variant_only, p),
     }
-
-
-def within_noise(first, second) -> bool:
-    """Whether two configurations' speedups over FP32 CPU eager differ by less than the larger
-    of their timing noise: the range of their paired rounds (paired_speedup_spread, mean over
-    seeds). False where neither has rounds (noise unknown)."""
-    noise = max(first["paired_speedup_spread_mean"], second["paired_speedup_spread_mean"])
-    gap = abs(first["speedup_vs_fp32_cpu_eager_mean"] - second["speedup_vs_fp32_cpu_eager_mean"])
-    return bool(gap < noise)  # NaN noise compares False
 
 
 def best_int8(summary: pd.DataFrame) -> pd.DataFrame:

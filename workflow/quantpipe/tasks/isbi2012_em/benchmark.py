@@ -2,26 +2,33 @@
 path and score the result.
 
 Each variant (`fp32-cpu`: eager and torch.compile; `fp32-gpu`: the same on CUDA, or rows marked
-skipped with the reason; `int8-cpu`: a quantize artifact) runs
-quantpipe.tiling.predict_volume
+skipped with the reason; `int8-cpu`: a quantize artifact) runs quantpipe.tiling.predict_volume
 over a Zarr copy of the test sections (overlapping tiles, blended, one block per output chunk),
-first once on one block untimed (a compiled module compiles on its first tiles), then timed over
-the whole volume: voxels/s with the threads recorded. The probability map is then scored
-against the labels on the full test volume: pixel error, V_rand and V_info
-(quantpipe.tasks.isbi2012_em.metrics).
+first on the first and last block untimed (a compiled module compiles on its first tiles), then
+in `rounds` timed rounds over the whole volume: voxels/s is their median, with their range and
+the threads recorded. A CPU variant's round first runs the FP32 eager model of the same weights
+over the same volume path, in this process on the same threads (quantpipe.pairing): its speedup
+is the median of the rounds' ratios. A round is the whole path, not the network alone, because
+the ratio stands for voxels/s and job-hours, and reading, blending and writing are part of both
+that INT8 does not speed up; the test volume is small (1.3 M voxels), so a round takes seconds.
+The last round's probability map is scored against the labels on the full test volume: pixel
+error, V_rand and V_info (quantpipe.tasks.isbi2012_em.metrics).
 
 From the measured rate, `job_hours_per_mm3` is how long ONE such job (this many threads, this
 node) would take to segment a cubic millimetre of cortex at 4x4x40 nm, 1.5625e15 voxels:
 node-hours per mm^3 when one job uses the whole node, otherwise per job with the threads shown.
 """
 
+import math
 import os
 import tempfile
+import time
 
 import numpy as np
 import torch
 import zarr
 
+from quantpipe.pairing import paired_rounds
 from quantpipe.tasks.isbi2012_em.data import load_split
 from quantpipe.tasks.isbi2012_em.metrics import scores
 from quantpipe.tasks.isbi2012_em.spec import tiling_geometry
@@ -34,18 +41,37 @@ from quantpipe.tiling import (
 )
 
 GEOMETRY_COLUMNS = ("tile", "overlap", "block_sections", "redundancy")
+# The rates a row carries; the pair's (paired_speedup ...) only where it had a reference (CPU).
+RATE_COLUMNS = (
+    "voxels", "tile_voxels", "voxels_per_s", "voxels_per_s_spread", "rounds",
+    "network_voxels_per_s", "path_fraction_of_network", "paired_speedup",
+    "paired_speedup_spread", "reference_voxels_per_s",
+)  # fmt: skip
 
 
 def _quiet(_line: str) -> None:
     pass
 
 
+def _volume_pass(module, image, target, arguments: dict, passes: list):
+    """One timed pass of the whole volume path (every block of `image` into `target`), its
+    record appended to `passes`: a pass for quantpipe.pairing.paired_rounds."""
+
+    def one_pass() -> float:
+        started = time.perf_counter()
+        passes.append(predict_volume(module, image, target, log=_quiet, **arguments))
+        return time.perf_counter() - started
+
+    return one_pass
+
+
 def segment(
-    module, image: zarr.Array, folder: str, config: dict, log=print
+    module, image: zarr.Array, folder: str, config: dict, reference=None, log=print
 ) -> tuple[dict, np.ndarray]:
-    """Warm up on the first and the last block (their batch shapes may differ), time the whole
-    volume path, then the network alone on the same tiles: (the geometry and both rates, the
-    probability)."""
+    """Warm up on the first and the last block (their batch shapes may differ), then
+    config['rounds'] timed rounds of the whole volume path, each with a pass of `reference`
+    first when given (paired, quantpipe.pairing), then the network alone on the same tiles:
+    (the geometry, the rates and the pair, the probability of the last round)."""
     geometry = tiling_geometry(config)
     arguments = {
         "dims": geometry["dims"],
@@ -57,12 +83,25 @@ def segment(
     warmup = create_target(os.path.join(folder, "warmup.zarr"), image, chunks)
     blocks = plan_blocks(warmup)
     predict_volume(module, image, warmup, blocks=sorted({0, blocks - 1}), log=_quiet, **arguments)
+    paired = None
+    if reference is not None:
+        # Eager, and every batch has one shape (the last one padded): one batch warms it.
+        with torch.inference_mode():
+            reference(torch.zeros(arguments["batch_size"], 1, *geometry["tile"]))
+        scratch = create_target(os.path.join(folder, "reference.zarr"), image, chunks)
+        paired = _volume_pass(reference, image, scratch, arguments, [])
     target = create_target(os.path.join(folder, "probability.zarr"), image, chunks)
-    timed = predict_volume(module, image, target, log=log, **arguments)
+    passes, voxels = [], math.prod(image.shape)
+    timed = paired_rounds(
+        _volume_pass(module, image, target, arguments, passes), config["rounds"], voxels,
+        "voxels", paired,
+    )  # fmt: skip
     alone = network_rate(module, image, target, blocks=list(range(blocks)), **arguments)
     measured = {
+        **passes[-1],
         **timed,
         **alone,
+        "seconds": voxels / timed["voxels_per_s"],  # the test volume's, at the median rate
         "path_fraction_of_network": timed["voxels_per_s"] / alone["network_voxels_per_s"],
         "tile": "x".join(map(str, geometry["tile"])),
         "overlap": "x".join(map(str, geometry["overlap"])),
@@ -71,9 +110,10 @@ def segment(
     return measured, target[:]
 
 
-def benchmark(data: str, implementations, base: dict, config: dict, log=print):
+def benchmark(data: str, implementations, base: dict, config: dict, reference=None, log=print):
     """Each implementation through the tiled volume path over the test sections, then scored:
-    (rows, each row's membrane probability as uint8 (probability * 255), {})."""
+    (rows, each row's membrane probability as uint8 (probability * 255), {}). CPU rows are timed
+    round by round beside `reference`, the FP32 eager model, in this process."""
     variant = base["variant"]
     rows, kept = [], {}
     test_image, test_membrane = load_split(data, "test")
@@ -87,7 +127,10 @@ def benchmark(data: str, implementations, base: dict, config: dict, log=print):
         image[:] = test_image
         for label, device, module, size in implementations:
             log(f"benchmark: {variant} {label} on {device}, test volume {test_image.shape}")
-            timed, probability = segment(module, image, os.path.join(folder, label), config, log)
+            paired = reference if device.type == "cpu" else None
+            timed, probability = segment(
+                module, image, os.path.join(folder, label), config, paired, log
+            )
             quality = scores(probability, test_membrane, config["threshold"])
             kept[label] = torch.from_numpy(np.rint(probability * 255).astype(np.uint8))
             rows.append(
@@ -98,11 +141,7 @@ def benchmark(data: str, implementations, base: dict, config: dict, log=print):
                     "reason": "",
                     **quality,
                     **{key: timed[key] for key in GEOMETRY_COLUMNS},
-                    "voxels": timed["voxels"],
-                    "tile_voxels": timed["tile_voxels"],
-                    "voxels_per_s": timed["voxels_per_s"],
-                    "network_voxels_per_s": timed["network_voxels_per_s"],
-                    "path_fraction_of_network": timed["path_fraction_of_network"],
+                    **{key: timed[key] for key in RATE_COLUMNS if key in timed},
                     "test_set_seconds": timed["seconds"],
                     "job_hours_per_mm3": job_hours_per_mm3(timed["voxels_per_s"]),
                     "size_bytes": size,
@@ -111,9 +150,15 @@ def benchmark(data: str, implementations, base: dict, config: dict, log=print):
             log(
                 f"benchmark: {variant} {label}: V_rand {quality['v_rand']:.4f}, V_info "
                 f"{quality['v_info']:.4f}, pixel error {quality['pixel_error']:.4f}, "
-                f"{timed['voxels_per_s']:,.0f} voxels/s (the network alone "
+                f"{timed['voxels_per_s']:,.0f} voxels/s (median of {timed['rounds']} rounds, "
+                f"range {timed['voxels_per_s_spread']:,.0f}; the network alone "
                 f"{timed['network_voxels_per_s']:,.0f}; tiles {timed['tile']}, "
                 f"{timed['redundancy']:.2f} voxels computed per voxel written), "
                 f"{rows[-1]['job_hours_per_mm3']:,.0f} job-hours per mm^3"
             )
+            if paired is not None:
+                log(
+                    f"benchmark: {variant} {label}: {timed['paired_speedup']:.2f}x FP32 eager "
+                    f"timed beside it (range {timed['paired_speedup_spread']:.2f})"
+                )
     return rows, kept, {}

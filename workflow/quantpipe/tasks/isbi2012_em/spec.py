@@ -16,7 +16,7 @@ EM_KEYS = {
 SHARED_KEYS = {
     "train": ("device", "log_every"),
     "quantize": ("calibration_batch_size",),
-    "benchmark": ("gpu",),
+    "benchmark": ("gpu", "rounds"),
 }
 
 
@@ -122,6 +122,11 @@ SPEC = TaskSpec(
         "v_rand",
         "v_info",
         "voxels_per_s",
+        "voxels_per_s_spread",
+        "rounds",
+        "paired_speedup",
+        "paired_speedup_spread",
+        "reference_voxels_per_s",
         "network_voxels_per_s",
         "path_fraction_of_network",
         "job_hours_per_mm3",

@@ -4,7 +4,9 @@ report.csv's EM rows aggregated over seeds (mean and 95% Student t interval, as 
 into summary.csv; summary.md (and the same tables as HTML) shows, per model, a cost table: quality
 on the test sections (V_rand, V_info, pixel error), voxels/s with the threads used, the job-hours
 to segment 1 mm^3 at 4x4x40 nm (1.5625e15 voxels) at that rate, and speed and cost as ratios
-against FP32 CPU eager. Figures: V_rand against voxels/s, and job-hours per mm^3 per variant.
+against FP32 CPU eager: a CPU row's from FP32 eager timed round by round beside it in its own job
+(report.csv's paired speedup), with the rounds' range, and which speeds the timing cannot tell
+apart. Figures: V_rand against voxels/s, and job-hours per mm^3 per variant.
 """
 
 import pandas as pd
@@ -17,11 +19,14 @@ from quantpipe.reporting.document import (
     variant_label,
 )
 from quantpipe.reporting.figures import add_footer, new_figure, plain_log_axis
+from quantpipe.reporting.stats import within_noise
 
 METRICS = [
     "v_rand", "v_rand_delta", "v_info", "v_info_delta", "pixel_error", "pixel_error_delta",
-    "voxels_per_s", "job_hours_per_mm3", "speedup_vs_fp32_cpu_eager", "size_mb", "size_ratio",
+    "voxels_per_s", "voxels_per_s_spread", "job_hours_per_mm3", "speedup_vs_fp32_cpu_eager",
+    "paired_speedup_spread", "speedup_vs_fp32_cpu_eager_unpaired", "size_mb", "size_ratio",
 ]  # fmt: skip
+BASELINE = ("fp32-cpu", "eager")
 # (header, metric, scale, digits) of the cost table's measured cells.
 COST_COLUMNS = [
     ("V_rand", "v_rand", 1, 4),
@@ -31,6 +36,7 @@ COST_COLUMNS = [
     ("voxels/s", "voxels_per_s", 1, 0),
     ("job-hours per mm³", "job_hours_per_mm3", 1, 0),
     ("speed vs FP32 CPU", "speedup_vs_fp32_cpu_eager", 1, 2),
+    ("speed, rounds' range", "paired_speedup_spread", 1, 2),
     ("cost vs FP32 CPU", "cost_vs_fp32_cpu_eager", 1, 3),
     ("size (MB)", "size_mb", 1, 2),
 ]
@@ -42,20 +48,57 @@ READING = (
     "blended, read from and written to Zarr), per job with the threads shown. Job-hours per mm³ "
     "= 1.5625e15 voxels (1 mm³ at 4x4x40 nm) / voxels/s / 3600: the hours ONE such job needs, "
     "node-hours where the job has the whole node. Speed and cost ratios compare with FP32 CPU "
-    "eager of the same seed (cost = 1 / speed). Numbers are means over seeds ± the half-width of "
-    "their 95% confidence interval (one seed shows its value alone); all are in summary.csv."
+    "eager of the same seed (cost = 1 / speed). A CPU row's speed ratio is paired: its job ran "
+    "FP32 eager of the same weights through the same volume path in the same process, round by "
+    "round with it, and the ratio is the median of the rounds' ratios (rounds' range: their max "
+    "- min; FP32 eager's own row is timed beside itself, so its range is the timing noise). GPU "
+    "rows divide the two jobs' rates (unpaired; both in summary.csv). Voxels/s is the median of "
+    "the rounds, and job-hours come from it. Speed ratios that differ by less than the larger "
+    "rounds' range are within the noise: the timing column names the fastest CPU configuration "
+    "and those the timing cannot tell from it or from FP32 eager. Numbers are means over seeds ± "
+    "the half-width of their 95% confidence interval (one seed shows its value alone); all are in "
+    "summary.csv."
 )
 
 
 def summarize(report: pd.DataFrame, config_digest: str) -> pd.DataFrame:
-    """report.csv's rows aggregated over seeds, one row per configuration."""
+    """report.csv's rows aggregated over seeds, one row per configuration, with what the timing
+    cannot rank (`timing`, ties)."""
     report = report.copy()
     report["cost_vs_fp32_cpu_eager"] = 1 / report["speedup_vs_fp32_cpu_eager"]
-    return over_seeds(report, [*METRICS, "cost_vs_fp32_cpu_eager"], config_digest)
+    table = over_seeds(report, [*METRICS, "cost_vs_fp32_cpu_eager"], config_digest)
+    table["timing"] = ""
+    for _, group in table.groupby(["model", "width"], dropna=False, sort=False):
+        table.loc[group.index, "timing"] = ties(group)
+    return table
+
+
+def ties(group: pd.DataFrame) -> list[str]:
+    """Per configuration of one (model, width), among those timed beside FP32 CPU eager
+    (paired): "fastest" for the fastest, and which of the fastest and FP32 eager the timing
+    cannot tell its speed ratio from (quantpipe.reporting.stats.within_noise); "" for a row
+    without a pair or a speed the noise does not blur."""
+    paired = group[(group["status"] == "ok") & group["paired_speedup_spread_mean"].notna()]
+    if paired.empty:
+        return [""] * len(group)
+    fastest = paired.loc[paired["speedup_vs_fp32_cpu_eager_mean"].idxmax()]
+    baseline = paired[(paired["variant"] == BASELINE[0]) & (paired["method"] == BASELINE[1])]
+    others = [(f"the fastest ({variant_label(fastest)})", fastest)]
+    others += [("FP32 eager", row) for _, row in baseline.iterrows()]
+    marks = []
+    for index, row in group.iterrows():
+        if index not in paired.index:
+            marks.append("")
+            continue
+        tied = [name for name, other in others if other.name != index and within_noise(row, other)]
+        words = ["fastest"] if index == fastest.name else []
+        words += [f"within noise of {' and of '.join(tied)}"] if tied else []
+        marks.append(", ".join(words))
+    return marks
 
 
 def cost_table(group: pd.DataFrame) -> tuple:
-    header = ["variant", "threads", *(name for name, *_ in COST_COLUMNS)]
+    header = ["variant", "threads", *(name for name, *_ in COST_COLUMNS), "timing"]
     rows = []
     for _, row in group.iterrows():
         if row["status"] == "ok":
@@ -64,7 +107,7 @@ def cost_table(group: pd.DataFrame) -> tuple:
             ]
         else:
             cells = [f"not measured: {row['reason']}"] + ["—"] * (len(COST_COLUMNS) - 1)
-        rows.append([variant_label(row), row["threads"] or "—", *cells])
+        rows.append([variant_label(row), row["threads"] or "—", *cells, row["timing"]])
     return ("table", header, rows)
 
 

@@ -42,7 +42,9 @@ class Isbi2012Em(Task):
         return {"batch_size": config["inference_batch_size"]}
 
     def benchmark(self, data, net, implementations, base, config, log=print):
-        return benchmark.benchmark(data, implementations, base, config, log)
+        """The tiled volume path per implementation; CPU rows paired with the FP32 eager
+        `net`."""
+        return benchmark.benchmark(data, implementations, base, config, net, log)
 
     # The summary (quantpipe.stages.summary): the cost per cubic millimetre; report.csv's rows
     # hold all it needs.

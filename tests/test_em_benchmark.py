@@ -1,0 +1,92 @@
+"""The EM benchmark stage (task isbi2012_em): each CPU row is timed in rounds over the tiled volume
+path, paired round by round with the FP32 eager model in the same process; a GPU-less row
+without a reference has rounds but no pair. A deliberately slower variant sleeps in every
+forward pass, so its paired speedup is below 1 whatever the machine does."""
+
+import time
+
+import pytest
+import torch
+from quantpipe.models.build import build_model
+from quantpipe.stages import benchmark
+from quantpipe.tasks.isbi2012_em import benchmark as em
+from quantpipe.tasks.isbi2012_em.data import load_split, prepare
+
+CONFIG = {
+    "task": "isbi2012_em", "variant": "fp32-cpu", "model": "unet2d", "width": 2, "seed": 0,
+    "gpu": False, "rounds": 3, "sections": 3, "tile": 128, "overlap": 16, "section_overlap": 1,
+    "block_tiles": 3, "inference_batch_size": 4, "threshold": 0.5,
+}  # fmt: skip
+
+
+class Sleepy(torch.nn.Module):
+    """The model, after a sleep: slower by at least the sleep per forward pass, two per volume
+    pass here, more than a busy machine's noise on the model's own pass."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, tiles):
+        time.sleep(0.5)
+        return self.net(tiles)
+
+
+@pytest.fixture(scope="module")
+def volume(tmp_path_factory, isbi_dir):
+    path = tmp_path_factory.mktemp("em") / "isbi2012-em.zarr"
+    prepare(str(isbi_dir), str(path), log=lambda _: None)
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def small_test_volume(monkeypatch):
+    """The test sections cropped to 112 x 112 (with its halo, one 128-wide tile a section): the
+    timing is what this checks, not the scores."""
+
+    def crop(data, split):
+        return tuple(part[:, :112, :112] for part in load_split(data, split))
+
+    monkeypatch.setattr(em, "load_split", crop)
+
+
+@pytest.mark.slow
+def test_cpu_rows_carry_rounds_and_the_pair_with_fp32_eager(volume, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    net = build_model("unet2d", width=2, num_classes=1).eval()
+    monkeypatch.delenv("SLURMD_NODENAME", raising=False)
+    monkeypatch.setattr(benchmark, "load_trained", lambda path: (net, {}))
+
+    def implementations(variant, model, artifact, method, example):
+        size = benchmark.state_dict_bytes(model)
+        yield "eager", torch.device("cpu"), model, size
+        yield "sleepy", torch.device("cpu"), Sleepy(model), size
+
+    monkeypatch.setattr(benchmark, "implementations", implementations)
+    record = benchmark.run("unread.pt", volume, str(tmp_path / "metrics.json"),
+                           str(tmp_path / "predictions.pt"), CONFIG, log=print)  # fmt: skip
+    rows = {row["method"]: row for row in record["rows"]}
+    for row in rows.values():
+        assert row["status"] == "ok" and row["rounds"] == 3
+        for key in ("voxels_per_s", "paired_speedup", "reference_voxels_per_s",
+                    "network_voxels_per_s"):  # fmt: skip
+            assert row[key] > 0, key
+        assert row["voxels_per_s_spread"] >= 0 and row["paired_speedup_spread"] >= 0
+        assert row["voxels"] == 5 * 112 * 112
+        assert row["job_hours_per_mm3"] == pytest.approx(1.5625e15 / row["voxels_per_s"] / 3600)
+        assert 0 <= row["v_rand"] <= 1
+    assert rows["sleepy"]["paired_speedup"] < 1
+    # The same weights: the same probability, whichever pass wrote it.
+    predictions = torch.load(tmp_path / "predictions.pt", weights_only=True)
+    assert torch.equal(predictions["eager"], predictions["sleepy"])
+
+
+def test_without_a_reference_rows_have_rounds_and_no_pair(volume, tmp_path):
+    torch.manual_seed(0)
+    net = build_model("unet2d", width=2, num_classes=1).eval()
+    rows, _, _ = em.benchmark(
+        volume, [("eager", torch.device("cpu"), net, 0)], {"variant": "fp32-cpu"}, CONFIG,
+        log=lambda _: None,
+    )  # fmt: skip
+    assert rows[0]["rounds"] == 3 and rows[0]["voxels_per_s"] > 0
+    assert "paired_speedup" not in rows[0] and "reference_voxels_per_s" not in rows[0]
