@@ -1,4 +1,5 @@
-"""The summary stage on task isbi2012_em's report.csv: a cost table per model, and its figures."""
+"""The summary stage on task isbi2012_em's report.csv: a cost table per node class and model,
+and its figures."""
 
 import pandas as pd
 import pytest
@@ -9,13 +10,16 @@ from quantpipe.tasks.isbi2012_em.spec import SPEC
 PROVENANCE = {
     "git_commit": "abc123", "torch": "2.14.1", "torchvision": "0.29.1", "torchao": "0.18.0",
     "python": "3.11", "cpu_model": "test cpu", "cpu_int8_flags": "", "gpu_name": None,
-    "threads": 4, "host": "node1",
+    "threads": 4, "host": "node1", "ran_on": "node1, no Slurm",
 }  # fmt: skip
 
 
-def em_row(model: str, seed: int, variant: str, method: str, speedup: float | None) -> dict:
+def em_row(
+    node_class: str, model: str, seed: int, variant: str, method: str, speedup: float | None
+) -> dict:
     """A report.csv row as the report stage writes it for the EM task; no speedup: skipped."""
-    row = {"model": model, "width": 16, "seed": seed, "variant": variant, "method": method,
+    row = {"node_class": node_class, "model": model, "width": 16, "seed": seed,
+           "variant": variant, "method": method,
            "calibration_method": "minmax" if variant == "int8-cpu" else None,
            "calibration_size": 64 if variant == "int8-cpu" else None, "batch_size": 1,
            **PROVENANCE, "date": f"2026-01-0{seed + 1}"}  # fmt: skip
@@ -29,13 +33,16 @@ def em_row(model: str, seed: int, variant: str, method: str, speedup: float | No
             "size_ratio": speedup}  # fmt: skip
 
 
-def test_run_writes_a_cost_table_per_model_and_the_figures(tmp_path):
+def test_run_writes_a_cost_table_per_node_class_and_model_and_the_figures(tmp_path):
+    """Two CPU node classes (INT8 2x FP32 on avx2, 3x on amx) and the GPU rows (class gpu)."""
     rows = [
-        em_row(model, seed, variant, method, speedup)
+        em_row(node_class, model, seed, variant, method, speedup)
         for model in ("unet2d", "unet3d_aniso")
         for seed in (0, 1)
-        for variant, method, speedup in [("fp32-cpu", "eager", 1.0), ("int8-cpu", "pt2e", 2.0),
-                                         ("fp32-gpu", "eager", None)]
+        for node_class, variant, method, speedup in [
+            ("avx2", "fp32-cpu", "eager", 1.0), ("avx2", "int8-cpu", "pt2e", 2.0),
+            ("amx", "fp32-cpu", "eager", 1.0), ("amx", "int8-cpu", "pt2e", 3.0),
+            ("gpu", "fp32-gpu", "eager", None)]
     ]  # fmt: skip
     pd.DataFrame(rows).to_csv(tmp_path / "report.csv", index=False)
     out = tmp_path / "results"
@@ -48,13 +55,17 @@ def test_run_writes_a_cost_table_per_model_and_the_figures(tmp_path):
         tables=str(out / "summary" / "tables.html"), config=config, log=lambda line: None,
     )  # fmt: skip
     result = summary.run(**arguments, figures=figures)
-    assert result["configurations"] == 6
+    assert result["configurations"] == 10
     table = pd.read_csv(out / "summary.csv")
-    int8 = table[table["variant"] == "int8-cpu"]
-    assert (int8["cost_vs_fp32_cpu_eager_mean"] == 0.5).all() and (int8["seeds"] == 2).all()
+    int8 = table[table["variant"] == "int8-cpu"].set_index(["node_class", "model"])
+    assert (int8["seeds"] == 2).all()
+    assert (int8.loc["avx2", "cost_vs_fp32_cpu_eager_mean"] == 0.5).all()
+    assert list(int8.loc["amx", "cost_vs_fp32_cpu_eager_mean"]) == pytest.approx([1 / 3] * 2)
     markdown = (out / "summary.md").read_text()
-    for model in ("unet2d", "unet3d_aniso"):
-        assert f"Cost per cubic millimetre: {model}, width 16" in markdown
+    for node_class in ("avx2", "amx", "gpu"):
+        for model in ("unet2d", "unet3d_aniso"):
+            heading = f"Cost per cubic millimetre on node class {node_class}: {model}, width 16"
+            assert heading in markdown
     assert "not measured: no CUDA device on this node" in markdown
     digest = config_hash(config)[:12]
     for name in SPEC.figures:

@@ -304,7 +304,8 @@ def test_a_torchvision_model_trains_quantizes_and_benchmarks(tmp_path, cifar_dir
     assert quantized["architecture"] == trained["architecture"]
     measured = benchmark.run(model, data, str(tmp_path / "benchmark.json"),
                              str(tmp_path / "predictions.pt"),
-                             {**run, **calibration, "variant": "int8-cpu", "batch_size": 256,
+                             {**run, **calibration, "variant": "int8-cpu", "node_class": "any",
+                              "batch_size": 256,
                               "warmup": 1, "latency_iterations": 10, "rounds": 2,
                               "paired_images": 256},
                              artifact=artifact)  # fmt: skip

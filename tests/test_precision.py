@@ -83,7 +83,8 @@ def test_the_precisions_are_usable_where_cuda_is():
 
 @pytest.mark.parametrize("variant", ["fp32-gpu", "bf16-gpu", "fp16-gpu"])
 def test_gpu_variant_rows_say_skipped_with_no_numbers(variant, tmp_path, no_cuda):
-    config = {"variant": variant, "model": "resnet18_cifar", "width": 4, "seed": 0}
+    config = {"variant": variant, "node_class": "gpu", "model": "resnet18_cifar", "width": 4,
+              "seed": 0}  # fmt: skip
     metrics, predictions = str(tmp_path / "metrics.json"), str(tmp_path / "predictions.pt")
     record = benchmark.run("unread.pt", "unread", metrics, predictions, config, log=lambda _: None)
     rows = json.loads((tmp_path / "metrics.json").read_text())["rows"]

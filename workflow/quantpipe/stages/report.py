@@ -1,31 +1,37 @@
 """The report stage: merge every benchmark metrics file into one tidy CSV, a row per measurement.
 
 The task (TaskSpec) names its measured columns, which of them are quality figures (each also as
-`{name}_delta`, the difference from FP32 CPU eager of the same run), its rate (images/s,
-voxels/s) and its validation score. Speedups compare each row with FP32 CPU eager of the same
-run: timed beside it in the row's own job where the task paired them (`paired_speedup`), else
-(and always in `speedup_vs_fp32_cpu_eager_unpaired`) the ratio of the two jobs' rates. Every row
-also carries the columns every task shares (run, variant, size, provenance, the node and the
-other jobs seen on it).
+`{name}_delta`, the difference from FP32 CPU eager), its rate (images/s, voxels/s) and its
+validation score. Every comparison is with FP32 CPU eager of the same run on the same node class
+(a GPU row: on the config's first class; `baseline_node_class`). Speedups are timed beside it in
+the row's own job where the task paired them (`paired_speedup`), else (and always in
+`speedup_vs_fp32_cpu_eager_unpaired`) the ratio of the two jobs' rates. Every row also carries the
+columns every task shares (node class, run, variant, size, provenance, where it ran and the other
+jobs seen on its node).
 """
 
 import pandas as pd
 
 from quantpipe import tasks
 from quantpipe.artifacts import atomic_path, read_json
+from quantpipe.reporting.node_classes import baseline_class
 from quantpipe.tasks.base import TaskSpec
 
 RUN_KEYS = ["model", "width", "seed"]
+# What a row compares with: FP32 CPU eager of the same run on the same node class (a GPU row:
+# the first class of the config, quantpipe.reporting.node_classes).
+BASELINE_KEYS = ["baseline_node_class", *RUN_KEYS]
 # Every task's rows; the task's own measured columns (TaskSpec.report_columns) go after
 # `reason`, its validation score before the speed columns.
 LEADING = [
-    "model", "width", "seed", "calibration_method", "calibration_size", "variant", "method",
-    "device", "precision", "status", "reason",
+    "node_class", "model", "width", "seed", "calibration_method", "calibration_size", "variant",
+    "method", "device", "precision", "status", "reason",
 ]  # fmt: skip
 TRAILING = [
     "test_set_seconds", "speedup_vs_fp32_cpu_eager", "speedup_vs_fp32_cpu_eager_unpaired",
-    "speedup_vs_best_fp32_cpu", "size_mb", "size_ratio", "batch_size", "threads", "cpu_model",
-    "cpu_int8_flags", "gpu_name", "host", "slurm_node", "slurm_job_id", "slurm_partition",
+    "speedup_vs_best_fp32_cpu", "baseline_node_class", "size_mb", "size_ratio", "batch_size",
+    "threads", "cpu_model", "cpu_int8_flags", "gpu_name", "ran_on", "host", "slurm_node",
+    "slurm_job_id", "slurm_partition",
     "neighbours_at_start", "neighbours_at_end", "neighbour_jobs", "neighbours_reason", "torch",
     "torchvision", "torchao", "python", "git_commit", "date",
 ]  # fmt: skip
@@ -53,7 +59,19 @@ def _rows(metrics_path: str) -> list[dict]:
     return [{**row, **context} for row in record["rows"]]
 
 
-def build(benchmark_metrics: list[str], train_metrics: list[str]) -> pd.DataFrame:
+def ran_on(row) -> str:
+    """Where a row was measured: its Slurm node and partition, or the host without Slurm (a
+    profile without Slurm runs every node class there)."""
+    if isinstance(row["slurm_node"], str) and row["slurm_node"]:
+        return f"Slurm node {row['slurm_node']}, partition {row['slurm_partition']}"
+    return f"{row['host']}, no Slurm"
+
+
+def build(
+    benchmark_metrics: list[str], train_metrics: list[str], node_classes: list[str]
+) -> pd.DataFrame:
+    """report.csv's table; `node_classes` as in the config (the GPU rows compare with the
+    first)."""
     table = pd.DataFrame([row for path in benchmark_metrics for row in _rows(path)])
     if table.empty:
         raise ValueError(
@@ -73,9 +91,13 @@ def build(benchmark_metrics: list[str], train_metrics: list[str]) -> pd.DataFram
     table = table.reindex(columns=[*table.columns, *(c for c in wanted if c not in table)])
     table["size_mb"] = table["size_bytes"] / 1e6
     table["rate"] = table[task.rate]
+    table["ran_on"] = table.apply(ran_on, axis=1)
+    table["baseline_node_class"] = [
+        baseline_class(node_class, node_classes) for node_class in table["node_class"]
+    ]
     is_fp32 = (table["variant"] == "fp32-cpu") & (table["status"] == "ok")
-    baseline = table[is_fp32 & (table["method"] == "eager")].set_index(RUN_KEYS)
-    keys = pd.MultiIndex.from_frame(table[RUN_KEYS])
+    baseline = table[is_fp32 & (table["method"] == "eager")].set_index(BASELINE_KEYS)
+    keys = pd.MultiIndex.from_frame(table[BASELINE_KEYS])
     for name in task.quality:
         table[f"{name}_delta"] = table[name] - baseline[name].reindex(keys).to_numpy()
     unpaired = table["rate"] / baseline["rate"].reindex(keys).to_numpy()
@@ -85,17 +107,22 @@ def build(benchmark_metrics: list[str], train_metrics: list[str]) -> pd.DataFram
     paired = table.get("paired_speedup")
     speedup = unpaired if paired is None else paired.fillna(unpaired)
     table["speedup_vs_fp32_cpu_eager"] = speedup
-    best = speedup[is_fp32].groupby([table[key] for key in RUN_KEYS]).max()
+    best = speedup[is_fp32].groupby([table[key] for key in BASELINE_KEYS]).max()
     table["speedup_vs_best_fp32_cpu"] = speedup / best.reindex(keys).to_numpy()
     table["size_ratio"] = baseline["size_bytes"].reindex(keys).to_numpy() / table["size_bytes"]
     table = table.reindex(columns=wanted)
-    order = ["model", "width", "seed", "variant", "calibration_method", "calibration_size"]
+    order = ["node_class", "model", "width", "seed", "variant", "calibration_method"]
+    order.append("calibration_size")
     order.append("method")
     return table.sort_values(order, na_position="first").reset_index(drop=True)
 
 
-def run(benchmark_metrics: list[str], train_metrics: list[str], report: str, log=print) -> dict:
-    table = build(benchmark_metrics, train_metrics)
+def run(
+    benchmark_metrics: list[str], train_metrics: list[str], report: str, config: dict, log=print
+) -> dict:
+    """report.csv from every benchmark and train record; `config`: {"node_classes": [...]}, as
+    in the experiment's config."""
+    table = build(benchmark_metrics, train_metrics, config["node_classes"])
     with atomic_path(report) as tmp:
         table.to_csv(tmp, index=False)
     log(f"report: {len(table)} rows from {len(benchmark_metrics)} benchmark files -> {report}")
