@@ -92,6 +92,7 @@ def test_gpu_variant_rows_say_skipped_with_no_numbers(variant, tmp_path, no_cuda
     for row in rows:
         assert row["status"] == "skipped" and row["reason"] == "no CUDA device on this node"
         assert row["device"] == "cuda" and row["precision"] == variant.split("-")[0]
+        assert row["node_class"] == "gpu"  # every row names the class its job ran as
         assert not {"accuracy", "images_per_s", "latency_ms_p50", "size_bytes"} & set(row)
         label = variant_label(row)
         assert label == f"{variant.split('-')[0].upper()} GPU {row['method']}"
