@@ -45,9 +45,10 @@ include: "workflow/rules/segment.smk"
 #   results/train/RUN/{model.pt,metrics.json}          FP32 weights (+ checkpoints/ for resume)
 #   results/quantize/RUN/{method}-{calibration_method}-c{calibration_size}/{int8.pt,metrics.json}
 #       (int8.pt: the backend's own format; an ONNX file or a zipped OpenVINO IR for the peers)
-#   results/benchmark/RUN/{variant}/{metrics.json,predictions.pt}
-#       variant = fp32-cpu | {fp32,bf16,fp16}-gpu | fp32-cpu-{peer}
-#               | int8-cpu-{method}-{calibration_method}-c{calibration_size}
+#   results/benchmark/{node_class}/RUN/{variant}/{metrics.json,predictions.pt}
+#       node_class = each of config `node_classes` (default any) for the CPU variants
+#                    fp32-cpu | fp32-cpu-{peer} | int8-cpu-{method}-{calibration_method}-c{size};
+#                    gpu for the GPU variants {fp32,bf16,fp16}-gpu (run once)
 #       (EM: predictions.pt holds each row's membrane probability of the test sections, uint8)
 #   results/report.csv                                 one row per measurement
 #   results/batch_sizes.csv                            batch-size curves (benchmark.batch_sizes)

@@ -1,6 +1,7 @@
 import pytest
+import yaml
 from conftest import REPO
-from quantpipe.configuration import check_consistency, coerce_to_schema
+from quantpipe.configuration import check_consistency, check_node_classes, coerce_to_schema
 from snakemake.utils import validate
 
 SCHEMA = str(REPO / "workflow" / "schemas" / "config.schema.yaml")
@@ -20,7 +21,8 @@ def test_command_line_strings_become_the_schema_types():
     [({"seeds": ["zero"]}, "zero"), ({"calibration_sizes": []}, "calibration_sizes"),
      ({"calibration_sizes": [0]}, "0"), ({"methods": ["int4"]}, "int4"),
      ({"trian": {"epochs": 1}}, "trian"),
-     ({"train": {"epochs": -1}}, "-1"), ({"widths": "16"}, "16")],
+     ({"train": {"epochs": -1}}, "-1"), ({"widths": "16"}, "16"),
+     ({"node_classes": ["AMX"]}, "AMX"), ({"node_classes": []}, "node_classes")],
 )  # fmt: skip
 def test_bad_config_is_rejected_naming_key_and_value(bad, names):
     coerce_to_schema(bad, SCHEMA)
@@ -66,3 +68,28 @@ def test_batch_sizes_are_positive_integers_by_the_schema(sizes):
     empty = {}
     validate(empty, SCHEMA, set_default=True)
     assert empty["benchmark"]["batch_sizes"] == []
+
+
+def test_node_classes_default_to_any_and_gpu_is_reserved():
+    config = {}
+    validate(config, SCHEMA, set_default=True)
+    assert config["node_classes"] == ["any"]
+    with pytest.raises(ValueError, match=r"node class 'gpu' is reserved .*node_classes"):
+        check_consistency({**config, "node_classes": ["any", "gpu"]})
+
+
+def test_a_node_class_the_profile_does_not_map_is_named_with_the_key_to_edit():
+    """The shipped profile maps `any`; a class it lacks fails before any job, naming the class,
+    the profile key and the file."""
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
+    benchmark = profile["set-resources"]["benchmark"]
+    check_node_classes(["any"], benchmark)
+    named = r"node class 'amx' .*set-resources: benchmark: slurm_partition.*profiles/slurm/"
+    with pytest.raises(ValueError, match=named):
+        check_node_classes(["any", "amx"], benchmark)
+    # Maps that cover every class, or read more than the wildcards, pass.
+    check_node_classes(["any", "amx"], {
+        "slurm_partition": "{'any': 'cpu', 'amx': 'cpu'}[wildcards.node_class]",
+        "constraint": "{'amx': 'amx_int8'}.get(wildcards.node_class, '')",
+        "mem_mb": "4000 * attempt", "runtime": "threads * wildcards.node_class",
+    })  # fmt: skip

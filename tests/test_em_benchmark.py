@@ -13,9 +13,9 @@ from quantpipe.tasks.isbi2012_em import benchmark as em
 from quantpipe.tasks.isbi2012_em.data import load_split, prepare
 
 CONFIG = {
-    "task": "isbi2012_em", "variant": "fp32-cpu", "model": "unet2d", "width": 2, "seed": 0,
-    "gpu": False, "rounds": 3, "sections": 3, "tile": 128, "overlap": 16, "section_overlap": 1,
-    "block_tiles": 3, "inference_batch_size": 4, "threshold": 0.5,
+    "task": "isbi2012_em", "variant": "fp32-cpu", "node_class": "any", "model": "unet2d",
+    "width": 2, "seed": 0, "gpu": False, "rounds": 3, "sections": 3, "tile": 128, "overlap": 16,
+    "section_overlap": 1, "block_tiles": 3, "inference_batch_size": 4, "threshold": 0.5,
 }  # fmt: skip
 
 

@@ -1,5 +1,5 @@
-"""The summary stage on task isbi2012_em's report.csv: a cost table per model with the paired speed
-ratios and what their noise blurs, and its figures."""
+"""The summary stage on task isbi2012_em's report.csv: a cost table per node class and model,
+with the paired speed ratios and what their noise blurs, and its figures."""
 
 import pandas as pd
 import pytest
@@ -11,16 +11,23 @@ from quantpipe.tasks.isbi2012_em.summary import document, summarize
 PROVENANCE = {
     "git_commit": "abc123", "torch": "2.14.1", "torchvision": "0.29.1", "torchao": "0.18.0",
     "python": "3.11", "cpu_model": "test cpu", "cpu_int8_flags": "", "gpu_name": None,
-    "threads": 4, "host": "node1",
+    "threads": 4, "host": "node1", "ran_on": "node1, no Slurm",
 }  # fmt: skip
 
 
 def em_row(
-    model: str, seed: int, variant: str, method: str, speedup: float | None, spread: float = 0.05
+    node_class: str,
+    model: str,
+    seed: int,
+    variant: str,
+    method: str,
+    speedup: float | None,
+    spread: float = 0.05,
 ) -> dict:
     """A report.csv row as the report stage writes it for the EM task; no speedup: skipped. The
     speedup is paired with rounds' range `spread`, the unpaired one 10% above it."""
-    row = {"model": model, "width": 16, "seed": seed, "variant": variant, "method": method,
+    row = {"node_class": node_class, "model": model, "width": 16, "seed": seed,
+           "variant": variant, "method": method,
            "calibration_method": "minmax" if variant == "int8-cpu" else None,
            "calibration_size": 64 if variant == "int8-cpu" else None, "batch_size": 1,
            **PROVENANCE, "date": f"2026-01-0{seed + 1}"}  # fmt: skip
@@ -35,13 +42,16 @@ def em_row(
             "size_mb": 4 / speedup, "size_ratio": speedup}  # fmt: skip
 
 
-def test_run_writes_a_cost_table_per_model_and_the_figures(tmp_path):
+def test_run_writes_a_cost_table_per_node_class_and_model_and_the_figures(tmp_path):
+    """Two CPU node classes (INT8 2x FP32 on avx2, 3x on amx) and the GPU rows (class gpu)."""
     rows = [
-        em_row(model, seed, variant, method, speedup)
+        em_row(node_class, model, seed, variant, method, speedup)
         for model in ("unet2d", "unet3d_aniso")
         for seed in (0, 1)
-        for variant, method, speedup in [("fp32-cpu", "eager", 1.0), ("int8-cpu", "pt2e", 2.0),
-                                         ("fp32-gpu", "eager", None)]
+        for node_class, variant, method, speedup in [
+            ("avx2", "fp32-cpu", "eager", 1.0), ("avx2", "int8-cpu", "pt2e", 2.0),
+            ("amx", "fp32-cpu", "eager", 1.0), ("amx", "int8-cpu", "pt2e", 3.0),
+            ("gpu", "fp32-gpu", "eager", None)]
     ]  # fmt: skip
     pd.DataFrame(rows).to_csv(tmp_path / "report.csv", index=False)
     out = tmp_path / "results"
@@ -54,13 +64,17 @@ def test_run_writes_a_cost_table_per_model_and_the_figures(tmp_path):
         tables=str(out / "summary" / "tables.html"), config=config, log=lambda line: None,
     )  # fmt: skip
     result = summary.run(**arguments, figures=figures)
-    assert result["configurations"] == 6
+    assert result["configurations"] == 10
     table = pd.read_csv(out / "summary.csv")
-    int8 = table[table["variant"] == "int8-cpu"]
-    assert (int8["cost_vs_fp32_cpu_eager_mean"] == 0.5).all() and (int8["seeds"] == 2).all()
+    int8 = table[table["variant"] == "int8-cpu"].set_index(["node_class", "model"])
+    assert (int8["seeds"] == 2).all()
+    assert (int8.loc["avx2", "cost_vs_fp32_cpu_eager_mean"] == 0.5).all()
+    assert list(int8.loc["amx", "cost_vs_fp32_cpu_eager_mean"]) == pytest.approx([1 / 3] * 2)
     markdown = (out / "summary.md").read_text()
-    for model in ("unet2d", "unet3d_aniso"):
-        assert f"Cost per cubic millimetre: {model}, width 16" in markdown
+    for node_class in ("avx2", "amx", "gpu"):
+        for model in ("unet2d", "unet3d_aniso"):
+            heading = f"Cost per cubic millimetre on node class {node_class}: {model}, width 16"
+            assert heading in markdown
     assert "not measured: no CUDA device on this node" in markdown
     digest = config_hash(config)[:12]
     for name in SPEC.figures:
@@ -73,7 +87,7 @@ def test_run_writes_a_cost_table_per_model_and_the_figures(tmp_path):
 
 def test_speed_ratios_within_the_rounds_range_are_marked_not_ranked():
     rows = [
-        em_row("unet2d", 0, variant, method, speedup, spread)
+        em_row("any", "unet2d", 0, variant, method, speedup, spread)
         for variant, method, speedup, spread in [
             ("fp32-cpu", "eager", 1.0, 0.05), ("fp32-cpu", "compiled", 1.9, 0.1),
             ("int8-cpu", "pt2e", 2.0, 0.15), ("int8-cpu", "eager", 1.5, 0.05),
@@ -81,7 +95,9 @@ def test_speed_ratios_within_the_rounds_range_are_marked_not_ranked():
         ]
     ]  # fmt: skip
     # A GPU row has no pair (its spread is empty): it is neither ranked nor tied.
-    rows.append({**em_row("unet2d", 0, "fp32-gpu", "eager", 5.0), "paired_speedup_spread": None})
+    rows.append(
+        {**em_row("gpu", "unet2d", 0, "fp32-gpu", "eager", 5.0), "paired_speedup_spread": None}
+    )
     table = summarize(pd.DataFrame(rows), "digest").set_index(["variant", "method"])["timing"]
     assert table[("int8-cpu", "pt2e")] == "fastest"
     fastest = "the fastest (INT8 CPU pt2e minmax c64)"
@@ -90,8 +106,9 @@ def test_speed_ratios_within_the_rounds_range_are_marked_not_ranked():
     assert table[("int8-cpu", "qat")] == "within noise of FP32 eager"
     assert table[("fp32-cpu", "eager")] == ""  # not compared with itself
     assert table[("fp32-gpu", "eager")] == ""
-    (block,) = [block for block in document(summarize(pd.DataFrame(rows), "d"), {}, {})
-                if block[0] == "table"]  # fmt: skip
+    # The first table is class any's; the GPU rows (class gpu) have their own.
+    block = [block for block in document(summarize(pd.DataFrame(rows), "d"), {}, {})
+             if block[0] == "table"][0]  # fmt: skip
     _, header, cells = block
     assert "speed, rounds' range" in header and header[-1] == "timing"
     (pt2e,) = [row for row in cells if row[0] == "INT8 CPU pt2e minmax c64"]

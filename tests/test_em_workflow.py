@@ -66,7 +66,7 @@ def test_summary_has_a_cost_table_per_model(finished_run):
     results = workdir / "results"
     markdown = (results / "summary.md").read_text()
     for model in MODELS:
-        assert f"Cost per cubic millimetre: {model}" in markdown
+        assert f"Cost per cubic millimetre on node class any: {model}" in markdown
     assert "job-hours per mm³" in markdown and "cost vs FP32 CPU" in markdown
     for name in ("quality_vs_throughput", "cost_per_mm3"):
         for kind in ("png", "svg"):

@@ -96,8 +96,8 @@ def test_the_gpu_precision_rows_carry_numbers(cuda_model, cifar_dir, tmp_path):
     for variant in precision.GPU_VARIANTS:
         name = variant.split("-")[0]
         folder = tmp_path / variant
-        config = {"variant": variant, "model": "resnet18_cifar", "width": 8, "seed": 0,
-                  "val_size": 48000, "batch_size": 256, "warmup": 1,
+        config = {"variant": variant, "node_class": "gpu", "model": "resnet18_cifar",
+                  "width": 8, "seed": 0, "val_size": 48000, "batch_size": 256, "warmup": 1,
                   "latency_iterations": 20, "rounds": 2, "paired_images": 512,
                   "batch_sizes": []}  # fmt: skip
         record = benchmark.run(str(cuda_model), str(cifar_dir), str(folder / "metrics.json"),

@@ -304,7 +304,8 @@ def test_a_torchvision_model_trains_quantizes_and_benchmarks(tmp_path, cifar_dir
     assert quantized["architecture"] == trained["architecture"]
     measured = benchmark.run(model, data, str(tmp_path / "benchmark.json"),
                              str(tmp_path / "predictions.pt"),
-                             {**run, **calibration, "variant": "int8-cpu", "batch_size": 256,
+                             {**run, **calibration, "variant": "int8-cpu", "node_class": "any",
+                              "batch_size": 256,
                               "warmup": 1, "latency_iterations": 10, "rounds": 2,
                               "paired_images": 256, "batch_sizes": []},
                              artifact=artifact)  # fmt: skip
@@ -363,7 +364,7 @@ def test_references_go_through_the_whole_dag(reference_run):
         assert int8["size_ratio"] > 1
     markdown = (results / "summary.md").read_text()
     for model in config["models"]:
-        assert f"## Table 1: {model}\n" in markdown
+        assert f"## Table 1: {model}, node class any\n" in markdown
     # eager for a model without fusion groups: refused before any job, with the fix.
     assert refused.returncode != 0
     output = refused.stdout + refused.stderr

@@ -83,7 +83,8 @@ def test_the_precisions_are_usable_where_cuda_is():
 
 @pytest.mark.parametrize("variant", ["fp32-gpu", "bf16-gpu", "fp16-gpu"])
 def test_gpu_variant_rows_say_skipped_with_no_numbers(variant, tmp_path, no_cuda):
-    config = {"variant": variant, "model": "resnet18_cifar", "width": 4, "seed": 0}
+    config = {"variant": variant, "node_class": "gpu", "model": "resnet18_cifar", "width": 4,
+              "seed": 0}  # fmt: skip
     metrics, predictions = str(tmp_path / "metrics.json"), str(tmp_path / "predictions.pt")
     record = benchmark.run("unread.pt", "unread", metrics, predictions, config, log=lambda _: None)
     rows = json.loads((tmp_path / "metrics.json").read_text())["rows"]
@@ -91,6 +92,7 @@ def test_gpu_variant_rows_say_skipped_with_no_numbers(variant, tmp_path, no_cuda
     for row in rows:
         assert row["status"] == "skipped" and row["reason"] == "no CUDA device on this node"
         assert row["device"] == "cuda" and row["precision"] == variant.split("-")[0]
+        assert row["node_class"] == "gpu"  # every row names the class its job ran as
         assert not {"accuracy", "images_per_s", "latency_ms_p50", "size_bytes"} & set(row)
         label = variant_label(row)
         assert label == f"{variant.split('-')[0].upper()} GPU {row['method']}"

@@ -1,5 +1,5 @@
 """`snakemake --profile slurm`, exactly as the README gives it, on the real local Slurm: the CIFAR
-DAG and the EM DAG, and stopping a run."""
+DAG, two node classes, the EM DAG, and stopping a run."""
 
 import datetime
 import os
@@ -16,6 +16,7 @@ from test_slurm_submit import wait_for
 from workflowtools import (
     SNAKEMAKE,
     copy_repository,
+    node_class_profile,
     processes_under,
     snakemake,
     tiny_config,
@@ -28,7 +29,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 def accounted_jobs(workdir, since: str, count: int) -> pd.DataFrame:
     """sacct's record of the `count` jobs submitted from `workdir`, once every one has ended and
     has its partition (which sacct fills in a few seconds after a fast job ends)."""
-    fields = ["JobID", "JobName", "Partition", "State", "AllocTRES", "WorkDir"]
+    fields = ["JobID", "JobName", "Partition", "State", "AllocTRES", "Constraints", "WorkDir"]
     deadline = time.monotonic() + 60
     while True:
         out = run(["sacct", "-X", "-P", "-n", "-S", since, "-o", ",".join(fields)]).stdout
@@ -97,6 +98,43 @@ def test_only_stale_stages_rerun_on_slurm(slurm_run):
     workdir, _ = slurm_run
     done = snakemake(workdir, profile="profiles/slurm")
     assert "Nothing to be done" in done.stdout + done.stderr
+
+
+def test_a_second_node_class_runs_only_its_benchmarks_where_the_profile_sends_it(slurm_run):
+    """After the run of class `any` (partition cpu), a second class, named for a CPU feature the
+    local node advertises, mapped to partition gpu with that feature as constraint: only its CPU
+    benchmarks run (and the report and summary), where the profile said (sacct); report.csv's
+    rows carry each class, and summary.md tells what INT8 buys on each."""
+    workdir, since = slurm_run
+    earlier = set(accounted_jobs(workdir, since, count=11)["JobID"])
+    features = run(["sinfo", "-h", "-p", "cpu", "-o", "%f"]).stdout.split()[0]
+    if features == "(null)":
+        pytest.skip("the local Slurm's node advertises no CPU feature (local_slurm.sh: restart)")
+    feature = features.split(",")[0]
+    node_class_profile(workdir, {"any": ("cpu", ""), feature: ("gpu", feature)})
+    snakemake(workdir, "--config", f"node_classes=[any,{feature}]", profile="profiles/slurm")
+    # fp32-cpu, pt2e and eager on the new class, then report and summary
+    jobs = accounted_jobs(workdir, since, count=len(earlier) + 5)
+    jobs = jobs[~jobs["JobID"].isin(earlier)].set_index("JobName")
+    assert (jobs["State"] == "COMPLETED").all(), jobs
+    benchmarks = jobs[jobs.index.str.startswith("benchmark-")]
+    assert len(benchmarks) == 3 and benchmarks.index.str.startswith(f"benchmark-{feature}-").all()
+    assert (benchmarks["Partition"] == "gpu").all() and (benchmarks["Constraints"] == feature).all()
+    report = pd.read_csv(workdir / "results" / "report.csv")
+    cpu = report[report["device"] == "cpu"]
+    expected = {"any": "cpu", feature: "gpu"}
+    assert sorted(cpu["node_class"]) == sorted(["any"] * 4 + [feature] * 4)  # 2 FP32, 2 INT8
+    for node_class, rows in cpu.groupby("node_class"):
+        assert set(rows["slurm_partition"]) == {expected[node_class]}, rows
+        assert (rows["baseline_node_class"] == node_class).all()
+        assert rows["ran_on"].str.startswith("Slurm node ").all()
+    assert (report.loc[report["device"] == "cuda", "node_class"] == "gpu").all()
+    markdown = (workdir / "results" / "summary.md").read_text()
+    section = markdown.split("## What INT8 buys per node class", 1)[1].split("\n## ", 1)[0]
+    lines = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    classes = [line.split(" | ")[0].removeprefix("| ") for line in lines]
+    assert sorted(classes) == sorted(["any", feature]), section
+    assert all("Slurm node" in line for line in lines), section
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])

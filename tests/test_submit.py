@@ -83,22 +83,26 @@ def test_unknown_stage_is_refused():
 
 def test_local_job_runs_a_stage_and_returns_its_dict(tmp_path):
     run = {"model": "m", "width": 1, "seed": 0}
-    row = {**run, "variant": "fp32-cpu", "method": "eager", "status": "ok", "accuracy": 0.5,
-           "images_per_s": 10.0, "size_bytes": 100}  # fmt: skip
+    row = {**run, "node_class": "any", "variant": "fp32-cpu", "method": "eager", "status": "ok",
+           "accuracy": 0.5, "images_per_s": 10.0, "size_bytes": 100}  # fmt: skip
     metrics, train, out = tmp_path / "m.json", tmp_path / "t.json", tmp_path / "report.csv"
-    write_json(metrics, {"rows": [row], "provenance": {"versions": {}}})
+    curves = tmp_path / "batch_sizes.csv"
+    write_json(metrics, {"config": {}, "rows": [row], "provenance": {"versions": {}}})
     write_json(train, {"config": run, "val_accuracy": 0.5})
-    files = {"benchmark_metrics": [str(metrics)], "train_metrics": [str(train)], "report": str(out)}
+    files = {"benchmark_metrics": [str(metrics)], "train_metrics": [str(train)], "report": str(out),
+             "batch_sizes": str(curves), "config": {"node_classes": ["any"]}}  # fmt: skip
     result = submit("report", files, {}, "report", str(tmp_path / "logs"))
-    assert result == {"stage": "report", "rows": 1, "report": str(out)}
-    assert out.read_text().startswith("model,width,seed")
+    assert result == {"stage": "report", "rows": 1, "report": str(out), "batch_sizes": str(curves)}
+    assert out.read_text().startswith("node_class,model,width,seed")
 
 
 def test_failed_stage_exits_nonzero_and_writes_nothing(tmp_path, capsys):
     empty = tmp_path / "m.json"
     write_json(empty, {"rows": [], "provenance": {"versions": {}}})
     out = tmp_path / "report.csv"
-    files = {"benchmark_metrics": [str(empty)], "train_metrics": [], "report": str(out)}
+    files = {"benchmark_metrics": [str(empty)], "train_metrics": [], "report": str(out),
+             "batch_sizes": str(tmp_path / "batch_sizes.csv"),
+             "config": {"node_classes": ["any"]}}  # fmt: skip
     with pytest.raises(SystemExit) as failure:
         submit("report", files, {}, "report", str(tmp_path / "logs"))
     assert failure.value.code == 1

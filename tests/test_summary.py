@@ -25,7 +25,7 @@ PROVENANCE = {
     "date": "2026-11-27T00:00:00+00:00",
     "versions": {"torch": "2.14.1", "torchvision": "0.29.1", "torchao": "0.18.0", "python": "3.11"},
 }  # fmt: skip
-CONFIG = {"val_size": 5000, "seeds": [0, 1, 2]}
+CONFIG = {"val_size": 5000, "seeds": [0, 1, 2], "node_classes": ["any"]}
 CURVE_SIZES = (1, 64)  # benchmark.batch_sizes of the fixture's runs
 
 
@@ -44,9 +44,11 @@ def measured(
     images_per_s: float,
     size: int,
     calibration_size=None,
+    paired_speedup=None,
 ) -> dict:
     """A benchmark row as the benchmark stage writes it (`wrong` of the 10,000 images wrong)."""
     return {**run, "variant": variant, "method": method, "calibration_size": calibration_size,
+            "paired_speedup": paired_speedup,
             "status": "ok", "reason": "", "accuracy": 1 - wrong / 10_000,
             "images_per_s": images_per_s, "test_set_seconds": 10_000 / images_per_s,
             "batch_size": 256, "latency_ms_p50": 2.0, "latency_ms_p90": 2.5,
@@ -67,37 +69,47 @@ def batch_curve(images_per_s: float) -> list[dict]:
     ]  # fmt: skip
 
 
-def write_run(root, labels: torch.Tensor) -> tuple[list[str], list[str], list[str]]:
+def write_run(
+    root, labels: torch.Tensor, node_classes=("any",)
+) -> tuple[list[str], list[str], list[str]]:
     """Benchmark metrics, predictions and train metrics of three seeds, as the stages write them.
 
-    Per seed: FP32 CPU eager and compiled (identical predictions), FP32 GPU skipped, INT8 pt2e at
-    64 and 512 calibration images (as many images lost as gained: no significant loss), INT8 eager
-    at 64 (100 more images wrong in every seed: a significant loss).
+    Per seed and node class: FP32 CPU eager and compiled (identical predictions), INT8 pt2e at 64
+    and 512 calibration images (as many images lost as gained: no significant loss), INT8 eager
+    at 64 (100 more images wrong in every seed: a significant loss); the k-th class's INT8 runs
+    k + 1 times as fast (pt2e: 4x FP32 eager on the first class, 8x on the second). FP32 GPU once
+    (class gpu), skipped.
     """
     metrics, predictions, trained = [], [], []
     for seed, (errors, rate) in SEEDS.items():
         run = {"model": "resnet18_cifar", "width": 8, "seed": seed}
         fp32 = wrong_on(labels, 0, errors)
         variants = {
-            "fp32-cpu": (
-                [measured(run, "fp32-cpu", "eager", errors, rate, 4_000_000),
-                 measured(run, "fp32-cpu", "compiled", errors, 2 * rate, 4_000_000)],
-                {"eager": fp32, "compiled": fp32},
-            ),
-            "fp32-gpu": (
-                [{**run, "variant": "fp32-gpu", "method": method, "status": "skipped",
-                  "reason": "no CUDA device on this node"} for method in ("eager", "compiled")],
+            ("gpu", "fp32-gpu"): (
+                [{**run, "node_class": "gpu", "variant": "fp32-gpu", "method": method,
+                  "status": "skipped", "reason": "no CUDA device on this node"}
+                 for method in ("eager", "compiled")],
                 {},
             ),
         }  # fmt: skip
-        for method, size, start, stop in [("pt2e", 64, 10, errors + 10),
-                                          ("pt2e", 512, 5, errors + 5),
-                                          ("eager", 64, 0, errors + 100)]:  # fmt: skip
-            row = measured(run, "int8-cpu", method, stop - start, 4 * rate, 1_000_000, size)
-            stored = {method: wrong_on(labels, start, stop)}
-            variants[f"int8-cpu-{method}-c{size}"] = ([row], stored)
-        for variant, (rows, stored) in variants.items():
-            folder = root / f"resnet18_cifar-w8-s{seed}" / variant
+        for k, node_class in enumerate(node_classes):
+            where = {**run, "node_class": node_class}
+            variants[(node_class, "fp32-cpu")] = (
+                [measured(where, "fp32-cpu", "eager", errors, rate, 4_000_000, paired_speedup=1),
+                 measured(where, "fp32-cpu", "compiled", errors, 2 * rate, 4_000_000,
+                          paired_speedup=2)],
+                {"eager": fp32, "compiled": fp32},
+            )  # fmt: skip
+            for method, size, start, stop in [("pt2e", 64, 10, errors + 10),
+                                              ("pt2e", 512, 5, errors + 5),
+                                              ("eager", 64, 0, errors + 100)]:  # fmt: skip
+                speedup = 4 * (k + 1)
+                row = measured(where, "int8-cpu", method, stop - start, speedup * rate,
+                               1_000_000, size, paired_speedup=speedup)  # fmt: skip
+                stored = {method: wrong_on(labels, start, stop)}
+                variants[(node_class, f"int8-cpu-{method}-c{size}")] = ([row], stored)
+        for (node_class, variant), (rows, stored) in variants.items():
+            folder = root / node_class / f"resnet18_cifar-w8-s{seed}" / variant
             folder.mkdir(parents=True)
             record = {"config": {**run, "batch_sizes": list(CURVE_SIZES)}, "rows": rows,
                       "provenance": PROVENANCE}  # fmt: skip
@@ -119,7 +131,7 @@ def labels(cifar_dir) -> torch.Tensor:
 def fixture_run(tmp_path, labels):
     metrics, predictions, trained = write_run(tmp_path / "benchmark", labels)
     report = tmp_path / "report.csv"
-    build(metrics, trained).to_csv(report, index=False)
+    build(metrics, trained, CONFIG["node_classes"]).to_csv(report, index=False)
     return {"report": str(report), "benchmark_metrics": metrics, "predictions": predictions}
 
 
@@ -127,7 +139,7 @@ def fixture_run(tmp_path, labels):
 def summary_table(fixture_run, labels) -> pd.DataFrame:
     report = pd.read_csv(fixture_run["report"])
     measurements = cs.paired_measurements(
-        fixture_run["benchmark_metrics"], fixture_run["predictions"], labels
+        fixture_run["benchmark_metrics"], fixture_run["predictions"], labels, ["any"]
     )
     return cs.summarize(report, measurements, stats.config_hash(CONFIG))
 
@@ -238,7 +250,8 @@ def test_speed_differences_smaller_than_the_rounds_range_are_within_noise():
     assert not stats.within_noise(configuration(3.0, 0.05), configuration(3.1, 0.05))
     # No rounds, no noise known: nothing is called a tie.
     assert not stats.within_noise(configuration(3.0, math.nan), configuration(3.0, math.nan))
-    safe = {"variant": "int8-cpu", "status": "ok", "verdict": "no significant loss",
+    safe = {"node_class": "any", "variant": "int8-cpu", "status": "ok",
+            "verdict": "no significant loss",
             "model": "resnet18_cifar", "width": 8, "accuracy_mean": 0.9, "calibration_size": 64,
             "calibration_method": "minmax"}  # fmt: skip
     table = pd.DataFrame(
@@ -269,10 +282,10 @@ def png_size(path) -> tuple[int, int]:
 
 def cells(markdown: str, heading: str) -> list[list[str]]:
     """The body rows of the first table under `heading` in summary.md."""
-    lines = markdown.split(f"## {heading}", 1)[1].splitlines()
-    start = next(index for index, line in enumerate(lines) if line.startswith("|"))
+    section = markdown.split(f"## {heading}", 1)[1].splitlines()
+    start = next(i for i, line in enumerate(section) if line.startswith("|"))
     table = []
-    for line in lines[start + 2 :]:
+    for line in section[start + 2 :]:
         if not line.startswith("|"):
             break
         table.append([cell.strip() for cell in line.strip("|").split(" | ")])
@@ -295,7 +308,7 @@ def test_run_writes_csv_markdown_html_and_figures(tmp_path, fixture_run, cifar_d
     every = cells(markdown, "Every configuration")
     assert len(every) == len(table)
     for row, (_, expected) in zip(every, table.iterrows(), strict=True):
-        values = row[3 : 3 + len(cs.EVERY_COLUMNS)]
+        values = row[4 : 4 + len(cs.EVERY_COLUMNS)]
         for cell, (_, metric, scale, digits) in zip(values, cs.EVERY_COLUMNS, strict=True):
             if expected["status"] != "ok":
                 assert cell.startswith("not measured")
@@ -336,7 +349,7 @@ def test_run_writes_csv_markdown_html_and_figures(tmp_path, fixture_run, cifar_d
 
 def test_figures_have_their_panels_sizes_and_units(summary_table, fixture_run, labels, tmp_path):
     measurements = cs.paired_measurements(
-        fixture_run["benchmark_metrics"], fixture_run["predictions"], labels
+        fixture_run["benchmark_metrics"], fixture_run["predictions"], labels, ["any"]
     )
     curve = cs.curve_summary(fixture_run["benchmark_metrics"], stats.config_hash(CONFIG))
     figures = render_figures(summary_table, measurements, curve, "Provenance: config abc")
@@ -397,3 +410,38 @@ def test_without_a_curve_the_summary_says_how_to_ask_for_one(tmp_path):
     assert any("set benchmark.batch_sizes" in text for text in texts)
     save_figure(figure, str(tmp_path / "batch_size_curve.png"))
     assert png_size(tmp_path / "batch_size_curve.png")[0] > 1000
+
+
+def test_what_int8_buys_is_told_per_node_class_and_never_across(tmp_path, labels, cifar_dir):
+    """Two node classes (INT8 4x FP32 eager on avx2, 8x on amx): statistics, paired tests and
+    tables per class; summary.md's per-class table gives each class's best INT8 with its paired
+    speedup, spread, batch-1 latency and CPU."""
+    classes = ["avx2", "amx"]
+    metrics, predictions, trained = write_run(tmp_path / "benchmark", labels, classes)
+    report = tmp_path / "report.csv"
+    build(metrics, trained, classes).to_csv(report, index=False)
+    out = tmp_path / "results"
+    figures = [str(out / "summary" / f"{name}.{kind}") for name in SPEC.figures
+               for kind in ("png", "svg")]  # fmt: skip
+    qs.run(
+        report=str(report), benchmark_metrics=metrics, predictions=predictions,
+        data=str(cifar_dir), summary=str(out / "summary.csv"), markdown=str(out / "summary.md"),
+        tables=str(out / "summary" / "tables.html"), figures=figures,
+        config={**CONFIG, "node_classes": classes}, log=lambda line: None,
+    )  # fmt: skip
+    table = pd.read_csv(out / "summary.csv")
+    pt2e = table[(table["method"] == "pt2e") & (table["calibration_size"] == 64)]
+    pt2e = pt2e.set_index("node_class")
+    assert pt2e.loc["avx2", "speedup_vs_fp32_cpu_eager_mean"] == pytest.approx(4.0)
+    assert pt2e.loc["amx", "speedup_vs_fp32_cpu_eager_mean"] == pytest.approx(8.0)
+    assert (pt2e["seeds"] == 3).all() and (pt2e["baseline_only_correct"] == 30).all()
+    markdown = (out / "summary.md").read_text()
+    assert "## Table 1: resnet18_cifar, width 8, node class amx" in markdown
+    assert "## Table 1: resnet18_cifar, width 8, node class avx2" in markdown
+    rows = {row[0]: row for row in cells(markdown, "What INT8 buys per node class")}
+    assert sorted(rows) == ["amx", "avx2"]
+    for node_class, speedup in (("amx", "8.00"), ("avx2", "4.00")):
+        row = [cell.split(" ± ")[0] for cell in rows[node_class]]  # the seeds agree: ± 0.00
+        assert row[1:5] == ["resnet18_cifar w8", "pt2e c64", speedup, "0.10"]
+        assert row[5:8] == ["2.00", "2.00", "no significant loss"]
+        assert row[8:] == ["test cpu", "avx512_vnni", "node1, no Slurm"]

@@ -11,10 +11,10 @@ from quantpipe.submit import neighbours
 from quantpipe.tasks.classification import rounds
 from quantpipe.tasks.classification.rounds import batch_curve, timed_rounds
 
-CONFIG = {"task": "cifar10", "variant": "fp32-cpu", "model": "resnet18_cifar", "width": 4,
-          "seed": 0, "num_classes": 10, "val_size": 5000, "batch_size": 256, "warmup": 1,
-          "latency_iterations": 10, "rounds": 3, "paired_images": 128,
-          "batch_sizes": [4, 64]}  # fmt: skip
+CONFIG = {"task": "cifar10", "variant": "fp32-cpu", "node_class": "any",
+          "model": "resnet18_cifar", "width": 4, "seed": 0, "num_classes": 10, "val_size": 5000,
+          "batch_size": 256, "warmup": 1, "latency_iterations": 10, "rounds": 3,
+          "paired_images": 128, "batch_sizes": [4, 64]}  # fmt: skip
 
 
 def tiny_model() -> torch.nn.Module:

@@ -38,6 +38,18 @@ def tiny_config(workdir: Path) -> dict:
     return config
 
 
+def node_class_profile(workdir: Path, classes: dict[str, tuple[str, str]]) -> None:
+    """Map node classes in the copy's profiles/slurm, as a user does for their cluster:
+    `classes` gives each class its (partition, constraint)."""
+    path = workdir / "profiles" / "slurm" / "config.yaml"
+    profile = yaml.safe_load(path.read_text())
+    benchmark = profile["set-resources"]["benchmark"]
+    for key, index in (("slurm_partition", 0), ("constraint", 1)):
+        mapping = {name: where[index] for name, where in classes.items()}
+        benchmark[key] = f"{mapping}[wildcards.node_class]"
+    path.write_text(yaml.safe_dump(profile))
+
+
 def snakemake(
     workdir: Path, *args: str, profile: str = "profiles/local", check: bool = True
 ) -> subprocess.CompletedProcess:

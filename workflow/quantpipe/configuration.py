@@ -7,11 +7,14 @@ with its own message.
 """
 
 import os
+from collections.abc import Mapping
+from types import SimpleNamespace
 
 import yaml
 
 from quantpipe import optional, tasks
 from quantpipe.models import references as model_refs
+from quantpipe.reporting.node_classes import GPU_CLASS
 
 CONVERTERS = {
     "integer": int,
@@ -80,6 +83,11 @@ def check_consistency(config: dict) -> None:
                 f"run `{optional.PEERS_INSTALL}` (pins in envs/peers.txt), or drop it from "
                 "`methods`"
             )
+    if GPU_CLASS in config.get("node_classes", ()):
+        raise ValueError(
+            f"node class {GPU_CLASS!r} is reserved for the GPU benchmark rows (they run once, on "
+            "the GPU partition): name the class of CPU nodes differently in `node_classes`"
+        )
     check_weights(config)
     if task.check:
         task.check(config)
@@ -124,3 +132,25 @@ def check_weights(config: dict) -> None:
                 f"{where}: the weights fit one width, but widths sweeps {widths}. Set widths to "
                 "the one they were trained at, or sweep the other widths in a separate run"
             )
+
+
+def check_node_classes(node_classes: list[str], benchmark_resources: Mapping[str, object]) -> None:
+    """Every class of `node_classes` is one the profile maps: each resource of the benchmark rule
+    (the profile's `set-resources: benchmark:`, name -> value) whose Python expression reads
+    `wildcards.node_class` gives a value for it. Snakemake evaluates these expressions itself; this
+    only turns a class missing from a map into a clear error before any job."""
+    for name, value in benchmark_resources.items():
+        if not (isinstance(value, str) and "node_class" in value):
+            continue
+        for node_class in node_classes:
+            try:
+                eval(value, {"wildcards": SimpleNamespace(node_class=node_class), "attempt": 1})
+            except KeyError:
+                raise ValueError(
+                    f"node class {node_class!r} (config `node_classes`) is not defined by the "
+                    f"profile: its `set-resources: benchmark: {name}` ({value}) has no entry "
+                    f"for it. Add {node_class!r} to that map in the profile's config.yaml "
+                    "(profiles/slurm/config.yaml as shipped), or drop the class from node_classes"
+                ) from None
+            except NameError:  # it reads more than the wildcards: left to Snakemake
+                break

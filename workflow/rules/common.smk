@@ -1,6 +1,8 @@
 import itertools
 
 from quantpipe import tasks
+from quantpipe.configuration import check_node_classes
+from quantpipe.reporting.node_classes import GPU_CLASS
 from quantpipe.models import references as model_refs
 from quantpipe.optional import PEER_METHODS
 
@@ -16,11 +18,25 @@ TASK = tasks.spec(config["task"])
 DATA = TASK.data
 
 
+# A node class the profile does not map (profiles/slurm, set-resources: benchmark:) stops here,
+# before any job, with a message naming it.
+check_node_classes(
+    config["node_classes"],
+    {
+        name: resource.raw
+        for name, resource in workflow.resource_settings.overwrite_resources.get(
+            "benchmark", {}
+        ).items()
+    },
+)
+
+
 wildcard_constraints:
     run=model_refs.RUN_FOLDER,
     method="[a-z0-9]+",
     calibration_method="[a-z_]+",
     calibration_size="[0-9]+",
+    node_class="[a-z0-9_]+",
 
 
 def runs():
@@ -42,10 +58,9 @@ def gpu_precisions():
     return config["benchmark"]["gpu_precisions"]
 
 
-def benchmark_variants():
-    variants = ["fp32-cpu"] + [f"{precision}-gpu" for precision in gpu_precisions()]
+def cpu_variants():
     # A peer runtime (ONNX Runtime, OpenVINO) runs its own FP32 beside its INT8.
-    variants += [
+    variants = ["fp32-cpu"] + [
         f"fp32-cpu-{method}" for method in config["methods"] if method in PEER_METHODS
     ]
     for method, calibration_method, size in itertools.product(
@@ -53,6 +68,26 @@ def benchmark_variants():
     ):
         variants.append(f"int8-cpu-{method}-{calibration_method}-c{size}")
     return variants
+
+
+def benchmark_jobs():
+    """(node class, variant) of each benchmark of one run: every CPU variant on every node class
+    of the config, the GPU variants once, as class `gpu` (the GPU partition's nodes)."""
+    jobs = [
+        (node_class, v) for node_class in config["node_classes"] for v in cpu_variants()
+    ]
+    return jobs + [(GPU_CLASS, f"{precision}-gpu") for precision in gpu_precisions()]
+
+
+def benchmark_outputs(name):
+    """Output `name` (metrics, predictions) of every benchmark job of every run."""
+    return [
+        rules.benchmark.output[name].format(
+            **run, node_class=node_class, variant=variant
+        )
+        for run in runs()
+        for node_class, variant in benchmark_jobs()
+    ]
 
 
 def run_config(wildcards):
@@ -130,6 +165,7 @@ def benchmark_config(wildcards):
         **run_config(wildcards),
         **task_settings("benchmark"),
         "variant": wildcards.variant,
+        "node_class": wildcards.node_class,
     }
     settings.pop("gpu")
     settings.pop("gpu_precisions", None)  # the variant names its own precision
@@ -154,7 +190,7 @@ def segment_variants():
         return []
     return [
         variant
-        for variant in benchmark_variants()
+        for variant in cpu_variants()
         if variant == "fp32-cpu" or variant.startswith("int8-cpu-")
     ]
 

@@ -1,10 +1,6 @@
 rule report:
     input:
-        benchmark_metrics=[
-            f"results/benchmark/{RUN}/{variant}/metrics.json".format(**run)
-            for run in runs()
-            for variant in benchmark_variants()
-        ],
+        benchmark_metrics=benchmark_outputs("metrics"),
         train_metrics=[rules.train.output.metrics.format(**run) for run in runs()],
     output:
         report="results/report.csv",
@@ -16,5 +12,7 @@ rule report:
         ENV
     params:
         stage="report",
+        # GPU rows compare with FP32 CPU eager of the first node class.
+        config={"node_classes": config["node_classes"]},
     script:
         SUBMIT

@@ -6,16 +6,8 @@ SUMMARY_FIGURES = TASK.figures
 rule summary:
     input:
         report=rules.report.output.report,
-        benchmark_metrics=[
-            rules.benchmark.output.metrics.format(**run, variant=variant)
-            for run in runs()
-            for variant in benchmark_variants()
-        ],
-        predictions=[
-            rules.benchmark.output.predictions.format(**run, variant=variant)
-            for run in runs()
-            for variant in benchmark_variants()
-        ],
+        benchmark_metrics=benchmark_outputs("metrics"),
+        predictions=benchmark_outputs("predictions"),
         data=DATA,
     output:
         summary=report(

@@ -20,8 +20,9 @@ from pathlib import Path
 
 SUBMIT_STAGE = Path(__file__).resolve().with_name("submit_stage.py")
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
-METRICS = {"rows": [{"model": "m", "width": 1, "seed": 0, "variant": "fp32-cpu", "method": "eager",
-                     "status": "ok", "accuracy": 0.5, "images_per_s": 1.0, "size_bytes": 1}],
+METRICS = {"rows": [{"node_class": "any", "model": "m", "width": 1, "seed": 0,
+                     "variant": "fp32-cpu", "method": "eager", "status": "ok", "accuracy": 0.5,
+                     "images_per_s": 1.0, "size_bytes": 1}],
            "provenance": {"versions": {}}}  # fmt: skip
 TRAIN = {"config": {"model": "m", "width": 1, "seed": 0}, "val_accuracy": 0.5}
 RESOURCES = 'slurm_partition="cpu", cpus_per_task=1, mem_mb=500, runtime=5'
@@ -32,7 +33,7 @@ rule all:
 rule job:
     input: benchmark_metrics=["m.json"], train_metrics=["t.json"]
     output: report="out/{{i}}.csv"
-    params: stage="report"
+    params: stage="report", config={{"node_classes": ["any"]}}
     log: "logs/{{i}}.log"
     resources: {resources}
     {action}
@@ -40,7 +41,8 @@ rule job:
 OURS = f'script: "{SUBMIT_STAGE}"'
 PLUGIN = (
     f'shell: "{sys.executable} -m quantpipe.cli report --benchmark_metrics '
-    '{input.benchmark_metrics} --train_metrics {input.train_metrics} --report {output.report}"'
+    "{input.benchmark_metrics} --train_metrics {input.train_metrics} --report {output.report} "
+    '--config c.yaml"'
 )
 
 
@@ -49,6 +51,7 @@ def workdir(root: Path, name: str, jobs: int, action: str) -> Path:
     folder.mkdir()
     (folder / "m.json").write_text(json.dumps(METRICS))
     (folder / "t.json").write_text(json.dumps(TRAIN))
+    (folder / "c.yaml").write_text(json.dumps({"node_classes": ["any"]}))  # JSON is YAML
     rules = RULE.format(jobs=jobs, resources=RESOURCES, action=action)
     (folder / "Snakefile").write_text(textwrap.dedent(rules))
     return folder
@@ -70,7 +73,8 @@ def main() -> None:
         root = Path(tmp)
         probe = workdir(root, "compute", jobs, OURS)
         command = [sys.executable, "-m", "quantpipe.cli", "report", "--benchmark_metrics",
-                   "m.json", "--train_metrics", "t.json", "--report", "probe.csv"]  # fmt: skip
+                   "m.json", "--train_metrics", "t.json", "--report", "probe.csv",
+                   "--config", "c.yaml"]  # fmt: skip
         compute = statistics.median(timed(command, probe) for _ in range(3))
         ours = timed([SNAKEMAKE, "--jobs", "1"], workdir(root, "ours", jobs, OURS))
         plugin = timed([SNAKEMAKE, "--jobs", "1", "--executor", "slurm"],

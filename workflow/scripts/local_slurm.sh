@@ -24,6 +24,8 @@
 # A start that finds slurmctld not running is a *fresh* start: the controller state AND the
 # accounting database are wiped together (job ids restart at 1; keeping only one of the two makes
 # `sacct -j 1` return an old job). A start that finds slurmctld running only starts what is missing.
+# The node advertises its CPU's vector and INT8 flags (avx2, avx512_vnni, amx_int8, ...) as node
+# features, for `--constraint` (the node classes of profiles/slurm).
 # Before it starts a daemon it checks that the daemon's TCP port is free: a port held by another
 # Slurm (the machine's own, or another checkout's) is an error that names the port and its holder.
 #
@@ -269,14 +271,27 @@ mariadbd_bin() {
 
 # ---------------------------------------------------------------- configuration
 
+# node_features: the CPU's vector and INT8 flags, comma-separated, as a cluster advertises its CPU
+# generations for `--constraint` (node classes in profiles/slurm select nodes by them).
+node_features() {
+    local flags f found=()
+    flags=" $(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null | cut -d: -f2) "
+    for f in avx2 avx512f avx512_vnni avx512_bf16 avx_vnni amx_int8 amx_bf16; do
+        [[ $flags == *" $f "* ]] && found+=("$f")
+    done
+    local IFS=,
+    echo "${found[*]}"
+}
+
 # slurm_conf: print the slurm.conf this script wants (start writes it; a running cluster whose
 # file differs in more than the QUANTPIPE_SLURM_* lines is restarted with it).
 slurm_conf() {
-    local gres_node="" gres_types=""
+    local gres_node="" gres_types="" features
     if ((NGPUS > 0)); then
         gres_node="Gres=gpu:$NGPUS"
         gres_types="GresTypes=gpu"
     fi
+    features=$(node_features)
     cat <<EOF
 # Written by workflow/scripts/local_slurm.sh at a fresh start or when its settings change; do not edit.
 ClusterName=$CLUSTER
@@ -334,7 +349,7 @@ JobAcctGatherFrequency=task=2
 JobAcctGatherParams=OverMemoryKill
 JobCompType=jobcomp/none
 
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB $gres_node State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB $gres_node ${features:+Features=$features} State=UNKNOWN
 PartitionName=cpu Nodes=$NODE Default=YES MaxTime=$MAXTIME State=UP
 PartitionName=gpu Nodes=$NODE Default=NO MaxTime=$MAXTIME State=UP
 EOF

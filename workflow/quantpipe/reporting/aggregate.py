@@ -7,14 +7,16 @@ import pandas as pd
 
 from quantpipe.reporting.stats import mean_interval
 
-# Seeds are what varies inside a group; everything else names the configuration.
+# Seeds are what varies inside a group; everything else names the configuration, the node class
+# first: no statistic mixes classes.
 GROUP_KEYS = [
-    "model", "width", "variant", "method", "calibration_method", "calibration_size", "batch_size",
+    "node_class", "model", "width", "variant", "method", "calibration_method", "calibration_size",
+    "batch_size",
 ]  # fmt: skip
 # report.csv's columns that say where a row was measured (quantpipe.stages.report).
 PROVENANCE_COLUMNS = [
     "git_commit", "torch", "torchvision", "torchao", "python", "cpu_model", "cpu_int8_flags",
-    "gpu_name", "threads", "host", "date",
+    "gpu_name", "threads", "ran_on", "host", "date",
 ]  # fmt: skip
 
 
@@ -67,7 +69,8 @@ def over_seeds(
     config_digest: str,
     columns: Callable[[tuple, pd.DataFrame], dict] | None = None,
 ) -> pd.DataFrame:
-    """report.csv's rows aggregated over seeds, one row per configuration (GROUP_KEYS).
+    """report.csv's rows aggregated over seeds, one row per configuration and node class
+    (GROUP_KEYS).
 
     Each metric gets mean, sd, n and ci95_low/high over the measured seeds; a configuration that
     no seed measured is "skipped" with the reasons. `columns(keys, measured rows)` adds a task's
@@ -98,5 +101,5 @@ def over_seeds(
         for column in PROVENANCE_COLUMNS:
             row[column] = (date_range if column == "date" else distinct)(group[column])
         rows.append(row)
-    order = ["model", "width", "variant", "method", "calibration_method", "calibration_size"]
+    order = GROUP_KEYS[:-1]
     return pd.DataFrame(rows).sort_values(order, na_position="first").reset_index(drop=True)

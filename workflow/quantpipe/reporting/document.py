@@ -53,8 +53,9 @@ def model_label(model: str, width) -> str:
     return model if pd.isna(width) else f"{model} w{int(width)}"
 
 
-def variant_label(row, with_model: bool = False) -> str:
-    """'FP32 CPU eager', 'INT8 CPU pt2e minmax c64', with the model in front if asked."""
+def variant_label(row, with_model: bool = False, with_class: bool = False) -> str:
+    """'FP32 CPU eager', 'INT8 CPU pt2e minmax c64', with the model and the node class ('amx:')
+    in front if asked."""
     if row["variant"] == "int8-cpu":
         calibration = row.get("calibration_method")
         calibration = f" {calibration}" if isinstance(calibration, str) and calibration else ""
@@ -62,7 +63,9 @@ def variant_label(row, with_model: bool = False) -> str:
     else:
         precision, device = row["variant"].split("-")
         label = f"{precision.upper()} {device.upper()} {row['method']}"
-    return f"{model_label(row['model'], row['width'])}: {label}" if with_model else label
+    if with_model:
+        label = f"{model_label(row['model'], row['width'])}: {label}"
+    return f"{row['node_class']}: {label}" if with_class else label
 
 
 def estimate(row, metric: str, scale: float = 1.0, digits: int = 2) -> str:

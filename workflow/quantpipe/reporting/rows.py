@@ -6,10 +6,11 @@ import pandas as pd
 
 from quantpipe.artifacts import read_json
 
-# What every task's rows lead with: the run, the variant and whether it was measured.
+# What every task's rows lead with: the node class, the run, the variant and whether it was
+# measured.
 LEADING = [
-    "model", "width", "seed", "calibration_method", "calibration_size", "variant", "method",
-    "device", "precision", "status", "reason",
+    "node_class", "model", "width", "seed", "calibration_method", "calibration_size", "variant",
+    "method", "device", "precision", "status", "reason",
 ]  # fmt: skip
 # Where a row was measured (the metrics file's provenance), and the versions it ran with.
 WHERE = [
@@ -24,10 +25,19 @@ def benchmark_rows(metrics_path: str) -> list[dict]:
     return _with_context(read_json(metrics_path))
 
 
+def ran_on(where: dict) -> str:
+    """Where a record was measured (its provenance): the Slurm node and partition, or the host
+    without Slurm (a profile without Slurm runs every node class there)."""
+    if where.get("slurm_node"):
+        return f"Slurm node {where['slurm_node']}, partition {where.get('slurm_partition')}"
+    return f"{where.get('host')}, no Slurm"
+
+
 def _with_context(record: dict) -> list[dict]:
     where = record["provenance"]
     context = {
         **{key: where.get(key) for key in WHERE},
+        "ran_on": ran_on(where),
         **{key: where["versions"].get(key) for key in VERSIONS},
     }
     return [{**row, **context} for row in record["rows"]]
@@ -44,7 +54,7 @@ def curve_table(benchmark_metrics: list[str]) -> pd.DataFrame:
         sizes = record["config"].get("batch_sizes", [])
         for row in _with_context(record):
             keys = {key: row.get(key) for key in LEADING}
-            context = {key: row[key] for key in (*WHERE, *VERSIONS)}
+            context = {key: row[key] for key in (*WHERE, "ran_on", *VERSIONS)}
             if row["status"] != "ok":
                 entries += [{**keys, "batch_size": size, **context} for size in sizes]
                 continue
@@ -52,4 +62,4 @@ def curve_table(benchmark_metrics: list[str]) -> pd.DataFrame:
                 entries.append({**keys, **point, **context})
                 measured += [key for key in point if key not in measured]
     columns = [*LEADING, "batch_size", *(key for key in measured if key not in LEADING)]
-    return pd.DataFrame(entries, columns=[*dict.fromkeys(columns), *WHERE, *VERSIONS])
+    return pd.DataFrame(entries, columns=[*dict.fromkeys(columns), *WHERE, "ran_on", *VERSIONS])

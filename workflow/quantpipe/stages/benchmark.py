@@ -4,6 +4,8 @@ Variants: `fp32-cpu` (eager, the study's baseline, and torch.compile; or, given 
 that peer runtime's FP32), `fp32-gpu`, `bf16-gpu` and `fp16-gpu` (the same on CUDA, channels_last;
 bf16 and fp16 under autocast, quantpipe.precision; or rows marked skipped with the reason where
 CUDA or the precision is unusable) and `int8-cpu` (a quantize artifact).
+Each job benchmarks one variant on one node class (config `node_classes`, which the profile maps
+to nodes), and every row names the class.
 Every measurement follows a warm-up and runs with as many threads as the CPUs the job was given.
 What is measured is the task's (quantpipe.tasks.base.Task.benchmark): for classifiers the timed
 pass over the test images, batch-1 latency and timed rounds (CPU variants paired with FP32 eager
@@ -97,7 +99,7 @@ def start_rows(config: dict, log=print, **extra) -> tuple[dict, list[dict]]:
         "precision": variant.split("-")[0],
         "calibration_method": config.get("calibration_method"),
         "calibration_size": config.get("calibration_size"),
-        **{key: config[key] for key in ("model", "width", "seed")},
+        **{key: config[key] for key in ("node_class", "model", "width", "seed")},
         **extra,
     }
     reason = unusable(base["precision"]) if variant in GPU_VARIANTS else None

@@ -17,6 +17,7 @@ from quantpipe.reporting.figures import (
     new_figure,
     plain_log_axis,
 )
+from quantpipe.reporting.node_classes import GPU_CLASS
 from quantpipe.reporting.stats import ALPHA, pareto_front
 from quantpipe.tasks.classification.summary import CONFIGURATION
 
@@ -26,22 +27,29 @@ def _half_width(row, metric: str, scale: float = 1.0):
     return None if pd.isna(low) else (high - low) / 2 * scale
 
 
-def _many_models(summary: pd.DataFrame) -> bool:
-    return len(summary[["model", "width"]].drop_duplicates()) > 1
+def _labelling(summary: pd.DataFrame) -> dict:
+    """variant_label's options for this summary: the model where it has several, the node class
+    where it has several CPU classes."""
+    cpu_classes = summary.loc[summary["node_class"] != GPU_CLASS, "node_class"].nunique()
+    return {
+        "with_model": len(summary[["model", "width"]].drop_duplicates()) > 1,
+        "with_class": cpu_classes > 1,
+    }
 
 
 def _not_measured_handles(ax, summary: pd.DataFrame) -> None:
     """Unmeasured configurations stay visible: a legend entry with the reason, never a 0."""
-    many = _many_models(summary)
+    labelling = _labelling(summary)
     for _, row in summary[summary["status"] != "ok"].iterrows():
-        ax.plot([], [], " ", label=f"{variant_label(row, many)}: not measured ({row['reason']})")
+        reason = f"not measured ({row['reason']})"
+        ax.plot([], [], " ", label=f"{variant_label(row, **labelling)}: {reason}")
 
 
 def plot_accuracy_vs_throughput(summary: pd.DataFrame) -> Figure:
     figure = new_figure(9, 5)
     ax = figure.add_subplot()
     measured = summary[summary["status"] == "ok"].reset_index(drop=True)
-    many = _many_models(summary)
+    labelling = _labelling(summary)
     for i, row in measured.iterrows():
         int8 = row["variant"] == "int8-cpu"
         ax.errorbar(
@@ -54,7 +62,7 @@ def plot_accuracy_vs_throughput(summary: pd.DataFrame) -> Figure:
             markersize=7,
             markerfacecolor="white" if int8 else GRAYS[i % len(GRAYS)],
             capsize=3,
-            label=variant_label(row, many),
+            label=variant_label(row, **labelling),
         )
     if len(measured):
         front = pareto_front(
@@ -100,16 +108,17 @@ def plot_accuracy_delta_vs_calibration(summary: pd.DataFrame) -> Figure:
     figure = new_figure(8, 5)
     ax = figure.add_subplot()
     int8 = summary[(summary["variant"] == "int8-cpu") & (summary["status"] == "ok")]
-    many = _many_models(summary)
+    labelling = _labelling(summary)
     lines = int8.groupby(
-        ["model", "width", "method", "calibration_method"], dropna=False, sort=True
+        ["node_class", "model", "width", "method", "calibration_method"], dropna=False, sort=True
     )
-    for i, ((model, width, method, calibration), group) in enumerate(lines):
+    for i, ((node_class, model, width, method, calibration), group) in enumerate(lines):
         method = f"{method} {calibration}".strip()
         group = group.sort_values("calibration_size")
         sizes, deltas = group["calibration_size"], group["accuracy_delta_mean"] * 100
         errors = [_half_width(row, "accuracy_delta", 100) or 0 for _, row in group.iterrows()]
-        label = f"{model_label(model, width)}: {method}" if many else method
+        label = f"{model_label(model, width)}: {method}" if labelling["with_model"] else method
+        label = f"{node_class}: {label}" if labelling["with_class"] else label
         ax.errorbar(
             sizes,
             deltas,
@@ -157,8 +166,7 @@ def _bar_height(count: int) -> float:
 def plot_speedup_and_size(summary: pd.DataFrame) -> Figure:
     figure = new_figure(10, _bar_height(len(summary)))
     speed_ax, size_ax = figure.subplots(1, 2, sharey=True)
-    many = _many_models(summary)
-    labels = [variant_label(row, many) for _, row in summary.iterrows()]
+    labels = [variant_label(row, **_labelling(summary)) for _, row in summary.iterrows()]
     positions = np.arange(len(summary))[::-1]  # first configuration on top
     int8 = (summary["variant"] == "int8-cpu").to_numpy()
     panels = [
@@ -199,11 +207,11 @@ def plot_latency_batch1(summary: pd.DataFrame, measurements: pd.DataFrame) -> Fi
     measured = summary[summary["status"] == "ok"]
     figure = new_figure(9, _bar_height(len(measured)))
     ax = figure.add_subplot()
-    many = _many_models(summary)
+    labelling = _labelling(summary)
     data, labels = [], []
     for _, row in measured.iterrows():
         same = np.ones(len(measurements), dtype=bool)
-        for key in ["model", "variant", "method", "calibration_method"]:
+        for key in ["node_class", "model", "variant", "method", "calibration_method"]:
             same &= (measurements[key] == row[key]).to_numpy()
         for key in ["width", "calibration_size"]:  # NaN: a model by reference; an FP32 row
             same &= same_or_both_missing(measurements[key], row[key])
@@ -212,7 +220,7 @@ def plot_latency_batch1(summary: pd.DataFrame, measurements: pd.DataFrame) -> Fi
         ]
         if calls:
             data.append(calls)
-            labels.append(f"{variant_label(row, many)} ({len(calls)} calls)")
+            labels.append(f"{variant_label(row, **labelling)} ({len(calls)} calls)")
     if data:
         ax.boxplot(
             data[::-1],
@@ -248,7 +256,7 @@ def plot_batch_size_curve(curve: pd.DataFrame) -> Figure:
     figure = new_figure(12, 5)
     speed_ax, batch_ax = figure.subplots(1, 2, sharex=True)
     measured = curve[curve["status"] == "ok"]
-    many = _many_models(curve)
+    labelling = _labelling(curve)
     for i, (_, group) in enumerate(measured.groupby(CONFIGURATION, dropna=False, sort=False)):
         first = group.iloc[0]
         style = {
@@ -262,12 +270,12 @@ def plot_batch_size_curve(curve: pd.DataFrame) -> Figure:
             group["images_per_s_mean"],
             yerr=group["images_per_s_spread_mean"] / 2,
             capsize=3,
-            label=variant_label(first, many),
+            label=variant_label(first, **labelling),
             **style,
         )
         batch_ax.plot(group["batch_size"], group["batch_latency_ms_p50_mean"], **style)
     for _, row in curve[curve["status"] != "ok"].drop_duplicates(CONFIGURATION).iterrows():
-        label = f"{variant_label(row, many)}: not measured ({row['reason']})"
+        label = f"{variant_label(row, **labelling)}: not measured ({row['reason']})"
         speed_ax.plot([], [], " ", label=label)
     if len(measured):
         sizes = sorted(measured["batch_size"].unique())

@@ -1,7 +1,9 @@
 """The summary of a classification task: accuracy and speed over seeds, each variant's accuracy
 tested against FP32 CPU eager on the same test images (McNemar's paired test), the study's
-Table 1 side by side with ours, the best INT8 configuration per model, every configuration, and
-the batch-size curves (benchmark.batch_sizes).
+Table 1 side by side with ours, what INT8 buys per node class, the best INT8 configuration per
+model, every configuration, and the batch-size curves (benchmark.batch_sizes). Every comparison
+stays inside one node class (the GPU rows compare with the config's first class,
+quantpipe.reporting.node_classes).
 """
 
 import math
@@ -12,6 +14,7 @@ import torch
 
 from quantpipe.artifacts import read_json
 from quantpipe.reporting.aggregate import (
+    GROUP_KEYS,
     comparable_keys,
     distinct,
     over_seeds,
@@ -20,24 +23,29 @@ from quantpipe.reporting.aggregate import (
 from quantpipe.reporting.document import (
     estimate,
     figure_blocks,
+    model_label,
     provenance_block,
     variant_label,
 )
+from quantpipe.reporting.node_classes import GPU_CLASS, baseline_class
 from quantpipe.reporting.rows import curve_table
 from quantpipe.reporting.stats import ALPHA, EXACT_BELOW, mcnemar, verdict, within_noise
 
 RUN_KEYS = ["model", "width", "seed"]
-ROW_KEYS = [*RUN_KEYS, "variant", "method", "calibration_method", "calibration_size"]
+ROW_KEYS = ["node_class", *RUN_KEYS, "variant", "method", "calibration_method", "calibration_size"]
 METRICS = [
     "accuracy", "accuracy_delta", "images_per_s", "images_per_s_spread", "test_set_seconds",
     "latency_ms_p50", "latency_ms_p99", "speedup_vs_fp32_cpu_eager",
-    "speedup_vs_fp32_cpu_eager_unpaired", "paired_speedup_spread", "speedup_vs_best_fp32_cpu",
+    "speedup_vs_fp32_cpu_eager_unpaired", "paired_speedup", "paired_speedup_spread",
+    "speedup_vs_best_fp32_cpu",
     "size_mb", "size_ratio",
 ]  # fmt: skip
 # The curve's measurements per configuration and batch size (batch_sizes.csv's columns).
 CURVE_METRICS = ["images_per_s", "images_per_s_spread", "batch_latency_ms_p50"]
 # What names a configuration (a line of the curve): every GROUP_KEYS but the batch size.
-CONFIGURATION = ["model", "width", "variant", "method", "calibration_method", "calibration_size"]
+CONFIGURATION = [
+    "node_class", "model", "width", "variant", "method", "calibration_method", "calibration_size",
+]  # fmt: skip
 BASELINE = ("fp32-cpu", "eager")  # what report.csv's accuracy_delta and speedups compare with
 # The study's Table 1 (ResNet18 on CIFAR-10, 10,000 test images), in report.csv's units.
 STUDY = {
@@ -48,12 +56,16 @@ STUDY = {
 
 
 def paired_measurements(
-    benchmark_metrics: list[str], predictions: list[str], labels: torch.Tensor
+    benchmark_metrics: list[str],
+    predictions: list[str],
+    labels: torch.Tensor,
+    node_classes: list[str],
 ) -> pd.DataFrame:
     """One row per measured benchmark row: its keys, batch-1 latencies and paired counts.
 
     The counts compare the row's per-image predictions with its run's FP32 CPU eager ones on the
-    same test images: `baseline_only_correct` and `variant_only_correct` images.
+    same node class (a GPU row: the first of `node_classes`) and the same test images:
+    `baseline_only_correct` and `variant_only_correct` images.
     """
     predictions_by_directory = {Path(path).parent: path for path in predictions}
     entries = []
@@ -72,10 +84,11 @@ def paired_measurements(
             )
     table = pd.DataFrame(entries, columns=[*ROW_KEYS, "latencies_ms", "correct"])
     is_baseline = (table["variant"] == BASELINE[0]) & (table["method"] == BASELINE[1])
-    baseline = table[is_baseline].set_index(RUN_KEYS)["correct"]
+    baseline = table[is_baseline].set_index(["node_class", *RUN_KEYS])["correct"]
     counts = []
     for row in table.itertuples():
-        reference = baseline.get((row.model, row.width, row.seed))
+        compared = baseline_class(row.node_class, node_classes)
+        reference = baseline.get((compared, row.model, row.width, row.seed))
         if reference is None:
             counts.append((math.nan, math.nan, math.nan))
             continue
@@ -122,7 +135,8 @@ def _paired_test(keys: tuple, measured: pd.DataFrame) -> dict:
     Summing over seeds is the stratified (Mantel-Haenszel) form of McNemar's test for matched
     pairs: under no difference each discordant image is a fair coin in every seed.
     """
-    variant, method = keys[2], keys[3]
+    named = dict(zip(GROUP_KEYS, keys, strict=True))
+    variant, method = named["variant"], named["method"]
     pairs = measured.dropna(subset=["paired_images"])
     baseline_only = int(pairs["baseline_only_correct"].sum())
     variant_only = int(pairs["variant_only_correct"].sum())
@@ -147,15 +161,15 @@ def _paired_test(keys: tuple, measured: pd.DataFrame) -> dict:
 
 
 def best_int8(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, width): the fastest INT8 configuration with no significant loss, and in
-    `within_noise_of_best` the other such configurations whose speedup differs from it by less
-    than the timing noise (within_noise): the timing cannot rank them.
+    """Per (node class, model, width): the fastest INT8 configuration with no significant loss,
+    and in `within_noise_of_best` the other such configurations whose speedup differs from it by
+    less than the timing noise (within_noise): the timing cannot rank them.
 
     Where every one lost accuracy significantly, the most accurate one (its verdict says so).
     """
     int8 = summary[(summary["variant"] == "int8-cpu") & (summary["status"] == "ok")]
     chosen = []
-    for _, group in int8.groupby(["model", "width"], dropna=False, sort=True):
+    for _, group in int8.groupby(["node_class", "model", "width"], dropna=False, sort=True):
         safe = group[group["verdict"] == "no significant loss"]
         if len(safe):
             best = safe.loc[safe["speedup_vs_fp32_cpu_eager_mean"].idxmax()].copy()
@@ -208,14 +222,22 @@ EVERY_COLUMNS = [
 ]  # fmt: skip
 
 
-def table1(summary: pd.DataFrame, best: pd.DataFrame, model: str, width: int) -> tuple:
-    """The study's Table 1 for one (model, width): FP32 GPU, FP32 CPU, best INT8, with the study's
-    figures in a reference column beside each of ours. `width` is NaN for a model by reference."""
-    mine = summary[(summary["model"] == model) & same_or_both_missing(summary["width"], width)]
+def _of_model(table: pd.DataFrame, model: str, width) -> pd.DataFrame:
+    return table[(table["model"] == model) & same_or_both_missing(table["width"], width)]
+
+
+def table1(
+    summary: pd.DataFrame, best: pd.DataFrame, node_class: str, model: str, width: int
+) -> tuple:
+    """The study's Table 1 for one (node class, model, width): FP32 GPU (measured once, for every
+    class), FP32 CPU and best INT8 on the class, with the study's figures in a reference column
+    beside each of ours. `width` is NaN for a model by reference."""
+    mine = _of_model(summary, model, width)
+    cpu = mine[mine["node_class"] == node_class]
     picks = {
         "fp32-gpu": mine[(mine["variant"] == "fp32-gpu") & (mine["method"] == "eager")],
-        "fp32-cpu": mine[(mine["variant"] == "fp32-cpu") & (mine["method"] == "eager")],
-        "int8-cpu": best[(best["model"] == model) & same_or_both_missing(best["width"], width)],
+        "fp32-cpu": cpu[(cpu["variant"] == "fp32-cpu") & (cpu["method"] == "eager")],
+        "int8-cpu": _of_model(best, model, width).query("node_class == @node_class"),
     }
     header = [""]
     for title, *_ in TABLE1_COLUMNS:
@@ -241,6 +263,7 @@ def table1(summary: pd.DataFrame, best: pd.DataFrame, model: str, width: int) ->
 
 def best_table(best: pd.DataFrame) -> tuple:
     header = [
+        "node class",
         "model",
         "width",
         "method",
@@ -256,6 +279,7 @@ def best_table(best: pd.DataFrame) -> tuple:
     ]
     rows = [
         [
+            row["node_class"],
             row["model"],
             "—" if pd.isna(row["width"]) else str(int(row["width"])),
             f"{row['method']} {row['calibration_method']}".strip(),
@@ -274,8 +298,51 @@ def best_table(best: pd.DataFrame) -> tuple:
     return "table", header, rows
 
 
+PER_CLASS_HEADING = "What INT8 buys per node class"
+PER_CLASS = (
+    "Per node class, the best INT8 configuration (as in the best INT8 table: the fastest without "
+    "a significant accuracy loss), its speedup over FP32 CPU eager timed in the same job, round by "
+    "round (paired_speedup: the median of the rounds' ratios; rounds' range: their max - min, "
+    "mean over seeds), its batch-1 latency beside FP32 eager's on the same class, and the CPU "
+    "its rows recorded. Each class is measured on its own nodes: compare classes by their "
+    "speedups, never one class's rate with another's."
+)
+
+
+def per_class_table(summary: pd.DataFrame, best: pd.DataFrame) -> tuple:
+    """What INT8 buys on each node class: per (class, model, width), the best INT8 method, its
+    paired speedup and spread, batch-1 latency (and FP32 eager's) and the CPU it ran on."""
+    header = [
+        "node class", "model", "best INT8 method", "paired speedup vs FP32 CPU eager (×)",
+        "rounds' range (×)", "INT8 p50 ms (batch 1)", "FP32 eager p50 ms (batch 1)", "verdict",
+        "CPU", "INT8 flags", "ran on",
+    ]  # fmt: skip
+    eager = summary[(summary["variant"] == "fp32-cpu") & (summary["method"] == "eager")]
+    rows = []
+    for _, row in best.iterrows():
+        fp32 = _of_model(eager, row["model"], row["width"])
+        fp32 = fp32[fp32["node_class"] == row["node_class"]]
+        rows.append(
+            [
+                row["node_class"],
+                model_label(row["model"], row["width"]),
+                variant_label(row).removeprefix("INT8 CPU "),
+                estimate(row, "paired_speedup"),
+                estimate(row, "paired_speedup_spread"),
+                estimate(row, "latency_ms_p50"),
+                estimate(fp32.iloc[0], "latency_ms_p50") if len(fp32) else "not measured",
+                row["verdict"],
+                row["cpu_model"],
+                row["cpu_int8_flags"],
+                row["ran_on"],
+            ]
+        )
+    return "table", header, rows
+
+
 def every_table(summary: pd.DataFrame) -> tuple:
     header = [
+        "node class",
         "configuration",
         "batch",
         "seeds",
@@ -290,6 +357,7 @@ def every_table(summary: pd.DataFrame) -> tuple:
         discordant = f"{row['baseline_only_correct']} / {row['variant_only_correct']}"
         rows.append(
             [
+                row["node_class"],
                 variant_label(row, with_model=True),
                 distinct([row["batch_size"]]) or "—",
                 str(row["seeds"]),
@@ -336,11 +404,12 @@ def curve_blocks(curve: pd.DataFrame) -> list[tuple]:
     if curve.empty:
         return [("h2", "Batch-size curve"), ("p", NO_CURVE)]
     sizes = sorted(curve["batch_size"].unique())
+    many_classes = curve.loc[curve["node_class"] != GPU_CLASS, "node_class"].nunique() > 1
     header = ["configuration", *(f"batch {int(size)}" for size in sizes)]
     rows = []
     for _, group in curve.groupby(CONFIGURATION, dropna=False, sort=False):
         cells = {row["batch_size"]: _curve_cell(row) for _, row in group.iterrows()}
-        label = variant_label(group.iloc[0], with_model=True)
+        label = variant_label(group.iloc[0], with_model=True, with_class=many_classes)
         rows.append([label, *(cells.get(size, "—") for size in sizes)])
     return [("h2", "Batch-size curve"), ("p", CURVE_READING), ("table", header, rows)]
 
@@ -360,19 +429,23 @@ NO_STUDY = (
 
 
 def study_blocks(summary: pd.DataFrame, best: pd.DataFrame) -> list[tuple]:
-    """The study's Table 1 beside ours, one per (model, width)."""
+    """The study's Table 1 beside ours, one per (node class, model, width)."""
     blocks = []
-    for (model, width), group in summary.groupby(["model", "width"], dropna=False, sort=True):
+    cpu = summary[summary["node_class"] != GPU_CLASS]
+    for (node_class, model, width), group in cpu.groupby(
+        ["node_class", "model", "width"], dropna=False, sort=True
+    ):
         batch = distinct(group["batch_size"]) or "—"
         note = (
             f"Seeds: {group['seeds'].max()}; test-set time at batch {batch}. The study ran "
             "torchvision's ResNet18 with a 1000-class head (workflow/experiments/study.yaml "
             "reproduces it): other configurations compare with it only in shape."
         )
+        model_name = model + ("" if pd.isna(width) else f", width {int(width)}")
         blocks += [
-            ("h2", f"Table 1: {model}" + ("" if pd.isna(width) else f", width {int(width)}")),
+            ("h2", f"Table 1: {model_name}, node class {node_class}"),
             ("p", note),
-            table1(summary, best, model, width),
+            table1(summary, best, node_class, model, width),
         ]
     return blocks
 
@@ -391,6 +464,9 @@ def document(
     blocks = [("h1", "quantpipe summary"), provenance_block(facts), ("p", READING)]
     blocks += study_blocks(summary, best) if study else [("p", NO_STUDY)]
     blocks += [
+        ("h2", PER_CLASS_HEADING),
+        ("p", PER_CLASS),
+        per_class_table(summary, best),
         ("h2", "Best INT8 method per model"),
         (
             "p",

@@ -184,7 +184,9 @@ class ClassificationTask(Task):
 
     def summary_table(self, report, config_digest, benchmark_metrics, predictions, data, config):
         labels = self.splits(data, config)["test"][1]
-        measurements = paired_measurements(benchmark_metrics, predictions, labels)
+        measurements = paired_measurements(
+            benchmark_metrics, predictions, labels, config["node_classes"]
+        )
         extra = {
             "measurements": measurements,
             "curve": curve_summary(benchmark_metrics, config_digest),

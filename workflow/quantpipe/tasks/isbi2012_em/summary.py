@@ -1,12 +1,13 @@
 """The summary of task isbi2012_em: what membrane segmentation costs per cubic millimetre.
 
 report.csv's EM rows aggregated over seeds (mean and 95% Student t interval, as the CIFAR summary)
-into summary.csv; summary.md (and the same tables as HTML) shows, per model, a cost table: quality
-on the test sections (V_rand, V_info, pixel error), voxels/s with the threads used, the job-hours
-to segment 1 mm^3 at 4x4x40 nm (1.5625e15 voxels) at that rate, and speed and cost as ratios
-against FP32 CPU eager: a CPU row's from FP32 eager timed round by round beside it in its own job
-(report.csv's paired speedup), with the rounds' range, and which speeds the timing cannot tell
-apart. Figures: V_rand against voxels/s, and job-hours per mm^3 per variant.
+into summary.csv; summary.md (and the same tables as HTML) shows, per node class and model (the
+GPU rows are class gpu), a cost table: quality on the test sections (V_rand, V_info, pixel error),
+voxels/s with the threads used, the job-hours to segment 1 mm^3 at 4x4x40 nm (1.5625e15 voxels)
+at that rate, and speed and cost as ratios against FP32 CPU eager: a CPU row's from FP32 eager
+timed round by round beside it in its own job (report.csv's paired speedup), with the rounds'
+range, and which speeds the timing cannot tell apart. Figures: V_rand against voxels/s, and
+job-hours per mm^3 per variant.
 """
 
 import pandas as pd
@@ -47,17 +48,18 @@ READING = (
     "pixels misclassified. Speed is measured on the tiled volume path (overlapping tiles, "
     "blended, read from and written to Zarr), per job with the threads shown. Job-hours per mm³ "
     "= 1.5625e15 voxels (1 mm³ at 4x4x40 nm) / voxels/s / 3600: the hours ONE such job needs, "
-    "node-hours where the job has the whole node. Speed and cost ratios compare with FP32 CPU "
-    "eager of the same seed (cost = 1 / speed). A CPU row's speed ratio is paired: its job ran "
-    "FP32 eager of the same weights through the same volume path in the same process, round by "
-    "round with it, and the ratio is the median of the rounds' ratios (rounds' range: their max "
-    "- min; FP32 eager's own row is timed beside itself, so its range is the timing noise). GPU "
-    "rows divide the two jobs' rates (unpaired; both in summary.csv). Voxels/s is the median of "
-    "the rounds, and job-hours come from it. Speed ratios that differ by less than the larger "
-    "rounds' range are within the noise: the timing column names the fastest CPU configuration "
-    "and those the timing cannot tell from it or from FP32 eager. Numbers are means over seeds ± "
-    "the half-width of their 95% confidence interval (one seed shows its value alone); all are in "
-    "summary.csv."
+    "node-hours where the job has the whole node. One table per node class: each class is "
+    "measured on its own nodes. Speed and cost ratios compare with FP32 CPU eager of the same "
+    "seed on the same class (GPU rows: on the config's first class; cost = 1 / speed). A CPU "
+    "row's speed ratio is paired: its job ran FP32 eager of the same weights through the same "
+    "volume path in the same process, round by round with it, and the ratio is the median of the "
+    "rounds' ratios (rounds' range: their max - min; FP32 eager's own row is timed beside itself, "
+    "so its range is the timing noise). GPU rows divide the two jobs' rates (unpaired; both in "
+    "summary.csv). Voxels/s is the median of the rounds, and job-hours come from it. Speed ratios "
+    "that differ by less than the larger rounds' range are within the noise: the timing column "
+    "names the fastest CPU configuration and those the timing cannot tell from it or from FP32 "
+    "eager. Numbers are means over seeds ± the half-width of their 95% confidence interval (one "
+    "seed shows its value alone); all are in summary.csv."
 )
 
 
@@ -68,7 +70,7 @@ def summarize(report: pd.DataFrame, config_digest: str) -> pd.DataFrame:
     report["cost_vs_fp32_cpu_eager"] = 1 / report["speedup_vs_fp32_cpu_eager"]
     table = over_seeds(report, [*METRICS, "cost_vs_fp32_cpu_eager"], config_digest)
     table["timing"] = ""
-    for _, group in table.groupby(["model", "width"], dropna=False, sort=False):
+    for _, group in table.groupby(["node_class", "model", "width"], dropna=False, sort=False):
         table.loc[group.index, "timing"] = ties(group)
     return table
 
@@ -118,8 +120,11 @@ def document(summary: pd.DataFrame, facts: dict, figures: dict[str, str]) -> lis
         provenance_block(facts),
         ("p", READING),
     ]
-    for (model, width), group in summary.groupby(["model", "width"], sort=True):
-        blocks += [("h2", f"Cost per cubic millimetre: {model}, width {width}"), cost_table(group)]
+    for (node_class, model, width), group in summary.groupby(
+        ["node_class", "model", "width"], sort=True
+    ):
+        heading = f"Cost per cubic millimetre on node class {node_class}: {model}, width {width}"
+        blocks += [("h2", heading), cost_table(group)]
     return blocks + figure_blocks(figures)
 
 
@@ -132,10 +137,11 @@ def plot_quality_vs_throughput(summary: pd.DataFrame):
         ax.plot(
             row["voxels_per_s_mean"], row["v_rand_mean"], "os^Dv<>"[index % 7],
             markerfacecolor="white" if int8 else "black", color="black",
-            label=variant_label(row, with_model=True),
+            label=variant_label(row, with_model=True, with_class=True),
         )  # fmt: skip
     for _, row in summary[summary["status"] != "ok"].iterrows():
-        ax.plot([], [], " ", label=f"{variant_label(row, True)}: not measured ({row['reason']})")
+        label = variant_label(row, with_model=True, with_class=True)
+        ax.plot([], [], " ", label=f"{label}: not measured ({row['reason']})")
     ax.set_xscale("log")
     plain_log_axis(ax.xaxis)
     ax.set_xlabel("voxels/s on the tiled test volume (per job, threads in summary.md)")
@@ -149,7 +155,9 @@ def plot_cost_per_mm3(summary: pd.DataFrame):
     measured = summary[summary["status"] == "ok"]
     figure = new_figure(8, 1.5 + 0.35 * max(len(measured), 1))
     ax = figure.add_subplot()
-    labels = [variant_label(row, with_model=True) for _, row in measured.iterrows()]
+    labels = [
+        variant_label(row, with_model=True, with_class=True) for _, row in measured.iterrows()
+    ]
     hatches = ["//" if variant == "int8-cpu" else "" for variant in measured["variant"]]
     bars = ax.barh(labels, measured["job_hours_per_mm3_mean"], color="0.7", edgecolor="black")
     for bar, hatch in zip(bars, hatches, strict=True):
