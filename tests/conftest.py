@@ -2,6 +2,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,3 +79,24 @@ def pytest_collection_modifyitems(config, items):
         long = slurm or item.get_closest_marker("workflow") is not None
         if long and item.get_closest_marker("timeout") is None:
             item.add_marker(pytest.mark.timeout(LONG_TIMEOUT_S))
+
+
+@pytest.fixture
+def stub_benchmark(monkeypatch):
+    """The benchmark stage on a given model without files: `stub(net, label, slower)` makes it
+    load `net` and measure two implementations, `net` itself as "eager" and `slower` as `label`,
+    outside Slurm."""
+    from quantpipe.stages import benchmark
+
+    def stub(net, label, slower):
+        monkeypatch.delenv("SLURMD_NODENAME", raising=False)
+        monkeypatch.setattr(benchmark, "load_trained", lambda path: (net, {}))
+
+        def implementations(variant, model, artifact, method, example):
+            size = benchmark.state_dict_bytes(model)
+            yield "eager", torch.device("cpu"), model, size
+            yield label, torch.device("cpu"), slower, size
+
+        monkeypatch.setattr(benchmark, "implementations", implementations)
+
+    return stub

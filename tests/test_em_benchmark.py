@@ -51,18 +51,10 @@ def small_test_volume(monkeypatch):
 
 
 @pytest.mark.slow
-def test_cpu_rows_carry_rounds_and_the_pair_with_fp32_eager(volume, tmp_path, monkeypatch):
+def test_cpu_rows_carry_rounds_and_the_pair_with_fp32_eager(volume, tmp_path, stub_benchmark):
     torch.manual_seed(0)
     net = build_model("unet2d", width=2, num_classes=1).eval()
-    monkeypatch.delenv("SLURMD_NODENAME", raising=False)
-    monkeypatch.setattr(benchmark, "load_trained", lambda path: (net, {}))
-
-    def implementations(variant, model, artifact, method, example):
-        size = benchmark.state_dict_bytes(model)
-        yield "eager", torch.device("cpu"), model, size
-        yield "sleepy", torch.device("cpu"), Sleepy(model), size
-
-    monkeypatch.setattr(benchmark, "implementations", implementations)
+    stub_benchmark(net, "sleepy", Sleepy(net))
     record = benchmark.run("unread.pt", volume, str(tmp_path / "metrics.json"),
                            str(tmp_path / "predictions.pt"), CONFIG, log=print)  # fmt: skip
     rows = {row["method"]: row for row in record["rows"]}

@@ -111,17 +111,11 @@ def test_a_compiled_module_compiles_every_shape_before_its_clock_starts(monkeypa
 
 
 @pytest.mark.slow
-def test_cpu_rows_carry_their_pair_and_their_node_neighbours(tmp_path, cifar_dir, monkeypatch):
+def test_cpu_rows_carry_their_pair_and_their_node_neighbours(
+    tmp_path, cifar_dir, monkeypatch, stub_benchmark
+):
     net = tiny_model()
-    monkeypatch.delenv("SLURMD_NODENAME", raising=False)
-    monkeypatch.setattr(benchmark, "load_trained", lambda path: (net, {}))
-
-    def implementations(variant, model, artifact, method, example):
-        size = benchmark.state_dict_bytes(model)
-        yield "eager", torch.device("cpu"), model, size
-        yield "twice", torch.device("cpu"), Twice(model), size
-
-    monkeypatch.setattr(benchmark, "implementations", implementations)
+    stub_benchmark(net, "twice", Twice(net))
     # The first 1,000 test images: the test pass is not what this checks.
     cifar10 = type(tasks.load("cifar10"))
     splits = cifar10.splits
