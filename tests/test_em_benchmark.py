@@ -14,8 +14,9 @@ from quantpipe.tasks.isbi2012_em.data import load_split, prepare
 
 CONFIG = {
     "task": "isbi2012_em", "variant": "fp32-cpu", "node_class": "any", "model": "unet2d",
-    "width": 2, "seed": 0, "gpu": False, "rounds": 3, "sections": 3, "tile": 128, "overlap": 16,
-    "section_overlap": 1, "block_tiles": 3, "inference_batch_size": 4, "threshold": 0.5,
+    "width": 2, "seed": 0, "gpu": False, "rounds": 3, "tile_sections": 3, "tile": 128,
+    "overlap": 16, "section_overlap": 1, "block_tiles": 3, "inference_batch_size": 4,
+    "threshold": 0.5,
 }  # fmt: skip
 
 
@@ -81,4 +82,6 @@ def test_without_a_reference_rows_have_rounds_and_no_pair(volume, tmp_path):
         log=lambda _: None,
     )  # fmt: skip
     assert rows[0]["rounds"] == 3 and rows[0]["voxels_per_s"] > 0
+    # The network alone on the same tiles, round by round beside the path.
+    assert rows[0]["network_voxels_per_s"] > 0 and rows[0]["path_fraction_of_network"] > 0
     assert "paired_speedup" not in rows[0] and "reference_voxels_per_s" not in rows[0]

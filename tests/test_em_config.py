@@ -5,7 +5,7 @@ from quantpipe.configuration import check_consistency
 
 EM = {"task": "isbi2012_em", "models": ["unet2d"], "methods": ["pt2e", "eager"],
       "calibration_sizes": [32],
-      "em": {"sections": 3, "patch_size": 128, "tile": 256, "overlap": 32,
+      "em": {"sections": 3, "tile_sections": 3, "patch_size": 128, "tile": 256, "overlap": 32,
              "section_overlap": 1}}  # fmt: skip
 
 
@@ -20,7 +20,7 @@ def test_a_consistent_em_config_passes():
      ({"em": {**EM["em"], "tile": 100}}, r"em.tile = 100 must be a multiple of 8"),
      ({"em": {**EM["em"], "overlap": 256}}, r"em.overlap = 256 must be smaller than em.tile"),
      ({"models": ["unet3d_aniso"], "em": {**EM["em"], "section_overlap": 3}},
-      r"em.section_overlap = 3 must be smaller than em.sections = 3"),
+      r"em.section_overlap = 3 must be smaller than em.tile_sections = 3"),
      ({"benchmark": {"batch_sizes": [1, 4]}},
       r"batch_sizes \[1, 4\]: the batch-size curve is for the classifier tasks.*inference_batch")],
 )  # fmt: skip

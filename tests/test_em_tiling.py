@@ -143,6 +143,30 @@ def test_a_halo_wider_than_the_volume_is_mirrored(tmp_path):
     np.testing.assert_allclose(target[:], untiled(fixed_conv(3, kernel=1), source[:], 3), rtol=1e-6)
 
 
+def test_a_mirrored_read_repeats_the_edge_voxel_with_period_twice_the_extent():
+    """read_mirrored against the definition, index by index: inside, past either edge, wider
+    than the volume, and wholly outside it."""
+    from quantpipe.tiling import read_mirrored
+
+    data = np.random.default_rng(2).integers(0, 256, (3, 5, 7), dtype=np.uint8)
+
+    def mirrored(index, extent):
+        folded = index % (2 * extent)
+        return folded if folded < extent else 2 * extent - 1 - folded
+
+    rng = random.Random(0)
+    for _ in range(300):
+        start = [rng.randint(-16, 8) for _ in range(3)]
+        stop = [a + rng.randint(1, 24) for a in start]
+        expected = np.array(
+            [[[data[mirrored(z, 3), mirrored(y, 5), mirrored(x, 7)]
+               for x in range(start[2], stop[2])]
+              for y in range(start[1], stop[1])]
+             for z in range(start[0], stop[0])]
+        )  # fmt: skip
+        np.testing.assert_array_equal(read_mirrored(data, start, stop), expected)
+
+
 def test_blending_and_tile_layout():
     window = blend_window(24, 8)
     assert window[:2].tolist() == [0, 0] and window[8:16].tolist() == [1.0] * 8
@@ -169,17 +193,19 @@ def test_clear_errors(volume, tmp_path):
         predict_volume(shrinking, volume, target, **SETTINGS[2], **QUIET)
 
 
-def test_the_default_geometry_computes_each_voxel_about_once(tmp_path):
-    """The EM task's default geometry on 512 x 512 sections (the ISBI stack's): one tile per
-    section plus its halo, a batch of tiles per block, at most 1.25 voxels computed per voxel
-    written (issue 14); the network alone is measured on the same tiles."""
+@pytest.mark.parametrize("model", ["unet2d", "unet3d_aniso"])
+def test_the_default_geometry_computes_each_voxel_about_once(tmp_path, model):
+    """The EM task's default geometry on the ISBI test volume's shape (5 sections of 512 x 512):
+    one tile per section plus its in-plane halo (unet2d), one tile as deep as the volume
+    (unet3d_aniso: no section overlap, so no halo in depth), at most 1.25 voxels computed per
+    voxel written (issue 14); the network alone is measured on the same tiles."""
     from quantpipe.tasks.isbi2012_em.spec import tiling_geometry
     from quantpipe.tiling import network_rate
 
     em = yaml.safe_load(SCHEMA.read_text())["properties"]["em"]["properties"]
     defaults = {key: em[key]["default"] for key in em}
-    geometry = tiling_geometry({"model": "unet2d", **defaults})
-    assert geometry["block_sections"] == defaults["block_tiles"]
+    geometry = tiling_geometry({"model": model, **defaults})
+    dims = geometry["dims"]
     data = np.random.default_rng(1).integers(0, 256, (5, 512, 512), dtype=np.uint8)
     source = zarr.create_array(
         store=str(tmp_path / "image.zarr"), shape=data.shape, chunks=(1, 512, 512), dtype="uint8"
@@ -189,12 +215,15 @@ def test_the_default_geometry_computes_each_voxel_about_once(tmp_path):
     target = create_target(str(tmp_path / "out.zarr"), source, chunks)
     settings = {key: geometry[key] for key in ("dims", "tile", "overlap")}
     settings["batch_size"] = defaults["inference_batch_size"]
-    result = predict_volume(fixed_conv(2), source, target, **settings, **QUIET)
+    result = predict_volume(fixed_conv(dims, kernel=1), source, target, **settings, **QUIET)
     assert result["redundancy"] == pytest.approx((544 / 512) ** 2) and result["redundancy"] <= 1.25
     assert result["tile_voxels"] == 5 * 544 * 544 and 0 < result["model_seconds"]
-    alone = network_rate(fixed_conv(2), source, target, blocks=[0, 1], **settings)
+    alone = network_rate(
+        fixed_conv(dims, kernel=1), source, target, blocks=list(range(plan_blocks(target))),
+        **settings,
+    )  # fmt: skip
     assert alone["network_voxels_per_s"] > 0
-    print(f"path {result['voxels_per_s']:,.0f} voxels/s, network alone "
+    print(f"{model}: path {result['voxels_per_s']:,.0f} voxels/s, network alone "
           f"{alone['network_voxels_per_s']:,.0f}")  # fmt: skip
 
 
@@ -204,7 +233,7 @@ def test_a_3d_block_is_covered_by_its_tiles_in_depth(depth, overlap, batch):
     computed for a voxel outside them."""
     from quantpipe.tasks.isbi2012_em.spec import tiling_geometry
 
-    config = {"model": "unet3d_aniso", "sections": depth, "section_overlap": overlap,
+    config = {"model": "unet3d_aniso", "tile_sections": depth, "section_overlap": overlap,
               "tile": 64, "overlap": 16, "block_tiles": batch}  # fmt: skip
     block = tiling_geometry(config)["block_sections"]
     halo = math.ceil(overlap / 2)

@@ -6,6 +6,7 @@ from quantpipe.models.build import load_trained
 from quantpipe.quantize import EXAMPLE_BATCH
 from quantpipe.stages.train import run
 from quantpipe.tasks.isbi2012_em.data import prepare
+from quantpipe.tasks.isbi2012_em.train import calibration_patches, patch_shape
 
 CONFIG = {
     "task": "isbi2012_em", "model": "unet3d_aniso", "width": 2, "seed": 1, "sections": 3,
@@ -40,6 +41,15 @@ def test_the_record_says_what_ran(volume, tmp_path):
     net, _ = load_trained(tmp_path / "model.pt")
     x = torch.rand(EXAMPLE_BATCH, 1, 3, 32, 32)
     assert net(x).shape == x.shape
+
+
+def test_inference_tiles_take_their_own_depth_not_the_training_patches(volume):
+    """unet3d_aniso trains on `sections`-deep patches and calibrates (and infers) on
+    `tile_sections`-deep tiles: the network runs on any depth."""
+    config = {**CONFIG, "tile": 64, "tile_sections": 5}
+    assert patch_shape(config) == (3, 32, 32)
+    patches = calibration_patches(volume, config, 2)
+    assert patches.shape == (2, 1, 5, 64, 64) and patches.dtype == torch.float32
 
 
 @pytest.mark.slow

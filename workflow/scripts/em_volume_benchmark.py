@@ -43,8 +43,8 @@ def main(argv=None) -> int:
     parser.add_argument("--width", type=int, default=8)
     parser.add_argument("--tile", type=int, default=544)
     parser.add_argument("--overlap", type=int, default=32)
-    parser.add_argument("--sections", type=int, default=3, help="unet3d_aniso: tile depth")
-    parser.add_argument("--section-overlap", type=int, default=1)
+    parser.add_argument("--tile-sections", type=int, default=5, help="unet3d_aniso: tile depth")
+    parser.add_argument("--section-overlap", type=int, default=0)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--block-tiles", type=int, default=4)
     parser.add_argument(
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     geometry = tiling_geometry(
-        {"model": args.model, "sections": args.sections, "tile": args.tile,
+        {"model": args.model, "tile_sections": args.tile_sections, "tile": args.tile,
          "overlap": args.overlap, "section_overlap": args.section_overlap,
          "block_tiles": args.block_tiles}
     )  # fmt: skip

@@ -21,6 +21,7 @@ node-hours per mm^3 when one job uses the whole node, otherwise per job with the
 
 import math
 import os
+import statistics
 import tempfile
 import time
 
@@ -53,14 +54,25 @@ def _quiet(_line: str) -> None:
     pass
 
 
-def _volume_pass(module, image, target, arguments: dict, passes: list):
+def _volume_pass(module, image, target, arguments: dict, passes: list, network_alone=False):
     """One timed pass of the whole volume path (every block of `image` into `target`), its
-    record appended to `passes`: a pass for quantpipe.pairing.paired_rounds."""
+    record appended to `passes`: a pass for quantpipe.pairing.paired_rounds. With
+    `network_alone`, the network then runs alone on the same tiles (untimed for the pair), and
+    the record holds both rates and their ratio: the path's share of the network's own speed,
+    taken round by round, so a slower minute of the machine slows both sides of the ratio."""
 
     def one_pass() -> float:
         started = time.perf_counter()
-        passes.append(predict_volume(module, image, target, log=_quiet, **arguments))
-        return time.perf_counter() - started
+        record = predict_volume(module, image, target, log=_quiet, **arguments)
+        seconds = time.perf_counter() - started
+        if network_alone:
+            blocks = list(range(plan_blocks(target)))
+            record |= network_rate(module, image, target, blocks=blocks, **arguments)
+            record["path_fraction_of_network"] = (
+                record["voxels"] / seconds / record["network_voxels_per_s"]
+            )
+        passes.append(record)
+        return seconds
 
     return one_pass
 
@@ -70,8 +82,9 @@ def segment(
 ) -> tuple[dict, np.ndarray]:
     """Warm up on the first and the last block (their batch shapes may differ), then
     config['rounds'] timed rounds of the whole volume path, each with a pass of `reference`
-    first when given (paired, quantpipe.pairing), then the network alone on the same tiles:
-    (the geometry, the rates and the pair, the probability of the last round)."""
+    first when given (paired, quantpipe.pairing) and the network alone on the same tiles after
+    it: (the geometry, the rates, the pair and the path's median share of the network's rate,
+    the probability of the last round)."""
     geometry = tiling_geometry(config)
     arguments = {
         "dims": geometry["dims"],
@@ -93,16 +106,17 @@ def segment(
     target = create_target(os.path.join(folder, "probability.zarr"), image, chunks)
     passes, voxels = [], math.prod(image.shape)
     timed = paired_rounds(
-        _volume_pass(module, image, target, arguments, passes), config["rounds"], voxels,
-        "voxels", paired,
+        _volume_pass(module, image, target, arguments, passes, network_alone=True),
+        config["rounds"], voxels, "voxels", paired,
     )  # fmt: skip
-    alone = network_rate(module, image, target, blocks=list(range(blocks)), **arguments)
     measured = {
         **passes[-1],
         **timed,
-        **alone,
+        "network_voxels_per_s": statistics.median(p["network_voxels_per_s"] for p in passes),
+        "path_fraction_of_network": statistics.median(
+            p["path_fraction_of_network"] for p in passes
+        ),
         "seconds": voxels / timed["voxels_per_s"],  # the test volume's, at the median rate
-        "path_fraction_of_network": timed["voxels_per_s"] / alone["network_voxels_per_s"],
         "tile": "x".join(map(str, geometry["tile"])),
         "overlap": "x".join(map(str, geometry["overlap"])),
         "block_sections": geometry["block_sections"],

@@ -9,8 +9,8 @@ POOLING = 8  # quantpipe.models.unet.MIN_SIZE: in-plane sizes must be multiples 
 EM_KEYS = {
     "train": ("sections", "patch_size", "epochs", "steps_per_epoch", "batch_size", "lr",
               "weight_decay", "membrane_weight"),
-    "quantize": ("sections", "tile"),
-    "benchmark": ("sections", "tile", "overlap", "section_overlap", "block_tiles",
+    "quantize": ("tile_sections", "tile"),
+    "benchmark": ("tile_sections", "tile", "overlap", "section_overlap", "block_tiles",
                   "inference_batch_size", "threshold"),
 }  # fmt: skip
 SHARED_KEYS = {
@@ -35,11 +35,12 @@ def tiling_geometry(config: dict) -> dict:
     (output chunks) of whole sections, each `block_tiles` tiles deep. A tile wide enough for a
     section plus its halo (em.tile = 512 + em.overlap for the ISBI sections) computes each voxel
     about once in-plane. unet2d: one section per tile, so `block_tiles` sections per block;
-    unet3d_aniso: tiles of `sections` sections overlapping by `section_overlap`, the block as deep
-    as `block_tiles` such tiles cover once the block's halo is taken off."""
+    unet3d_aniso: tiles of `tile_sections` sections overlapping by `section_overlap`, the block as
+    deep as `block_tiles` such tiles cover once the block's halo is taken off (with no section
+    overlap, no halo: each voxel is computed once in depth)."""
     tiles = config["block_tiles"]
     if config["model"] == "unet3d_aniso":
-        depth, overlap = config["sections"], config["section_overlap"]
+        depth, overlap = config["tile_sections"], config["section_overlap"]
         halo = -(-overlap // 2)
         return {
             "dims": 3,
@@ -62,7 +63,7 @@ def segment_settings(config: dict, model: str) -> dict:
         {"model": model}
         | {
             key: em[key]
-            for key in ("sections", "tile", "overlap", "section_overlap", "block_tiles")
+            for key in ("tile_sections", "tile", "overlap", "section_overlap", "block_tiles")
         }
     )
     return {
@@ -100,10 +101,10 @@ def check(config: dict) -> None:
             f"weights of {normalised}: this task takes no mean or std, its inputs are pixels/255 "
             "and nothing else. Drop them from the entries"
         )
-    if em["section_overlap"] >= em["sections"] and "unet3d_aniso" in config["models"]:
+    if "unet3d_aniso" in config["models"] and em["section_overlap"] >= em["tile_sections"]:
         raise ValueError(
-            f"em.section_overlap = {em['section_overlap']} must be smaller than em.sections = "
-            f"{em['sections']}"
+            f"em.section_overlap = {em['section_overlap']} must be smaller than "
+            f"em.tile_sections = {em['tile_sections']}"
         )
 
 

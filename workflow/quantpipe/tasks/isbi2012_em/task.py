@@ -36,7 +36,7 @@ class Isbi2012Em(Task):
         return train.calibration_patches(data, config, count)
 
     def example_input(self, config: dict):
-        return torch.zeros(1, 1, *train.patch_shape(config, config["tile"]))
+        return torch.zeros(1, 1, *train.tile_shape(config))
 
     def row_fields(self, config: dict) -> dict:
         return {"batch_size": config["inference_batch_size"]}

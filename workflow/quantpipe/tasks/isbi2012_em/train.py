@@ -15,10 +15,17 @@ from quantpipe.engine import Training
 from quantpipe.tasks.isbi2012_em.data import load_split
 
 
-def patch_shape(config: dict, edge: int) -> tuple[int, ...]:
-    """A patch's (Y, X) for unet2d, (Z, Y, X) for unet3d_aniso."""
+def patch_shape(config: dict) -> tuple[int, ...]:
+    """A training patch's (Y, X) for unet2d, (Z, Y, X) for unet3d_aniso."""
+    edge = config["patch_size"]
+    return (config["sections"], edge, edge) if config["model"] == "unet3d_aniso" else (edge, edge)
+
+
+def tile_shape(config: dict) -> tuple[int, ...]:
+    """An inference (and calibration) tile's (Y, X) for unet2d, (Z, Y, X) for unet3d_aniso."""
+    edge = config["tile"]
     if config["model"] == "unet3d_aniso":
-        return (config["sections"], edge, edge)
+        return (config["tile_sections"], edge, edge)
     return (edge, edge)
 
 
@@ -91,7 +98,7 @@ def training(data: str, config: dict, net: nn.Module, device) -> Training:
     criterion = nn.BCEWithLogitsLoss(
         pos_weight=torch.tensor([config["membrane_weight"]], device=device)
     )
-    shape = patch_shape(config, config["patch_size"])
+    shape = patch_shape(config)
     steps, batch_size = config["steps_per_epoch"], config["batch_size"]
 
     def epoch(generator):
@@ -125,5 +132,5 @@ def calibration_patches(data: str, config: dict, count: int) -> torch.Tensor:
     sections = np.pad(
         sections, [(0, 0)] + [(need // 2, need - need // 2) for need in short], mode="symmetric"
     )
-    (images,) = crops([sections], count, patch_shape(config, config["tile"]), generator)
+    (images,) = crops([sections], count, tile_shape(config), generator)
     return to_input(images)
