@@ -167,6 +167,18 @@ def test_a_mirrored_read_repeats_the_edge_voxel_with_period_twice_the_extent():
         np.testing.assert_array_equal(read_mirrored(data, start, stop), expected)
 
 
+def test_blocks_are_as_even_as_the_volume_allows_and_never_deeper_than_asked():
+    from quantpipe.tiling import block_depth
+
+    assert [block_depth(4, 5), block_depth(20, 5), block_depth(4, 30), block_depth(20, 30)] == [
+        3, 5, 4, 15
+    ]  # fmt: skip
+    for sections in range(1, 25):
+        for depth in range(1, 60):
+            chosen = block_depth(sections, depth)
+            assert chosen <= sections and math.ceil(depth / chosen) == math.ceil(depth / sections)
+
+
 def test_blending_and_tile_layout():
     window = blend_window(24, 8)
     assert window[:2].tolist() == [0, 0] and window[8:16].tolist() == [1.0] * 8

@@ -3,8 +3,8 @@
 `run` segments a uint8 (Z, Y, X) Zarr array (or a group's `image` array) with an FP32 checkpoint
 (`model`, from the train stage) or an INT8 artifact (`artifact` with `config['method']`, from the
 quantize stage) through quantpipe.tiling, into a float32 Zarr array of membrane probability whose
-chunks are the blocks (`config['block_sections']` whole sections each, unless
-`config['chunks']` says otherwise).
+chunks are the blocks (at most `config['block_sections']` whole sections each, as even as the
+volume's depth allows (quantpipe.tiling.block_depth), unless `config['chunks']` says otherwise).
 
 - Without `config['blocks']` it does the whole volume in this process and installs the output
   atomically (built beside it, then renamed).
@@ -41,7 +41,13 @@ from quantpipe.artifacts import replace_directory, write_json
 from quantpipe.models.build import load_trained
 from quantpipe.quantize import load_for_cpu
 from quantpipe.submit import max_rss_mb, submit_array
-from quantpipe.tiling import create_target, job_hours_per_mm3, plan_blocks, predict_volume
+from quantpipe.tiling import (
+    block_depth,
+    create_target,
+    job_hours_per_mm3,
+    plan_blocks,
+    predict_volume,
+)
 
 
 def split_blocks(blocks: int, groups: int) -> list[list[int]]:
@@ -63,7 +69,9 @@ def open_volume(volume: str) -> zarr.Array:
 
 
 def output_chunks(volume: zarr.Array, config: dict) -> tuple[int, ...]:
-    return tuple(config.get("chunks") or (config["block_sections"], *volume.shape[1:]))
+    if config.get("chunks"):
+        return tuple(config["chunks"])
+    return (block_depth(config["block_sections"], volume.shape[0]), *volume.shape[1:])
 
 
 def create_output(volume: str, segmentation: str, config: dict) -> int:
