@@ -23,7 +23,13 @@ from quantpipe.models.build import build_model
 from quantpipe.quantize import load_for_cpu, quantize_and_save
 from quantpipe.stages.segment import open_volume
 from quantpipe.tasks.isbi2012_em.spec import tiling_geometry
-from quantpipe.tiling import create_target, network_rate, plan_blocks, predict_volume
+from quantpipe.tiling import (
+    block_depth,
+    create_target,
+    network_rate,
+    plan_blocks,
+    predict_volume,
+)
 
 
 def variants(net, example, folder: Path):
@@ -56,9 +62,9 @@ def main(argv=None) -> int:
          "overlap": args.overlap, "section_overlap": args.section_overlap,
          "block_tiles": args.block_tiles}
     )  # fmt: skip
-    block_sections = args.block_sections or geometry["block_sections"]
     threads = provenance.set_threads()
     source = open_volume(args.volume)
+    block_sections = block_depth(args.block_sections or geometry["block_sections"], source.shape[0])
     settings = {key: geometry[key] for key in ("dims", "tile", "overlap")}
     settings["batch_size"] = args.batch
     torch.manual_seed(0)
