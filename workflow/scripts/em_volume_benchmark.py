@@ -32,14 +32,18 @@ from quantpipe.tiling import (
 )
 
 
-def variants(net, example, folder: Path):
+def variants(net, example, architecture: dict, folder: Path):
+    """FP32 eager and compiled, then INT8 by each method (calibrated on copies of `example`)."""
     net = net.eval()
     yield "fp32 eager", net
     yield "fp32 compiled", torch.compile(net)
     calibration = [example.expand(4, *example.shape[1:]).clone() for _ in range(2)]
-    artifact = folder / "int8.pt"
-    quantize_and_save("pt2e", net, calibration, calibration[0][:2], {}, artifact, log=print)
-    yield "int8 pt2e", load_for_cpu("pt2e", str(artifact))
+    for method in ("pt2e", "eager"):
+        artifact = folder / f"int8-{method}.pt"
+        quantize_and_save(
+            method, net, calibration, calibration[0][:2], architecture, artifact, log=print
+        )
+        yield f"int8 {method}", load_for_cpu(method, str(artifact))
 
 
 def main(argv=None) -> int:
@@ -72,7 +76,8 @@ def main(argv=None) -> int:
     example = torch.rand(1, 1, *geometry["tile"])
     with tempfile.TemporaryDirectory(prefix="em-volume-") as folder:
         folder = Path(folder)
-        for label, module in variants(net, example, folder):
+        architecture = {"name": args.model, "width": args.width}
+        for label, module in variants(net, example, architecture, folder):
             chunks = (block_sections, *source.shape[1:])
             target = create_target(str(folder / "out.zarr"), source, chunks)
             blocks = plan_blocks(target)
