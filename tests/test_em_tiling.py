@@ -168,14 +168,14 @@ def test_a_mirrored_read_repeats_the_edge_voxel_with_period_twice_the_extent():
 
 
 def test_blocks_are_as_even_as_the_volume_allows_and_never_deeper_than_asked():
-    from quantpipe.tiling import block_depth
+    from quantpipe.tiling import block_chunks
 
-    assert [block_depth(4, 5), block_depth(20, 5), block_depth(4, 30), block_depth(20, 30)] == [
-        3, 5, 4, 15
-    ]  # fmt: skip
+    assert block_chunks(4, (5, 64, 80)) == (3, 64, 80)
+    depths = [block_chunks(s, (d, 8, 8))[0] for s, d in ((20, 5), (4, 30), (20, 30))]
+    assert depths == [5, 4, 15]
     for sections in range(1, 25):
         for depth in range(1, 60):
-            chosen = block_depth(sections, depth)
+            chosen = block_chunks(sections, (depth, 8, 8))[0]
             assert chosen <= sections and math.ceil(depth / chosen) == math.ceil(depth / sections)
 
 

@@ -58,11 +58,13 @@ def create_target(path: str, like: zarr.Array, chunks: tuple[int, ...]) -> zarr.
     )
 
 
-def block_depth(sections: int, depth: int) -> int:
-    """Sections per block for a volume `depth` sections deep: at most `sections`, as even as the
-    volume allows. Zarr stores every chunk whole, so a last block of 1 section in 4-section chunks
-    writes 4 (and 5 sections in 20-section chunks took 27 ms to write against 5.8 ms)."""
-    return math.ceil(depth / math.ceil(depth / sections))
+def block_chunks(sections: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Target chunks (one per block) for a (Z, Y, X) volume of `shape`: whole sections, at most
+    `sections` deep, as even as the volume's depth allows. Zarr stores every chunk whole, so a last
+    block of 1 section in 4-section chunks writes 4 (and 5 sections in 20-section chunks took 27 ms
+    to write against 5.8 ms)."""
+    depth = shape[0]
+    return (math.ceil(depth / math.ceil(depth / sections)), *shape[1:])
 
 
 def plan_blocks(target: zarr.Array) -> int:
@@ -115,8 +117,8 @@ def read_mirrored(source, start: tuple[int, ...], stop: tuple[int, ...]) -> np.n
     """source[start:stop] for a region that may reach past the volume, mirrored there (`_mirror`).
     Reads one bounding box from the source (for a region that overlaps the volume, no larger than
     the region clipped to it) and mirrors it with np.pad, whose 'symmetric' mode about a box edge
-    that is the volume's edge is `_mirror`: 6.7 ms less per 4 x 544 x 544 region than indexing
-    every voxel, on a core the model needs."""
+    that is the volume's edge is `_mirror`, and cheaper than indexing every voxel (4.0 ms against
+    9.7 ms per 4 x 544 x 544 region, on a core the model needs)."""
     box, pads, offsets = [], [], []
     for a, b, extent in zip(start, stop, source.shape, strict=True):
         mirrored = _mirror(np.arange(a, b), extent)

@@ -24,7 +24,7 @@ from quantpipe.quantize import load_for_cpu, quantize_and_save
 from quantpipe.stages.segment import open_volume
 from quantpipe.tasks.isbi2012_em.spec import tiling_geometry
 from quantpipe.tiling import (
-    block_depth,
+    block_chunks,
     create_target,
     network_rate,
     plan_blocks,
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     )  # fmt: skip
     threads = provenance.set_threads()
     source = open_volume(args.volume)
-    block_sections = block_depth(args.block_sections or geometry["block_sections"], source.shape[0])
+    chunks = block_chunks(args.block_sections or geometry["block_sections"], source.shape)
     settings = {key: geometry[key] for key in ("dims", "tile", "overlap")}
     settings["batch_size"] = args.batch
     torch.manual_seed(0)
@@ -78,7 +78,6 @@ def main(argv=None) -> int:
         folder = Path(folder)
         architecture = {"name": args.model, "width": args.width}
         for label, module in variants(net, example, architecture, folder):
-            chunks = (block_sections, *source.shape[1:])
             target = create_target(str(folder / "out.zarr"), source, chunks)
             blocks = plan_blocks(target)
             quiet = {"log": lambda _line: None}
@@ -89,7 +88,7 @@ def main(argv=None) -> int:
             row = {
                 "variant": label, "model": args.model, "width": args.width, "threads": threads,
                 "volume": list(source.shape), "tile": list(geometry["tile"]),
-                "overlap": list(geometry["overlap"]), "block_sections": block_sections,
+                "overlap": list(geometry["overlap"]), "block_sections": chunks[0],
                 "batch_size": args.batch, "redundancy": round(path["redundancy"], 3),
                 "path_voxels_per_s": round(path["voxels_per_s"]),
                 "network_voxels_per_s": round(alone["network_voxels_per_s"]),

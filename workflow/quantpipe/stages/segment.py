@@ -4,7 +4,7 @@
 (`model`, from the train stage) or an INT8 artifact (`artifact` with `config['method']`, from the
 quantize stage) through quantpipe.tiling, into a float32 Zarr array of membrane probability whose
 chunks are the blocks (at most `config['block_sections']` whole sections each, as even as the
-volume's depth allows (quantpipe.tiling.block_depth), unless `config['chunks']` says otherwise).
+volume's depth allows (quantpipe.tiling.block_chunks), unless `config['chunks']` says otherwise).
 
 - Without `config['blocks']` it does the whole volume in this process and installs the output
   atomically (built beside it, then renamed).
@@ -42,7 +42,7 @@ from quantpipe.models.build import load_trained
 from quantpipe.quantize import load_for_cpu
 from quantpipe.submit import max_rss_mb, submit_array
 from quantpipe.tiling import (
-    block_depth,
+    block_chunks,
     create_target,
     job_hours_per_mm3,
     plan_blocks,
@@ -71,7 +71,7 @@ def open_volume(volume: str) -> zarr.Array:
 def output_chunks(volume: zarr.Array, config: dict) -> tuple[int, ...]:
     if config.get("chunks"):
         return tuple(config["chunks"])
-    return (block_depth(config["block_sections"], volume.shape[0]), *volume.shape[1:])
+    return block_chunks(config["block_sections"], volume.shape)
 
 
 def create_output(volume: str, segmentation: str, config: dict) -> int:

@@ -34,7 +34,7 @@ from quantpipe.tasks.isbi2012_em.data import load_split
 from quantpipe.tasks.isbi2012_em.metrics import scores
 from quantpipe.tasks.isbi2012_em.spec import tiling_geometry
 from quantpipe.tiling import (
-    block_depth,
+    block_chunks,
     create_target,
     job_hours_per_mm3,
     network_rate,
@@ -93,7 +93,7 @@ def segment(
         "overlap": geometry["overlap"],
         "batch_size": config["inference_batch_size"],
     }
-    chunks = (block_depth(geometry["block_sections"], image.shape[0]), *image.shape[1:])
+    chunks = block_chunks(geometry["block_sections"], image.shape)
     warmup = create_target(os.path.join(folder, "warmup.zarr"), image, chunks)
     blocks = plan_blocks(warmup)
     predict_volume(module, image, warmup, blocks=sorted({0, blocks - 1}), log=_quiet, **arguments)
