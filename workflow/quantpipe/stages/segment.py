@@ -2,7 +2,7 @@
 
 `run` segments a uint8 (Z, Y, X) Zarr array (or a group's `image` array) with an FP32 checkpoint
 (`model`, from the train stage) or an INT8 artifact (`artifact` with `config['method']`, from the
-quantize stage) through quantpipe.tiling, into a float32 Zarr array of membrane probability whose
+quantize stage) through quantpipe.tiling, into a float16 Zarr array of membrane probability whose
 chunks are the blocks (at most `config['block_sections']` whole sections each, as even as the
 volume's depth allows (quantpipe.tiling.block_chunks), unless `config['chunks']` says otherwise).
 
@@ -118,7 +118,7 @@ def run(
     metrics: str | None = None,
     log=print,
 ) -> dict:
-    """Segment `volume` (a uint8 Zarr array) into `segmentation` (float32 membrane probability)."""
+    """Segment `volume` (a uint8 Zarr array) into `segmentation` (float16 membrane probability)."""
     threads = provenance.set_threads()
     module, description = load_model(model, artifact, config)
     source = open_volume(volume)

@@ -147,7 +147,9 @@ def benchmark(data: str, implementations, base: dict, config: dict, reference=No
                 module, image, os.path.join(folder, label), config, paired, log
             )
             quality = scores(probability, test_membrane, config["threshold"])
-            kept[label] = torch.from_numpy(np.rint(probability * 255).astype(np.uint8))
+            kept[label] = torch.from_numpy(
+                np.rint(probability.astype(np.float32) * 255).astype(np.uint8)
+            )
             rows.append(
                 {
                     **base,
