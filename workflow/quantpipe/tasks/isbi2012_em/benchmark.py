@@ -11,6 +11,8 @@ over the same volume path, in this process on the same threads (quantpipe.pairin
 is the median of the rounds' ratios. A round is the whole path, not the network alone, because
 the ratio stands for voxels/s and job-hours, and reading, blending and writing are part of both
 that INT8 does not speed up; the test volume is small (1.3 M voxels), so a round takes seconds.
+Then as many rounds of the path, each followed by the network alone on the same tiles, give
+the path's share of the network's own rate (`path_fraction_of_network`).
 The last round's probability map is scored against the labels on the full test volume: pixel
 error, V_rand and V_info (quantpipe.tasks.isbi2012_em.metrics).
 
@@ -55,27 +57,38 @@ def _quiet(_line: str) -> None:
     pass
 
 
-def _volume_pass(module, image, target, arguments: dict, passes: list, network_alone=False):
+def _volume_pass(module, image, target, arguments: dict, passes: list):
     """One timed pass of the whole volume path (every block of `image` into `target`), its
-    record appended to `passes`: a pass for quantpipe.pairing.paired_rounds. With
-    `network_alone`, the network then runs alone on the same tiles (untimed for the pair), and
-    the record holds both rates and their ratio: the path's share of the network's own speed,
-    taken round by round, so a slower minute of the machine slows both sides of the ratio."""
+    record appended to `passes`: a pass for quantpipe.pairing.paired_rounds."""
 
     def one_pass() -> float:
         started = time.perf_counter()
-        record = predict_volume(module, image, target, log=_quiet, **arguments)
-        seconds = time.perf_counter() - started
-        if network_alone:
-            blocks = list(range(plan_blocks(target)))
-            record |= network_rate(module, image, target, blocks=blocks, **arguments)
-            record["path_fraction_of_network"] = (
-                record["voxels"] / seconds / record["network_voxels_per_s"]
-            )
-        passes.append(record)
-        return seconds
+        passes.append(predict_volume(module, image, target, log=_quiet, **arguments))
+        return time.perf_counter() - started
 
     return one_pass
+
+
+def _share_of_network(module, image, target, arguments: dict, rounds: int) -> dict:
+    """The path's share of the network's own rate: `rounds` passes of the whole path, each
+    followed by the network alone on the same tiles, in rounds of their own. The paired rounds
+    put the FP32 eager model before every pass, and a pass just after another model's runs
+    cold: the path then kept 0.79 of the network, against 0.87 when the two follow each other
+    (the 2D INT8 network at width 8, 8 rounds each), with no other model between. Medians of
+    the rounds' network rates and ratios, so a slower minute slows both sides of a ratio."""
+    blocks = list(range(plan_blocks(target)))
+    network, shares = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        record = predict_volume(module, image, target, log=_quiet, **arguments)
+        seconds = time.perf_counter() - started
+        alone = network_rate(module, image, target, blocks=blocks, **arguments)
+        network.append(alone["network_voxels_per_s"])
+        shares.append(record["voxels"] / seconds / alone["network_voxels_per_s"])
+    return {
+        "network_voxels_per_s": statistics.median(network),
+        "path_fraction_of_network": statistics.median(shares),
+    }
 
 
 def segment(
@@ -83,9 +96,9 @@ def segment(
 ) -> tuple[dict, np.ndarray]:
     """Warm up on the first and the last block (their batch shapes may differ), then
     config['rounds'] timed rounds of the whole volume path, each with a pass of `reference`
-    first when given (paired, quantpipe.pairing) and the network alone on the same tiles after
-    it: (the geometry, the rates, the pair and the path's median share of the network's rate,
-    the probability of the last round)."""
+    first when given (paired, quantpipe.pairing), then as many rounds of the path and the
+    network alone on the same tiles: (the geometry, the rates, the pair and the path's median
+    share of the network's rate, the probability of the last round)."""
     geometry = tiling_geometry(config)
     arguments = {
         "dims": geometry["dims"],
@@ -107,16 +120,13 @@ def segment(
     target = create_target(os.path.join(folder, "probability.zarr"), image, chunks)
     passes, voxels = [], math.prod(image.shape)
     timed = paired_rounds(
-        _volume_pass(module, image, target, arguments, passes, network_alone=True),
+        _volume_pass(module, image, target, arguments, passes),
         config["rounds"], voxels, "voxels", paired,
     )  # fmt: skip
     measured = {
         **passes[-1],
         **timed,
-        "network_voxels_per_s": statistics.median(p["network_voxels_per_s"] for p in passes),
-        "path_fraction_of_network": statistics.median(
-            p["path_fraction_of_network"] for p in passes
-        ),
+        **_share_of_network(module, image, target, arguments, config["rounds"]),
         "seconds": voxels / timed["voxels_per_s"],  # the test volume's, at the median rate
         "tile": "x".join(map(str, geometry["tile"])),
         "overlap": "x".join(map(str, geometry["overlap"])),
