@@ -153,6 +153,19 @@ def test_eager_roundtrip_and_close_to_fp32(tmp_path):
     assert any(t.dtype == torch.qint8 for t in weights.values() if isinstance(t, torch.Tensor))
 
 
+def test_an_eager_artifact_the_network_no_longer_fits_names_the_fix(tmp_path):
+    from quantpipe.artifacts import ArtifactError
+
+    converted = eager.quantize(trained_like(build_model("resnet18_cifar", width=4)),
+                               calibration(count=1), log=lambda _: None)  # fmt: skip
+    state = converted.state_dict()  # its _metadata (module versions) kept
+    state["1.removed.scale"] = torch.tensor(1.0)
+    architecture = {"name": "resnet18_cifar", "width": 4, "num_classes": 10}
+    torch.save({"architecture": architecture, "state_dict": state}, tmp_path / "int8.pt")
+    with pytest.raises(ArtifactError, match="not fit quantpipe's resnet18_cifar.*Rerun the quan"):
+        eager.load(tmp_path / "int8.pt")
+
+
 def test_eager_names_what_it_needs_from_a_model():
     with pytest.raises(TypeError, match="fusion groups.*Use method 'pt2e'"):
         eager.quantize(UnseenNet().eval(), calibration(count=1))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.ao import quantization as tq
 
-from quantpipe.artifacts import load_torch
+from quantpipe.artifacts import ArtifactError, load_torch
 from quantpipe.models.build import build_model
 from quantpipe.quantize.calibration import Calibration, observer_settings, parse
 
@@ -122,7 +122,13 @@ def load(path: str | os.PathLike) -> nn.Module:
         skeleton = tq.convert(
             _prepare(build_model(**artifact["architecture"]), artifact.get("calibration"))
         )
-    skeleton.load_state_dict(artifact["state_dict"])
+    try:
+        skeleton.load_state_dict(artifact["state_dict"])
+    except (RuntimeError, KeyError) as error:  # its modules changed since the artifact was made
+        raise ArtifactError(
+            f"{path} does not fit quantpipe's {artifact['architecture']['name']} as this version "
+            f"builds it ({str(error).splitlines()[0]}). Rerun the quantize stage to make it again."
+        ) from None
     return skeleton
 
 
