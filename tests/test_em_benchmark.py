@@ -76,7 +76,7 @@ def test_cpu_rows_carry_rounds_and_the_pair_with_fp32_eager(volume, tmp_path, st
 
 def test_without_a_reference_rows_have_rounds_and_no_pair(volume, tmp_path):
     torch.manual_seed(0)
-    net = Sleepy(build_model("unet2d", width=2, num_classes=1).eval(), seconds=0.2)
+    net = Sleepy(build_model("unet2d", width=2, num_classes=1).eval())
     rows, _, _ = em.benchmark(
         volume, [("sleepy", torch.device("cpu"), net, 0)], {"variant": "fp32-cpu"}, CONFIG,
         log=lambda _: None,
@@ -84,9 +84,10 @@ def test_without_a_reference_rows_have_rounds_and_no_pair(volume, tmp_path):
     assert rows[0]["rounds"] == 3 and rows[0]["voxels_per_s"] > 0
     assert "paired_speedup" not in rows[0] and "reference_voxels_per_s" not in rows[0]
     # The network alone on the same tiles, round by round beside the path. This network spends
-    # 0.2 s in each forward pass and the path's reads, blending and writes of 63,000 voxels take
-    # milliseconds: the path keeps nearly all of the network's rate, and never more. A ratio over
-    # other voxels (the tiles', 1.3 times as many) or a path that ran each tile twice would not.
-    seconds_per_pass = 2 * 0.2  # blocks of 3 and 2 sections, one batch each
+    # 0.5 s in each forward pass and the path's reads, blending and writes of 63,000 voxels take
+    # milliseconds (0.14 s once, beside another test's process): the path keeps most of the
+    # network's rate, and never more. A ratio over other voxels (the tiles', 1.3 times as many)
+    # or a path that ran each tile twice (0.5) would fall outside.
+    seconds_per_pass = 2 * 0.5  # blocks of 3 and 2 sections, one batch each
     assert rows[0]["network_voxels_per_s"] < rows[0]["voxels"] / seconds_per_pass
-    assert 0.75 < rows[0]["path_fraction_of_network"] <= 1.05
+    assert 0.6 < rows[0]["path_fraction_of_network"] <= 1.05

@@ -256,3 +256,31 @@ def test_a_3d_block_is_covered_by_its_tiles_in_depth(depth, overlap, batch):
     padded = block + 2 * halo
     assert len(tile_starts(padded, depth, overlap)) == batch
     assert batch * (depth - overlap) + overlap == padded
+
+
+@pytest.mark.slow
+def test_the_volume_benchmark_script_prints_a_row_per_variant(tmp_path):
+    """workflow/scripts/em_volume_benchmark.py as the README runs it, on a small volume: one JSON
+    row per variant, each with the path beside the network alone and the geometry's redundancy."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    data = np.random.default_rng(3).integers(0, 256, (3, 112, 112), dtype=np.uint8)
+    volume = zarr.create_array(store=str(tmp_path / "v.zarr"), shape=data.shape,
+                               chunks=(1, 112, 112), dtype="uint8")  # fmt: skip
+    volume[:] = data
+    command = [sys.executable, str(REPO / "workflow" / "scripts" / "em_volume_benchmark.py"),
+               str(tmp_path / "v.zarr"), "--model", "unet3d_aniso", "--width", "2", "--tile",
+               "128", "--overlap", "16", "--tile-sections", "3", "--rounds", "2"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [row["variant"] for row in rows] == ["fp32 eager", "fp32 compiled", "int8 pt2e",
+                                                "int8 eager"]  # fmt: skip
+    for row in rows:
+        assert row["rounds"] == 2 and row["redundancy"] == round((128 / 112) ** 2, 3)
+        assert row["path_voxels_per_s"] > 0 and row["network_voxels_per_s"] > 0
+        assert 0 < row["path_fraction_of_network"]

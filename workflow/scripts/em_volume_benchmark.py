@@ -6,6 +6,7 @@ them), so geometries and widths compare without training.
 
     .venv/bin/python workflow/scripts/em_volume_benchmark.py VOLUME.zarr [--model unet2d]
         [--width 8] [--tile 544] [--overlap 32] [--batch 1] [--block-tiles 4] [--block-sections N]
+        [--rounds 3]
 
 VOLUME.zarr: a uint8 (Z, Y, X) array, or a group with an `image` array (what prepare_data writes
 for isbi2012_em: resources/isbi2012_em.zarr). One JSON line per variant.
@@ -26,9 +27,9 @@ from quantpipe.tasks.isbi2012_em.spec import tiling_geometry
 from quantpipe.tiling import (
     block_chunks,
     create_target,
-    network_rate,
     plan_blocks,
     predict_volume,
+    share_of_network,
 )
 
 
@@ -56,6 +57,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tile-sections", type=int, default=5, help="unet3d_aniso: tile depth")
     parser.add_argument("--section-overlap", type=int, default=0)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="path + network-alone rounds")
     parser.add_argument("--block-tiles", type=int, default=4)
     parser.add_argument(
         "--block-sections", type=int, help="sections per block (default: the task's geometry)"
@@ -80,25 +82,21 @@ def main(argv=None) -> int:
         for label, module in variants(net, example, architecture, folder):
             target = create_target(str(folder / "out.zarr"), source, chunks)
             blocks = plan_blocks(target)
-            quiet = {"log": lambda _line: None}
             predict_volume(module, source, target, blocks=sorted({0, blocks - 1}), **settings,
-                           **quiet)  # fmt: skip
-            path = predict_volume(module, source, target, **settings, **quiet)
-            alone = network_rate(module, source, target, blocks=list(range(blocks)), **settings)
+                           log=lambda _line: None)  # fmt: skip
+            share = share_of_network(module, source, target, rounds=args.rounds, **settings)
             row = {
                 "variant": label, "model": args.model, "width": args.width, "threads": threads,
                 "volume": list(source.shape), "tile": list(geometry["tile"]),
                 "overlap": list(geometry["overlap"]), "block_sections": chunks[0],
-                "batch_size": args.batch, "redundancy": round(path["redundancy"], 3),
-                "path_voxels_per_s": round(path["voxels_per_s"]),
-                "network_voxels_per_s": round(alone["network_voxels_per_s"]),
-                "path_fraction_of_network": round(
-                    path["voxels_per_s"] / alone["network_voxels_per_s"], 3
-                ),
-                "seconds": path["seconds"],
+                "batch_size": args.batch, "rounds": args.rounds,
+                "redundancy": round(share["redundancy"], 3),
+                "path_voxels_per_s": round(share["path_voxels_per_s"]),
+                "network_voxels_per_s": round(share["network_voxels_per_s"]),
+                "path_fraction_of_network": round(share["path_fraction_of_network"], 3),
             }  # fmt: skip
             print(json.dumps(row), flush=True)
-    return 0 if math.isfinite(path["voxels_per_s"]) else 1
+    return 0 if math.isfinite(share["path_voxels_per_s"]) else 1
 
 
 if __name__ == "__main__":

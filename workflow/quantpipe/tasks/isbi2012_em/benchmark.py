@@ -23,7 +23,6 @@ node-hours per mm^3 when one job uses the whole node, otherwise per job with the
 
 import math
 import os
-import statistics
 import tempfile
 import time
 
@@ -39,9 +38,9 @@ from quantpipe.tiling import (
     block_chunks,
     create_target,
     job_hours_per_mm3,
-    network_rate,
     plan_blocks,
     predict_volume,
+    share_of_network,
 )
 
 GEOMETRY_COLUMNS = ("tile", "overlap", "block_sections", "redundancy")
@@ -67,28 +66,6 @@ def _volume_pass(module, image, target, arguments: dict, passes: list):
         return time.perf_counter() - started
 
     return one_pass
-
-
-def _share_of_network(module, image, target, arguments: dict, rounds: int) -> dict:
-    """The path's share of the network's own rate: `rounds` passes of the whole path, each
-    followed by the network alone on the same tiles, in rounds of their own. The paired rounds
-    put the FP32 eager model before every pass, and a pass just after another model's runs
-    cold: the path then kept 0.79 of the network, against 0.87 when the two follow each other
-    (the 2D INT8 network at width 8, 8 rounds each), with no other model between. Medians of
-    the rounds' network rates and ratios, so a slower minute slows both sides of a ratio."""
-    blocks = list(range(plan_blocks(target)))
-    network, shares = [], []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        record = predict_volume(module, image, target, log=_quiet, **arguments)
-        seconds = time.perf_counter() - started
-        alone = network_rate(module, image, target, blocks=blocks, **arguments)
-        network.append(alone["network_voxels_per_s"])
-        shares.append(record["voxels"] / seconds / alone["network_voxels_per_s"])
-    return {
-        "network_voxels_per_s": statistics.median(network),
-        "path_fraction_of_network": statistics.median(shares),
-    }
 
 
 def segment(
@@ -126,7 +103,7 @@ def segment(
     measured = {
         **passes[-1],
         **timed,
-        **_share_of_network(module, image, target, arguments, config["rounds"]),
+        **share_of_network(module, image, target, rounds=config["rounds"], **arguments),
         "seconds": voxels / timed["voxels_per_s"],  # the test volume's, at the median rate
         "tile": "x".join(map(str, geometry["tile"])),
         "overlap": "x".join(map(str, geometry["overlap"])),
