@@ -170,8 +170,8 @@ def _batches(image: np.ndarray, origins, tile, batch_size: int):
         yield batch, np.concatenate([tiles, np.repeat(tiles[-1:], batch_size - len(batch), 0)])
 
 
-def _forward(model, tiles: np.ndarray, dims: int, device) -> np.ndarray:
-    """Membrane probability of uint8 `tiles` (N, Z, Y, X), the same shape."""
+def _forward(model, tiles: np.ndarray, dims: int, device) -> torch.Tensor:
+    """Membrane probability (float32, on the CPU) of uint8 `tiles` (N, Z, Y, X), the same shape."""
     inputs = torch.from_numpy(tiles).to(device=device, dtype=torch.float32).div_(255.0)
     inputs = inputs[:, None] if dims == 3 else inputs  # (N, 1, Z, Y, X) or (N, 1, Y, X)
     with torch.inference_mode():
