@@ -69,6 +69,8 @@ def test_tiled_equals_untiled_away_from_the_edges(volume, tmp_path, dims):
     target = create_target(str(tmp_path / "out.zarr"), volume, TARGET_CHUNKS[dims])
     result = predict_volume(model, volume, target, **SETTINGS[dims], **QUIET)
     assert result["blocks"] == plan_blocks(target) and result["voxels"] == math.prod(volume.shape)
+    # Half precision halves what every block writes; unwritten chunks would read as NaN.
+    assert target.dtype == np.float16 and np.isnan(target.fill_value)
     tiled, reference = target[:], untiled(model, volume[:], dims)
     # The volume's own edge differs on purpose (mirrored, not zero padded): compare inside it.
     # Tile borders get no weight over a quarter of the overlap (2 voxels in-plane, 1 across

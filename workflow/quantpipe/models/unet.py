@@ -14,11 +14,10 @@ sections-in-the-batch (N*Z, C, Y, X): a 1x3x3 convolution is then a Conv2d on ea
 pooling and upsampling are 2D ones, and a 3x3x3 convolution is a Conv2d over each section stacked
 with its neighbours above and below along the channels ((N*Z, 3C, Y, X), gathered along the
 batch and joined by one concatenation; the top and bottom sections see themselves replicated,
-not zeros). That is the
-same linear map as a Conv3d (its kernel reshaped from (C', C, 3, 3, 3) to (C', 3C, 3, 3)), made of
-modules both methods quantize: Conv2d + BatchNorm2d + ReLU (fused by the eager method, annotated
-by PT2E), MaxPool2d, nn.Upsample and concatenations through FloatFunctional.cat (a quantized
-cat in eager mode; torch.cat, which PT2E annotates, otherwise).
+not zeros). That is the same linear map as a Conv3d (its kernel reshaped from (C', C, 3, 3, 3)
+to (C', 3C, 3, 3)), made of modules both methods quantize: Conv2d + BatchNorm2d + ReLU (fused
+by the eager method, annotated by PT2E), MaxPool2d, nn.Upsample and concatenations through
+FloatFunctional.cat (a quantized cat in eager mode; torch.cat, which PT2E annotates, otherwise).
 """
 
 import torch
