@@ -212,17 +212,30 @@ def _umask() -> int:
     return umask
 
 
-def load_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(image, membrane) of one split, each uint8 (Z, Y, X); membrane is 1 on membranes."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
-    start, stop = SPLITS[split]
+def _open(data_dir: str) -> zarr.Group:
     try:
         group = zarr.open_group(data_dir, mode="r")
-        return group["image"][start:stop], group["membrane"][start:stop]
+        group["image"], group["membrane"]
     except (FileNotFoundError, KeyError) as error:
         raise DataError(
             f"{data_dir} is not an EM volume written by "
             f"quantpipe.tasks.isbi2012_em.data.prepare ({error!r}). "
             "Run prepare(source, destination) first."
         ) from None
+    return group
+
+
+def load_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(image, membrane) of one split, each uint8 (Z, Y, X); membrane is 1 on membranes."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    start, stop = SPLITS[split]
+    group = _open(data_dir)
+    return group["image"][start:stop], group["membrane"][start:stop]
+
+
+def load_stack(data_dir: str) -> np.ndarray:
+    """The image of every section, uint8 (Z, Y, X): the whole stack, for timing (its content
+    does not change the speed, and more blocks than the test split's measure the path as a
+    long volume runs it)."""
+    return _open(data_dir)["image"][:]
