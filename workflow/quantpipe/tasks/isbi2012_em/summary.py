@@ -46,7 +46,8 @@ READING = (
     "V_info are the challenge's foreground-restricted Rand and information scores of the "
     "thresholded prediction's connected components (1 is perfect), pixel error the fraction of "
     "pixels misclassified. Speed is measured on the tiled volume path (overlapping tiles, "
-    "blended, read from and written to Zarr), per job with the threads shown. Job-hours per mm³ "
+    "blended, read from and written to Zarr) over all 30 sections, per job with the threads "
+    "shown. Job-hours per mm³ "
     "= 1.5625e15 voxels (1 mm³ at 4x4x40 nm) / voxels/s / 3600: the hours ONE such job needs, "
     "node-hours where the job has the whole node. One table per node class: each class is "
     "measured on its own nodes. Speed and cost ratios compare with FP32 CPU eager of the same "
@@ -144,7 +145,7 @@ def plot_quality_vs_throughput(summary: pd.DataFrame):
         ax.plot([], [], " ", label=f"{label}: not measured ({row['reason']})")
     ax.set_xscale("log")
     plain_log_axis(ax.xaxis)
-    ax.set_xlabel("voxels/s on the tiled test volume (per job, threads in summary.md)")
+    ax.set_xlabel("voxels/s through the tiled volume path (per job, threads in summary.md)")
     ax.set_ylabel("V_rand on the test sections (higher is better)")
     ax.legend(fontsize=7, loc="best")
     ax.grid(True, which="major", color="0.85")
