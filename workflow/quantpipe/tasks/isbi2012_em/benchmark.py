@@ -13,9 +13,9 @@ the ratio stands for voxels/s and job-hours, and reading, blending and writing a
 that INT8 does not speed up. Then as many rounds of the path, each followed by the network alone
 on the same tiles, give the path's share of the network's own rate (`path_fraction_of_network`).
 The stack is timed rather than the test sections because a pass's first read and last write
-overlap nothing: the test split is 2 blocks in 2D, where they cost the INT8 path up to a fifth
-of the network's rate, the stack 8, nearer what they cost per block over a long volume. Speed
-does not depend on the sections' content; the scores come from one more pass over the test
+overlap nothing: the test split is 2 blocks in 2D, where they weigh as they never do over a long
+volume (its 2D INT8 rows kept 0.79-0.91 of the network's rate), the stack 8. Speed does not
+depend on the sections' content; the scores come from one more pass over the test
 sections alone, against their labels: pixel error, V_rand and V_info
 (quantpipe.tasks.isbi2012_em.metrics).
 
