@@ -10,7 +10,14 @@ import pytest
 import zarr
 from PIL import Image
 from quantpipe.tasks.isbi2012_em import data
-from quantpipe.tasks.isbi2012_em.data import IMAGE_SHA256, SPLITS, DataError, load_split, prepare
+from quantpipe.tasks.isbi2012_em.data import (
+    IMAGE_SHA256,
+    SPLITS,
+    DataError,
+    load_split,
+    load_stack,
+    prepare,
+)
 
 QUIET = {"log": lambda _: None}
 
@@ -54,6 +61,7 @@ def test_splits_partition_the_stack_by_slice(volume):
         assert set(np.unique(membrane)) == {0, 1}
         images.append(image)
     assert np.array_equal(np.concatenate(images), whole)
+    assert np.array_equal(load_stack(str(destination)), whole)  # what the benchmark times
     with pytest.raises(ValueError, match="unknown split 'validation'"):
         load_split(str(destination), "validation")
 
@@ -112,3 +120,8 @@ def test_a_rerun_replaces_the_volume(volume, isbi_dir, tmp_path):
 def test_loading_something_else_says_how_to_make_the_volume(tmp_path):
     with pytest.raises(DataError, match="Run prepare"):
         load_split(str(tmp_path / "nothing.zarr"), "test")
+    zarr.open_group(tmp_path / "no_membrane.zarr", mode="w").create_array(
+        "image", shape=(1, 4, 4), dtype="uint8"
+    )
+    with pytest.raises(DataError, match="Run prepare"):
+        load_stack(str(tmp_path / "no_membrane.zarr"))

@@ -212,17 +212,17 @@ def _umask() -> int:
     return umask
 
 
-def _open(data_dir: str) -> zarr.Group:
+def _arrays(data_dir: str) -> tuple[zarr.Array, zarr.Array]:
+    """The volume's image and membrane arrays (read lazily), or an error that names the fix."""
     try:
         group = zarr.open_group(data_dir, mode="r")
-        group["image"], group["membrane"]
+        return group["image"], group["membrane"]
     except (FileNotFoundError, KeyError) as error:
         raise DataError(
             f"{data_dir} is not an EM volume written by "
             f"quantpipe.tasks.isbi2012_em.data.prepare ({error!r}). "
             "Run prepare(source, destination) first."
         ) from None
-    return group
 
 
 def load_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -230,12 +230,13 @@ def load_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
     start, stop = SPLITS[split]
-    group = _open(data_dir)
-    return group["image"][start:stop], group["membrane"][start:stop]
+    image, membrane = _arrays(data_dir)
+    return image[start:stop], membrane[start:stop]
 
 
 def load_stack(data_dir: str) -> np.ndarray:
     """The image of every section, uint8 (Z, Y, X): the whole stack, for timing (its content
     does not change the speed, and more blocks than the test split's measure the path as a
     long volume runs it)."""
-    return _open(data_dir)["image"][:]
+    image, _ = _arrays(data_dir)
+    return image[:]
