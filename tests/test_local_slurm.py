@@ -164,8 +164,11 @@ def test_a_second_cluster_on_its_own_ports_runs_and_its_stop_leaves_nothing(
         conf = state / "etc" / "slurm.conf"
         assert local_slurm("env").stdout == f"export SLURM_CONF={conf}\n"
         client = {**os.environ, "SLURM_CONF": str(conf)}
+        # It says when it ignores SIGTERM: a scancel that lands while Python is still starting
+        # kills it, and `stop` would then find nothing left to kill.
         stubborn = (
-            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
+            "import pathlib, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            'pathlib.Path("ignoring").touch(); time.sleep(300)'
         )
         job = subprocess.run(
             ["sbatch", "--parsable", "-o", "/dev/null", f"--chdir={tmp_path}",
@@ -174,8 +177,9 @@ def test_a_second_cluster_on_its_own_ports_runs_and_its_stop_leaves_nothing(
         )  # fmt: skip
         assert job.returncode == 0, job.stderr
         deadline = time.monotonic() + 60
-        while not any(sys.executable in line and "SIG_IGN" in line
-                      for line in processes_under(state)):  # fmt: skip
+        while not (tmp_path / "ignoring").exists() or not any(
+            sys.executable in line and "SIG_IGN" in line for line in processes_under(state)
+        ):
             assert time.monotonic() < deadline, "the job never started"
             time.sleep(0.2)
     finally:
