@@ -1,8 +1,8 @@
 """The EM benchmark stage (task isbi2012_em): each CPU row is timed in rounds over the tiled volume
 path through the whole stack, paired round by round with the FP32 eager model in the same
 process, and scored on the test sections; a GPU-less row without a reference has rounds but no
-pair. A deliberately slower variant sleeps in every
-forward pass, so its paired speedup is below 1 whatever the machine does."""
+pair. A deliberately slower variant sleeps in every forward pass, so its paired speedup is below
+1 whatever the machine does."""
 
 import time
 
