@@ -15,8 +15,8 @@ from quantpipe.tasks.isbi2012_em.data import load_split, load_stack, prepare
 
 CONFIG = {
     "task": "isbi2012_em", "variant": "fp32-cpu", "node_class": "any", "model": "unet2d",
-    "width": 2, "seed": 0, "gpu": False, "rounds": 3, "tile_sections": 3, "tile": 128,
-    "overlap": 16, "section_overlap": 1, "block_tiles": 3, "inference_batch_size": 4,
+    "width": 2, "seed": 0, "gpu": False, "rounds": 3, "share_seconds": 0, "tile_sections": 3,
+    "tile": 128, "overlap": 16, "section_overlap": 1, "block_tiles": 3, "inference_batch_size": 4,
     "threshold": 0.5,
 }  # fmt: skip
 
@@ -90,6 +90,7 @@ def test_without_a_reference_rows_have_rounds_and_no_pair(volume, tmp_path):
         log=lambda _: None,
     )  # fmt: skip
     assert rows[0]["rounds"] == 3 and rows[0]["voxels_per_s"] > 0
+    assert rows[0]["share_rounds"] == 3  # share_seconds 0: the rounds asked for, no more
     assert "paired_speedup" not in rows[0] and "reference_voxels_per_s" not in rows[0]
     # The network alone on the same tiles: this one sleeps at least 0.2 s in each forward pass,
     # three per pass of the stack (one batch a block), so its rate over the output's voxels is

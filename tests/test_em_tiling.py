@@ -310,6 +310,13 @@ def test_the_share_is_the_path_over_the_network_on_the_same_voxels(volume, tmp_p
     assert share["network_voxels_per_s"] == pytest.approx(rate)
     assert share["path_fraction_of_network"] == pytest.approx(1.0)
     assert share["redundancy"] > 1.25  # small tiles: their voxels are not the output's
+    assert share["share_rounds"] == rounds
+    # More rounds until the path's passes add up to min_seconds: a 4th brings them past 3.5 passes.
+    pass_seconds = clock.step * passes_per_pass
+    longer = share_of_network(clock.forward, volume, target, rounds=rounds,
+                              min_seconds=3.5 * pass_seconds, **SETTINGS[dims])  # fmt: skip
+    assert longer["share_rounds"] == 4
+    assert longer["path_fraction_of_network"] == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(("depth", "overlap", "batch"), [(3, 1, 4), (5, 2, 2), (4, 0, 3)])

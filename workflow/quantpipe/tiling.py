@@ -397,21 +397,35 @@ def network_rate(
 
 
 def share_of_network(
-    model, source: zarr.Array, target: zarr.Array, *, rounds, dims, tile, overlap, batch_size
+    model,
+    source: zarr.Array,
+    target: zarr.Array,
+    *,
+    rounds,
+    dims,
+    tile,
+    overlap,
+    batch_size,
+    min_seconds: float = 0.0,
 ) -> dict:
-    """The path's share of the network's own rate: `rounds` passes of the whole path over every
-    block, each followed by the network alone on the same tiles, with no other model between
-    them (a pass just after another model's runs cold: the path kept 0.79 of the 2D INT8
-    network at width 8 when the FP32 model ran before each pass, 0.87 without, 8 rounds each).
-    Medians of the rounds' path rates, network rates and ratios (so a slower minute of the
-    machine slows both sides of a ratio), and the geometry's redundancy."""
+    """The path's share of the network's own rate: rounds of one pass of the whole path over
+    every block, each followed by the network alone on the same tiles, with no other model
+    between them (a pass just after another model's runs cold: the path kept 0.79 of the 2D
+    INT8 network at width 8 when the FP32 model ran before each pass, 0.87 without, 8 rounds
+    each). At least `rounds` rounds, and more until the path's passes add up to `min_seconds`:
+    a pass of a fast model is short enough that one slow moment of a shared machine moves its
+    ratio by 0.1. Medians of the rounds' path rates, network rates and ratios (so a slower
+    minute of the machine slows both sides of a ratio), how many rounds ran, and the geometry's
+    redundancy."""  # fmt: skip
     geometry = {"dims": dims, "tile": tile, "overlap": overlap, "batch_size": batch_size}
     blocks = list(range(plan_blocks(target)))
     path, network, shares = [], [], []
-    for _ in range(rounds):
+    path_seconds = 0.0
+    while len(shares) < rounds or path_seconds < min_seconds:
         started = time.perf_counter()
         record = predict_volume(model, source, target, log=lambda _line: None, **geometry)
         seconds = time.perf_counter() - started
+        path_seconds += seconds
         alone = network_rate(model, source, target, blocks=blocks, **geometry)
         path.append(record["voxels"] / seconds)
         network.append(alone["network_voxels_per_s"])
@@ -420,5 +434,6 @@ def share_of_network(
         "path_voxels_per_s": statistics.median(path),
         "network_voxels_per_s": statistics.median(network),
         "path_fraction_of_network": statistics.median(shares),
+        "share_rounds": len(shares),
         "redundancy": record["redundancy"],
     }

@@ -6,7 +6,7 @@ them), so geometries and widths compare without training.
 
     .venv/bin/python workflow/scripts/em_volume_benchmark.py VOLUME.zarr [--model unet2d]
         [--width 8] [--tile 544] [--overlap 32] [--batch 1] [--block-tiles 4] [--block-sections N]
-        [--rounds 3]
+        [--rounds 3] [--share-seconds 0]
 
 VOLUME.zarr: a uint8 (Z, Y, X) array, or a group with an `image` array (what prepare_data writes
 for isbi2012_em: resources/isbi2012_em.zarr). One JSON line per variant.
@@ -58,6 +58,10 @@ def main(argv=None) -> int:
     parser.add_argument("--section-overlap", type=int, default=0)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3, help="path + network-alone rounds")
+    parser.add_argument(
+        "--share-seconds", type=float, default=0.0,
+        help="more rounds until the path's passes add up to this (benchmark.share_seconds)",
+    )  # fmt: skip
     parser.add_argument("--block-tiles", type=int, default=4)
     parser.add_argument(
         "--block-sections", type=int, help="sections per block (default: the task's geometry)"
@@ -84,12 +88,15 @@ def main(argv=None) -> int:
             blocks = plan_blocks(target)
             predict_volume(module, source, target, blocks=sorted({0, blocks - 1}), **settings,
                            log=lambda _line: None)  # fmt: skip
-            share = share_of_network(module, source, target, rounds=args.rounds, **settings)
+            share = share_of_network(
+                module, source, target, rounds=args.rounds, min_seconds=args.share_seconds,
+                **settings,
+            )  # fmt: skip
             row = {
                 "variant": label, "model": args.model, "width": args.width, "threads": threads,
                 "volume": list(source.shape), "tile": list(geometry["tile"]),
                 "overlap": list(geometry["overlap"]), "block_sections": chunks[0],
-                "batch_size": args.batch, "rounds": args.rounds,
+                "batch_size": args.batch, "rounds": share["share_rounds"],
                 "redundancy": round(share["redundancy"], 3),
                 "path_voxels_per_s": round(share["path_voxels_per_s"]),
                 "network_voxels_per_s": round(share["network_voxels_per_s"]),

@@ -11,7 +11,8 @@ over the same volume path, in this process on the same threads (quantpipe.pairin
 is the median of the rounds' ratios. A round is the whole path, not the network alone, because
 the ratio stands for voxels/s and job-hours, and reading, blending and writing are part of both
 that INT8 does not speed up. Then as many rounds of the path, each followed by the network alone
-on the same tiles, give the path's share of the network's own rate (`path_fraction_of_network`).
+on the same tiles, or more until the path has run `share_seconds`, give the path's share of the
+network's own rate (`path_fraction_of_network`, over `share_rounds` rounds).
 The stack is timed rather than the test sections because a pass's first read and last write
 overlap nothing: the test split is 2 blocks in 2D, where they weigh as they never do over a long
 volume (its 2D INT8 rows kept 0.79-0.91 of the network's rate), the stack 8. Speed does not
@@ -50,7 +51,7 @@ GEOMETRY_COLUMNS = ("tile", "overlap", "block_sections", "redundancy")
 # The rates a row carries; the pair's (paired_speedup ...) only where it had a reference (CPU).
 RATE_COLUMNS = (
     "voxels", "tile_voxels", "voxels_per_s", "voxels_per_s_spread", "rounds",
-    "network_voxels_per_s", "path_fraction_of_network", "paired_speedup",
+    "network_voxels_per_s", "path_fraction_of_network", "share_rounds", "paired_speedup",
     "paired_speedup_spread", "reference_voxels_per_s",
 )  # fmt: skip
 
@@ -107,7 +108,14 @@ def segment(
     measured = {
         **passes[-1],
         **timed,
-        **share_of_network(module, stack, target, rounds=config["rounds"], **arguments),
+        **share_of_network(
+            module,
+            stack,
+            target,
+            rounds=config["rounds"],
+            min_seconds=config["share_seconds"],
+            **arguments,
+        ),
         "test_set_seconds": math.prod(test.shape) / timed["voxels_per_s"],  # at the median rate
         "tile": "x".join(map(str, geometry["tile"])),
         "overlap": "x".join(map(str, geometry["overlap"])),
@@ -171,7 +179,9 @@ def benchmark(data: str, implementations, base: dict, config: dict, reference=No
                 f"{quality['v_info']:.4f}, pixel error {quality['pixel_error']:.4f}, "
                 f"{timed['voxels_per_s']:,.0f} voxels/s (median of {timed['rounds']} rounds, "
                 f"range {timed['voxels_per_s_spread']:,.0f}; the network alone "
-                f"{timed['network_voxels_per_s']:,.0f}; tiles {timed['tile']}, "
+                f"{timed['network_voxels_per_s']:,.0f}, the path's share of it "
+                f"{timed['path_fraction_of_network']:.2f} over {timed['share_rounds']} rounds; "
+                f"tiles {timed['tile']}, "
                 f"{timed['redundancy']:.2f} voxels computed per voxel written), "
                 f"{rows[-1]['job_hours_per_mm3']:,.0f} job-hours per mm^3"
             )

@@ -16,7 +16,7 @@ EM_KEYS = {
 SHARED_KEYS = {
     "train": ("device", "log_every"),
     "quantize": ("calibration_batch_size",),
-    "benchmark": ("gpu", "rounds"),
+    "benchmark": ("gpu", "rounds", "share_seconds"),
 }
 
 
@@ -130,6 +130,7 @@ SPEC = TaskSpec(
         "reference_voxels_per_s",
         "network_voxels_per_s",
         "path_fraction_of_network",
+        "share_rounds",
         "job_hours_per_mm3",
         "tile",
         "overlap",
