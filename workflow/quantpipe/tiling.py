@@ -244,10 +244,10 @@ def _predict_region(model, image: np.ndarray, inner, geometry, output, buffers: 
     Blending runs in torch on the model's threads, between its batches, into a reused buffer:
     on a node whose cores all run the model, every millisecond outside it is a millisecond the
     model waits, and NumPy's blending on one thread (multiply, add, divide) and fresh buffers
-    per block cost several of them per block. Where the tiles share no
-    voxel (`_tiles_are_disjoint`), each voxel has one tile and blending would return its value
-    (times its weight, over that weight): the tiles are copied straight into the output, which
-    saves zeroing, weighting and dividing a buffer larger than the block (about 4 of a 2D INT8
+    per block cost several of them per block. Where the tiles share no voxel
+    (`_tiles_are_disjoint`), each voxel has one tile and blending would return its value (times
+    its weight, over that weight): the tiles are copied straight into the output, which saves
+    zeroing, weighting and dividing a buffer larger than the block (about 4 ms of a 2D INT8
     block's 100-150 ms on a 2-core Xeon)."""
     dims, tile, overlap, batch_size = geometry
     origins = _tile_origins(image.shape, tile, overlap)
