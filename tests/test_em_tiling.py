@@ -202,8 +202,14 @@ def test_disjoint_tiles_are_copied_as_blending_would_give(volume, tmp_path, monk
     assert tiling._tiles_are_disjoint((chunks[0], 70 + 16, 90 + 16), tile3, overlap3)
     assert not tiling._tiles_are_disjoint((4, 86, 106), (2, 86, 106), (1, 16, 16))
     model = fixed_conv(dims)
+    pasted = []  # tiles copied: none if the path ignored the shortcut and blended
+    paste = tiling._paste
+    monkeypatch.setattr(tiling, "_paste", lambda *args: pasted.append(paste(*args)))
     copied = create_target(str(tmp_path / "copied.zarr"), volume, chunks)
     predict_volume(model, volume, copied, **settings, **QUIET)
+    # 2D: one tile per section. 3D: the 4-section block's two 2-deep tiles; the last block (1
+    # section, widened about its centre to 3) has tiles that overlap, so it is blended.
+    assert len(pasted) == (5 if dims == 2 else 2)
     monkeypatch.setattr(tiling, "_tiles_are_disjoint", lambda *_: False)
     blended = create_target(str(tmp_path / "blended.zarr"), volume, chunks)
     predict_volume(model, volume, blended, **settings, **QUIET)
