@@ -30,6 +30,7 @@ onstart:
 include: "workflow/rules/common.smk"
 include: "workflow/rules/prepare_data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/sensitivity.smk"
 include: "workflow/rules/quantize.smk"
 include: "workflow/rules/benchmark.smk"
 include: "workflow/rules/report.smk"
@@ -45,9 +46,14 @@ include: "workflow/rules/segment.smk"
 #   results/train/RUN/{model.pt,metrics.json}          FP32 weights (+ checkpoints/ for resume)
 #   results/quantize/RUN/{method}-{calibration_method}-c{calibration_size}/{int8.pt,metrics.json}
 #       (int8.pt: the backend's own format; an ONNX file or a zipped OpenVINO IR for the peers)
+#   results/quantize/RUN/{method}-{calibration_method}-c{size}-budget/   (config accuracy_budget)
+#       the same within the budget, the layers it kept in FP32 in metrics.json
+#   results/sensitivity/RUN/{method}-{calibration_method}-c{size}/{sensitivity.csv,metrics.json}
+#       per-layer sensitivity (config accuracy_budget or sensitivity.enabled; pt2e and eager)
 #   results/benchmark/{node_class}/RUN/{variant}/{metrics.json,predictions.pt}
 #       node_class = each of config `node_classes` (default any) for the CPU variants
-#                    fp32-cpu | fp32-cpu-{peer} | int8-cpu-{method}-{calibration_method}-c{size};
+#                    fp32-cpu | fp32-cpu-{peer} | int8-cpu-{method}-{calibration_method}-c{size}
+#                    | int8-cpu-{method}-{calibration_method}-c{size}-budget;
 #                    gpu for the GPU variants {fp32,bf16,fp16}-gpu (run once)
 #       (EM: predictions.pt holds each row's membrane probability of the test sections, uint8)
 #   results/report.csv                                 one row per measurement
@@ -62,6 +68,7 @@ rule all:
     input:
         "results/report.csv",
         rules.summary.output,
+        sensitivity_outputs(),
         [
             f"results/segment/{RUN}/{variant}/metrics.json".format(**run)
             for run in runs()

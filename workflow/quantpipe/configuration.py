@@ -16,6 +16,11 @@ from quantpipe import optional, tasks
 from quantpipe.models import references as model_refs
 from quantpipe.reporting.node_classes import GPU_CLASS
 
+# The methods accuracy control (accuracy_budget, sensitivity) applies to: those whose layers can
+# be left in FP32 one by one (quantpipe.quantize.CONTROLLED, which tests/test_accuracy_control.py
+# checks against this torch-free copy for the Snakefile).
+BUDGET_METHODS = ("pt2e", "eager")
+
 CONVERTERS = {
     "integer": int,
     "number": float,
@@ -89,6 +94,7 @@ def check_consistency(config: dict) -> None:
             "the GPU partition): name the class of CPU nodes differently in `node_classes`"
         )
     check_weights(config)
+    check_accuracy_control(config, task)
     if task.check:
         task.check(config)
     # Last, and only for models by reference (the built-ins are tested with every method): it
@@ -99,6 +105,25 @@ def check_consistency(config: dict) -> None:
 
         for model in references:
             readiness.check(model, config.get("num_classes", 10), config.get("methods", ()))
+
+
+def check_accuracy_control(config: dict, task) -> None:
+    """accuracy_budget and sensitivity need a task that scores INT8 models on its validation
+    split and a method whose layers can stay FP32; without such a method there is nothing to
+    do, which a user would not notice in the report."""
+    wanted = config.get("accuracy_budget") is not None or config.get("sensitivity", {}).get(
+        "enabled"
+    )
+    if not wanted:
+        return
+    keys = "accuracy_budget / sensitivity.enabled"
+    if not task.accuracy_control:
+        raise ValueError(f"{keys}: task {task.name!r} has no accuracy control yet; unset them")
+    if not set(config.get("methods", ())) & set(BUDGET_METHODS):
+        raise ValueError(
+            f"{keys} apply to methods {', '.join(BUDGET_METHODS)}, and `methods` holds none of "
+            "them: add one, or unset them"
+        )
 
 
 def check_weights(config: dict) -> None:

@@ -5,6 +5,7 @@ from quantpipe.configuration import check_node_classes
 from quantpipe.reporting.node_classes import GPU_CLASS
 from quantpipe.models import references as model_refs
 from quantpipe.optional import PEER_METHODS
+from quantpipe.configuration import BUDGET_METHODS
 
 # A run's folder (quantpipe.models.references.run_folder): {model}-w{width}-s{seed} for a built-in
 # model, {folder}-s{seed} for a model by reference (torchvision.NAME, or pkg.module:callable as
@@ -67,7 +68,41 @@ def cpu_variants():
         config["methods"], config["calibration_methods"], config["calibration_sizes"]
     ):
         variants.append(f"int8-cpu-{method}-{calibration_method}-c{size}")
+        if config["accuracy_budget"] is not None and method in BUDGET_METHODS:
+            variants.append(f"int8-cpu-{method}-{calibration_method}-c{size}-budget")
     return variants
+
+
+def sensitivity_outputs():
+    """The sensitivity tables of every configuration accuracy control applies to, when asked
+    for without a budget (sensitivity.enabled; a budget asks for them as its inputs)."""
+    if not config["sensitivity"]["enabled"]:
+        return []
+    return [
+        rules.sensitivity.output.table.format(
+            **run, method=method, calibration_method=calibration, calibration_size=size
+        )
+        for run in runs()
+        for method, calibration, size in itertools.product(
+            config["methods"],
+            config["calibration_methods"],
+            config["calibration_sizes"],
+        )
+        if method in BUDGET_METHODS
+    ]
+
+
+def quantize_config(wildcards):
+    """What the quantize and sensitivity stages read of one INT8 configuration."""
+    return {
+        **run_config(wildcards),
+        "method": wildcards.method,
+        "calibration_method": wildcards.calibration_method,
+        "calibration_size": int(wildcards.calibration_size),
+        # Only qat reads (and so reruns on) the fine-tune's settings.
+        **({"qat": config["qat"]} if wildcards.method == "qat" else {}),
+        **task_settings("quantize"),
+    }
 
 
 def benchmark_jobs():
@@ -138,24 +173,32 @@ def experiment_config():
 
 
 def int8_variant(variant):
-    """'int8-cpu-{method}-{calibration_method}-c{size}' -> (method, calibration_method, size);
-    None for the FP32 variants."""
+    """'int8-cpu-{method}-{calibration_method}-c{size}[-budget]' -> (method, calibration_method,
+    size, budgeted); None for the FP32 variants."""
     if not variant.startswith("int8-cpu-"):
         return None
-    named, size = variant.removeprefix("int8-cpu-").rsplit("-c", 1)
+    named = variant.removeprefix("int8-cpu-")
+    budgeted = named.endswith("-budget")
+    named, size = named.removesuffix("-budget").rsplit("-c", 1)
     method, calibration_method = named.split("-", 1)
-    return method, calibration_method, int(size)
+    return method, calibration_method, int(size), budgeted
 
 
 def benchmark_inputs(wildcards):
     inputs = {"model": rules.train.output.model.format(**wildcards), "data": DATA}
     int8 = int8_variant(wildcards.variant)
     if int8:
-        inputs["artifact"] = rules.quantize.output.artifact.format(
-            **wildcards,
-            method=int8[0],
-            calibration_method=int8[1],
-            calibration_size=int8[2],
+        made_by = rules.quantize_budget if int8[3] else rules.quantize
+        configuration = {
+            "method": int8[0],
+            "calibration_method": int8[1],
+            "calibration_size": int8[2],
+        }
+        inputs["artifact"] = made_by.output.artifact.format(
+            **wildcards, **configuration
+        )
+        inputs["quantized"] = made_by.output.metrics.format(
+            **wildcards, **configuration
         )
     return inputs
 
@@ -180,6 +223,7 @@ def benchmark_config(wildcards):
             method=int8[0],
             calibration_method=int8[1],
             calibration_size=int8[2],
+            **({"accuracy_budget": config["accuracy_budget"]} if int8[3] else {}),
         )
     return settings
 
@@ -198,6 +242,9 @@ def segment_variants():
 def segment_inputs(wildcards):
     inputs = benchmark_inputs(wildcards)
     inputs["volume"] = inputs.pop("data")
+    inputs.pop(
+        "quantized", None
+    )  # the benchmark rows' record; the segmentation needs no row
     return inputs
 
 

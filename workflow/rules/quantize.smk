@@ -14,15 +14,7 @@ rule quantize:
         ENV
     params:
         stage="quantize",
-        config=lambda wildcards: {
-            **run_config(wildcards),
-            "method": wildcards.method,
-            "calibration_method": wildcards.calibration_method,
-            "calibration_size": int(wildcards.calibration_size),
-            # Only qat reads (and so reruns on) the fine-tune's settings.
-            **({"qat": config["qat"]} if wildcards.method == "qat" else {}),
-            **task_settings("quantize"),
-        },
+        config=quantize_config,
     script:
         SUBMIT
 
@@ -32,3 +24,25 @@ rule quantize:
 use rule quantize as quantize_gpu with:
     wildcard_constraints:
         method="qat",
+
+
+# INT8 within config `accuracy_budget`: the fewest layers, most sensitive first by the
+# sensitivity stage's ranking, kept in FP32 (variant int8-cpu-{method}-{calibration}-c{size}-budget).
+use rule quantize as quantize_budget with:
+    input:
+        model=rules.train.output.model,
+        data=DATA,
+        sensitivity=rules.sensitivity.output.metrics,
+    output:
+        artifact=f"results/quantize/{RUN}/{{method}}-{{calibration_method}}-c{{calibration_size}}-budget/int8.pt",
+        metrics=f"results/quantize/{RUN}/{{method}}-{{calibration_method}}-c{{calibration_size}}-budget/metrics.json",
+    log:
+        f"logs/quantize/{RUN}/{{method}}-{{calibration_method}}-c{{calibration_size}}-budget.log",
+    wildcard_constraints:
+        method="|".join(BUDGET_METHODS),
+    params:
+        stage="quantize",
+        config=lambda wildcards: {
+            **quantize_config(wildcards),
+            "accuracy_budget": config["accuracy_budget"],
+        },

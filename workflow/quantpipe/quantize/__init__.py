@@ -15,6 +15,8 @@ from quantpipe.quantize import peers
 
 METHODS = ("pt2e", "eager", "qat", "onnxruntime", "openvino")
 PEERS = tuple(PEER_METHODS)  # the methods that need the optional `peers` extra
+# The methods whose layers accuracy control can leave in FP32 one by one.
+CONTROLLED = ("pt2e", "eager")
 EXAMPLE_BATCH = 2  # export needs a batch of at least 2 to keep the batch dimension dynamic
 
 
@@ -45,16 +47,44 @@ def quantize_and_save(
     `fine_tune` (a `qat.FineTune`: training images, labels, steps, learning rate) is for `qat`.
     """
     module = backend(method)
-    if method == "eager":  # rebuilt from the architecture at load time: needs no example
+    if method == "eager":  # traces nothing: needs no example
         quantized = module.quantize(net, calibration_batches, log=log, calibration=calibration)
-        module.save(quantized, path, architecture, calibration)
     else:
         options = {"fine_tune": fine_tune} if method == "qat" else {}
         quantized = module.quantize(
             net, calibration_batches, example, log=log, calibration=calibration, **options
         )
-        module.save(quantized, path, example)
+    save(method, quantized, path, example, architecture, calibration)
     return quantized
+
+
+def save(
+    method: str,
+    quantized: torch.nn.Module,
+    path,
+    example: torch.Tensor,
+    architecture: dict,
+    calibration: str | None = None,
+    keep_fp32: tuple[str, ...] = (),
+) -> None:
+    """Write `quantized` as `method`'s artifact. Eager's is rebuilt at load time from the
+    architecture, its calibration method and the layers left in FP32; the others are programs
+    traced with `example`."""
+    if method == "eager":
+        backend(method).save(quantized, path, architecture, calibration, keep_fp32)
+    else:
+        backend(method).save(quantized, path, example)
+
+
+def requantizer(method: str, net: torch.nn.Module, calibration_batches, example, calibration):
+    """`method`'s quantize as a function of the layers it leaves in FP32, `(keep_fp32, log) ->
+    INT8 model` (accuracy control), for the methods in CONTROLLED."""
+    if method not in CONTROLLED:
+        raise ValueError(
+            f"method {method!r} cannot leave chosen layers in FP32: accuracy control "
+            f"(accuracy_budget, sensitivity) takes {', '.join(CONTROLLED)} (openvino: NNCF's own)"
+        )
+    return backend(method).requantizer(net, calibration_batches, example, calibration)
 
 
 def load_for_cpu(method: str, artifact: str) -> torch.nn.Module:

@@ -32,6 +32,8 @@ ACTIVATION_OBSERVERS = {
     "histogram": tq.HistogramObserver,
 }
 REDUCE_RANGE_DEFAULT = True  # the x86 qconfig's 7-bit activations, as the study ran it
+# The layers this backend quantizes, which accuracy control may leave in FP32 by module name.
+LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 def settings(calibration: str | Calibration | None = None) -> dict:
@@ -61,7 +63,20 @@ class Quantizable(nn.Sequential):
         super().__init__(tq.QuantStub(), model, tq.DeQuantStub())
 
 
-def _prepare(model: nn.Module, calibration: str | Calibration | None = None) -> nn.Module:
+class FloatIsland(nn.Sequential):
+    """DeQuantStub -> an FP32 layer -> QuantStub: how eager mode leaves one layer of an INT8
+    network in FP32 (its neighbours still pass INT8 tensors)."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        layer.qconfig = None  # explicit None: prepare's propagation leaves it unobserved
+        super().__init__(tq.DeQuantStub(), layer, tq.QuantStub())
+
+
+def _prepare(
+    model: nn.Module,
+    calibration: str | Calibration | None = None,
+    keep_fp32: tuple[str, ...] = (),
+) -> nn.Module:
     if not hasattr(model, "fusion_groups"):
         raise TypeError(
             f"the eager method needs a model that lists its fusion groups and uses FloatFunctional "
@@ -70,6 +85,8 @@ def _prepare(model: nn.Module, calibration: str | Calibration | None = None) -> 
     torch.backends.quantized.engine = BACKEND
     model = copy.deepcopy(model).eval()  # fusion rewrites modules in place: keep the caller's
     tq.fuse_modules(model, model.fusion_groups(), inplace=True)
+    for name in keep_fp32:  # a fused group is named by its first module: the convolution
+        model.set_submodule(name, FloatIsland(model.get_submodule(name)))
     wrapped = Quantizable(model)
     wrapped.qconfig = qconfig(calibration)
     return tq.prepare(wrapped)
@@ -80,10 +97,12 @@ def quantize(
     calibration_batches: Iterable[torch.Tensor],
     log=print,
     calibration: str | Calibration | None = None,
+    keep_fp32: tuple[str, ...] = (),
 ) -> nn.Module:
     """Fuse, observe the calibration batches, convert; `calibration` names the calibration method
-    (quantpipe.quantize.calibration; None: histogram with the x86 qconfig's reduce_range)."""
-    prepared = _prepare(model, calibration)
+    (quantpipe.quantize.calibration; None: histogram with the x86 qconfig's reduce_range).
+    `keep_fp32`: module names left in FP32 (accuracy control)."""
+    prepared = _prepare(model, calibration, keep_fp32)
     seen = 0
     with torch.no_grad():
         for step, batch in enumerate(calibration_batches, 1):
@@ -95,16 +114,30 @@ def quantize(
     return tq.convert(prepared)
 
 
+def requantizer(
+    model: nn.Module,
+    calibration_batches: Iterable[torch.Tensor],
+    example: torch.Tensor,
+    calibration: str | Calibration | None = None,
+):
+    """quantize() for many choices of FP32 layers, `(keep_fp32, log) -> INT8 model`, as pt2e's
+    (eager needs no example: it traces nothing)."""
+    batches = list(calibration_batches)
+    return lambda keep_fp32=(), log=print: quantize(model, batches, log, calibration, keep_fp32)
+
+
 def save(
     quantized: nn.Module,
     path: str | os.PathLike,
     architecture: dict,
     calibration: str | Calibration | None = None,
+    keep_fp32: tuple[str, ...] = (),
 ) -> None:
     torch.save(
         {
             "architecture": architecture,
             "calibration": parse(calibration).name,
+            "keep_fp32": list(keep_fp32),
             "state_dict": quantized.state_dict(),
         },
         path,
@@ -120,7 +153,11 @@ def load(path: str | os.PathLike) -> nn.Module:
     ):  # the skeleton's observers never ran: its qparams are placeholders
         warnings.simplefilter("ignore")
         skeleton = tq.convert(
-            _prepare(build_model(**artifact["architecture"]), artifact.get("calibration"))
+            _prepare(
+                build_model(**artifact["architecture"]),
+                artifact.get("calibration"),
+                tuple(artifact.get("keep_fp32", ())),
+            )
         )
     try:
         skeleton.load_state_dict(artifact["state_dict"])

@@ -30,6 +30,7 @@ from torchao.quantization.pt2e import (  # noqa: E402
     MinMaxObserver,
     MovingAverageMinMaxObserver,
     PerChannelMinMaxObserver,
+    allow_exported_model_train_eval,
 )
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e  # noqa: E402
 from torchao.quantization.pt2e.quantizer import QuantizationConfig  # noqa: E402
@@ -64,13 +65,21 @@ def _split_reused_module_calls(graph_module: torch.fx.GraphModule) -> None:
             node.meta["nn_module_stack"] = stack
 
 
+# The layers this backend quantizes (X86InductorQuantizer's conv1d, conv2d and linear patterns),
+# which accuracy control may leave in FP32 by module name.
+LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
 def prepare(
-    model: nn.Module, example: torch.Tensor, calibration: str | Calibration | None = None
+    model: nn.Module,
+    example: torch.Tensor,
+    calibration: str | Calibration | None = None,
+    keep_fp32: tuple[str, ...] = (),
 ) -> torch.fx.GraphModule:
     """The eval-mode `model` exported and annotated, observers inserted, ready to calibrate.
     quantpipe.quantize.readiness.check runs it on a model by reference before any job, so one that
     cannot be traced or annotated is refused there, not halfway through a run."""
-    return prepare_pt2e(export(model, example), quantizer(calibration))
+    return prepare_pt2e(export(model, example), quantizer(calibration, keep_fp32))
 
 
 def export(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
@@ -142,10 +151,13 @@ def settings(calibration: str | Calibration | None = None) -> dict:
     return observer_settings(parse(calibration), ACTIVATION_OBSERVERS, REDUCE_RANGE_DEFAULT)
 
 
-def quantizer(calibration: str | Calibration | None = None) -> xiq.X86InductorQuantizer:
+def quantizer(
+    calibration: str | Calibration | None = None, keep_fp32: tuple[str, ...] = ()
+) -> xiq.X86InductorQuantizer:
     """torchao's x86 Inductor config (uint8 activations, int8 symmetric weights) with the chosen
     activation observer, weight granularity and activation range; the default is torchao's own
-    (histogram observers on activations, per-channel min-max on weights)."""
+    (histogram observers on activations, per-channel min-max on weights). The modules named in
+    `keep_fp32` are left unannotated: they run in FP32, their inputs unquantized."""
     calibration = parse(calibration)
     reduce_range = calibration.reduce_range(REDUCE_RANGE_DEFAULT)
     default = xiq.get_default_x86_inductor_quantization_config(reduce_range=reduce_range)
@@ -163,7 +175,10 @@ def quantizer(calibration: str | Calibration | None = None) -> xiq.X86InductorQu
             observer_or_fake_quant_ctr=PerTensorAsPerChannelObserver.with_args(**observer_args),
         )
     config = QuantizationConfig(activation, activation, weight, None, False)
-    return xiq.X86InductorQuantizer().set_global(config)
+    chosen = xiq.X86InductorQuantizer().set_global(config)
+    for name in keep_fp32:
+        chosen.set_module_name_qconfig(name, None)
+    return chosen
 
 
 def quantize(
@@ -172,26 +187,48 @@ def quantize(
     example: torch.Tensor,
     log=print,
     calibration: str | Calibration | None = None,
+    keep_fp32: tuple[str, ...] = (),
 ) -> torch.fx.GraphModule:
     """Export `model`, insert observers, run the calibration batches, convert to an INT8 graph.
 
     `calibration` is a calibration method name (quantpipe.quantize.calibration); None: histogram.
+    `keep_fp32`: module names left in FP32 (accuracy control).
     """
+    return requantizer(model, calibration_batches, example, calibration)(keep_fp32, log)
+
+
+def requantizer(
+    model: nn.Module,
+    calibration_batches: Iterable[torch.Tensor],
+    example: torch.Tensor,
+    calibration: str | Calibration | None = None,
+):
+    """quantize() for many choices of FP32 layers, `(keep_fp32, log) -> INT8 graph`: the model
+    is exported once (about half the time of one quantization) and each call annotates a copy."""
     if example.shape[0] < 2:
         raise ValueError(
             "the example batch needs at least 2 images so the batch size stays dynamic"
         )
-    model = model.eval()
-    with torch.no_grad():
-        prepared = prepare(model, example, calibration)
-        seen = 0
-        for step, batch in enumerate(calibration_batches, 1):
-            prepared(batch)
-            seen += batch.shape[0]
-            log(f"calibrate step {step}: {seen} images")
-        if seen == 0:
-            raise ValueError("calibration needs at least one batch of images")
-        return convert_pt2e(prepared)
+    exported = export(model.eval(), example)
+    batches = list(calibration_batches)
+
+    def quantize_keeping(keep_fp32: tuple[str, ...] = (), log=print) -> torch.fx.GraphModule:
+        with torch.no_grad():
+            prepared = prepare_pt2e(copy.deepcopy(exported), quantizer(calibration, keep_fp32))
+            seen = 0
+            for step, batch in enumerate(batches, 1):
+                prepared(batch)
+                seen += batch.shape[0]
+                log(f"calibrate step {step}: {seen} images")
+            if seen == 0:
+                raise ValueError("calibration needs at least one batch of images")
+            converted = convert_pt2e(prepared)
+        # Scoring calls .eval(), which exported graphs refuse unless told how (they have no
+        # train-only ops left after conversion).
+        allow_exported_model_train_eval(converted)
+        return converted
+
+    return quantize_keeping
 
 
 def _drop_unused_tensors(graph_module: torch.fx.GraphModule) -> None:

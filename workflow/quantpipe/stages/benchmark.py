@@ -20,7 +20,7 @@ import os
 import torch
 
 from quantpipe import provenance, tasks
-from quantpipe.artifacts import atomic_path, write_json
+from quantpipe.artifacts import atomic_path, read_json, write_json
 from quantpipe.models.build import load_trained
 from quantpipe.precision import GPU_VARIANTS, for_precision, unusable
 from quantpipe.quantize import backend, load_for_cpu
@@ -36,12 +36,20 @@ def state_dict_bytes(module: torch.nn.Module) -> int:
 
 
 def implementations(
-    variant: str, net: torch.nn.Module, artifact: str | None, method: str | None, example
+    variant: str,
+    net: torch.nn.Module,
+    artifact: str | None,
+    method: str | None,
+    example,
+    budgeted: bool = False,
 ):
     """(method label, device, callable module, size in bytes) for each row of this variant;
-    `net` is the trained FP32 model, `example` one input (peer runtimes export with it)."""
+    `net` is the trained FP32 model, `example` one input (peer runtimes export with it). An INT8
+    model made within an accuracy budget is labelled `{method}-budget`: one more INT8
+    configuration to the report and summary."""
     if variant == "int8-cpu":
-        yield method, torch.device("cpu"), load_for_cpu(method, artifact), os.path.getsize(artifact)
+        label = f"{method}-budget" if budgeted else method
+        yield label, torch.device("cpu"), load_for_cpu(method, artifact), os.path.getsize(artifact)
         return
     device = torch.device("cuda" if variant in GPU_VARIANTS else "cpu")
     if method:  # a peer runtime's FP32 (ONNX Runtime, OpenVINO)
@@ -64,19 +72,30 @@ def run(
     predictions: str,
     config: dict,
     artifact: str | None = None,
+    quantized: str | None = None,
     log=print,
 ) -> dict:
     """Benchmark `config['variant']`: rows to `metrics`, per-item predictions to `predictions`.
-    The task measures each implementation (quantpipe.tasks.base.Task.benchmark)."""
+    The task measures each implementation (quantpipe.tasks.base.Task.benchmark). `quantized`:
+    the INT8 artifact's quantize metrics.json, for the layers it left in FP32."""
     task = tasks.load(config.get("task"))
     threads = provenance.set_threads()
-    base, rows = start_rows(config, log, **task.row_fields(config))
+    fields = task.row_fields(config)
+    if quantized:
+        kept = read_json(quantized).get("accuracy_control", {}).get("fp32_layers", [])
+        fields.update(accuracy_budget=config.get("accuracy_budget"), fp32_layers=len(kept))
+    base, rows = start_rows(config, log, **fields)
     kept, extra = {}, {}
     if not rows:
         log(f"benchmark: {config['variant']} with {threads} threads")
         net, _ = load_trained(model)
         variants = implementations(
-            config["variant"], net, artifact, config.get("method"), task.example_input(config)
+            config["variant"],
+            net,
+            artifact,
+            config.get("method"),
+            task.example_input(config),
+            config.get("accuracy_budget") is not None,
         )
         start = neighbours.on_this_node()
         rows, kept, extra = task.benchmark(data, net, variants, base, config, log)

@@ -30,7 +30,8 @@ BASELINE_KEYS = ["baseline_node_class", *RUN_KEYS]
 # (TaskSpec.report_columns) go after it, its validation score before the speed columns.
 TRAILING = [
     "test_set_seconds", "speedup_vs_fp32_cpu_eager", "speedup_vs_fp32_cpu_eager_unpaired",
-    "speedup_vs_best_fp32_cpu", "baseline_node_class", "size_mb", "size_ratio", "batch_size",
+    "speedup_vs_best_fp32_cpu", "baseline_node_class", "size_mb", "size_ratio", "accuracy_budget",
+    "fp32_layers", "batch_size",
     "threads", "cpu_model", "cpu_int8_flags", "gpu_name", "ran_on", "host", "slurm_node",
     "slurm_job_id", "slurm_partition",
     "neighbours_at_start", "neighbours_at_end", "neighbour_jobs", "neighbours_reason", "torch",

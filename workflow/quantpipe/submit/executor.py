@@ -20,7 +20,16 @@ from quantpipe.submit.console import log
 from quantpipe.submit.signals import cancel_on_signal
 from quantpipe.submit.watch import wait, why_failed
 
-STAGES = ("prepare_data", "train", "quantize", "benchmark", "report", "summary", "segment")
+STAGES = (
+    "prepare_data",
+    "train",
+    "quantize",
+    "sensitivity",
+    "benchmark",
+    "report",
+    "summary",
+    "segment",
+)
 # Slurm accepts more, but these survive every shell, log file name and sacct format.
 SLURM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 RESOURCE_KEYS = {

@@ -69,6 +69,9 @@ class TaskSpec:
     quality: those of them that measure quality; the report adds `{name}_delta` to FP32 eager.
     rate: the report column of throughput, which speedups divide.
     validation_score: the train record's score, reported as `{name}_fp32`.
+    validation_higher_is_better: which way that score is better (accuracy: up; error: down).
+    accuracy_control: whether its Task scores INT8 models on validation (Task.validator), as
+        accuracy_budget and the sensitivity stage need.
     check: a function of the config that raises ValueError for settings that cannot run.
     """
 
@@ -89,6 +92,8 @@ class TaskSpec:
     quality: tuple[str, ...] = ()
     rate: str = "images_per_s"
     validation_score: str = "val_accuracy"
+    validation_higher_is_better: bool = True
+    accuracy_control: bool = True
     check: Callable[[dict], None] | None = None
 
     def stage_settings(self, config: dict, stage: str) -> dict:
@@ -135,6 +140,14 @@ class Task:
         """The validation scores of `net` as it stands, named as its Training's: what the train
         record keeps for imported weights (config `weights`), which are not trained here."""
         raise NotImplementedError(f"task {self.spec.name!r} cannot import trained weights")
+
+    def validator(self, data: str, config: dict, device, limit: int | None = None):
+        """validate() for many models of one run (accuracy control scores dozens of INT8
+        variants): the split read once, a function of a model. `limit`: only the first `limit`
+        items of the validation split (a fixed subset); None: all of it."""
+        raise NotImplementedError(
+            f"task {self.spec.name!r} has no accuracy control yet (accuracy_budget, sensitivity)"
+        )
 
     def normalization(self, data: str, config: dict) -> dict:
         """{"mean", "std"}: the per-channel statistics the run's inputs are normalised with (a

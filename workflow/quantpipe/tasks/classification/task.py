@@ -94,8 +94,13 @@ class ClassificationTask(Task):
         )  # fmt: skip
 
     def validate(self, data: str, config: dict, net, device) -> dict:
-        val = self.splits(data, config)["val"]
-        return {"val_accuracy": evaluate(net, *val, device, self.normalizer(data, config))}
+        return self.validator(data, config, device)(net)
+
+    def validator(self, data: str, config: dict, device, limit: int | None = None):
+        images, labels = self.splits(data, config)["val"]
+        images, labels = images[:limit], labels[:limit]
+        normalize = self.normalizer(data, config)
+        return lambda net: {"val_accuracy": evaluate(net, images, labels, device, normalize)}
 
     def calibration_inputs(self, data: str, config: dict, count: int) -> torch.Tensor:
         """`count` normalised images drawn from the training split by the run's seed."""
