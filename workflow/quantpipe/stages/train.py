@@ -72,8 +72,11 @@ def trained(task, data: str, net, config: dict, model: str, device, log) -> dict
 
 def imported(task, data: str, net, weights: str, config: dict, device, log) -> dict:
     """Load the file `weights` into `net` and validate it, running no epoch: what the record
-    says, with the file's SHA-256 and the normalisation the run's inputs get."""
-    load_weights(net, weights, config["model"])
+    says, with the file's SHA-256, what its loading adapted (quantpipe.models.weights) and the
+    normalisation the run's inputs get."""
+    entry = config.get("weights", {})
+    adapted = load_weights(net, weights, config["model"], entry.get("prefix"), entry.get("key"),
+                           log=lambda line: log(f"train: {line}"))  # fmt: skip
     scores = task.validate(data, config, net.to(device), device)
     digest = sha256(weights)
     shown = ", ".join(f"{key} {value:.4f}" for key, value in scores.items())
@@ -87,6 +90,7 @@ def imported(task, data: str, net, weights: str, config: dict, device, log) -> d
             "path": weights,
             "sha256": digest,
             "imported": True,
+            "adapted": adapted,
             "mean": None,
             "std": None,
             **task.normalization(data, config),
