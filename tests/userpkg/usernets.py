@@ -7,6 +7,7 @@ subsamples by slicing with a stride and pads the new channels with zeros (no 1x1
 one module called twice. It has no `fusion_groups`, so the eager method cannot take it.
 """
 
+import torch
 import torch.nn.functional as F
 from torch import nn
 
@@ -83,3 +84,25 @@ def make_fixed_batch(num_classes: int) -> nn.Module:
 def make_wrong_head(num_classes: int) -> nn.Module:
     """Ignores num_classes: its logits have the wrong width."""
     return UserNet(num_classes + 1)
+
+
+class FragileConv(nn.Conv2d):
+    """A convolution that also reads one input channel that is always zero, with weights 1000x
+    any other: its FP32 output is that of the convolution without the channel, but INT8's one
+    weight scale per output channel, set by the outlier, rounds every real weight to nothing.
+    Training leaves the outlier alone (its input, hence its gradient, is zero)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels + 1, channels, 3, 1, 1, bias=False)
+        with torch.no_grad():
+            self.weight[:, 0] = 1000.0
+
+    def forward(self, x):
+        return super().forward(F.pad(x, (0, 0, 0, 0, 1, 0)))  # the zero channel in front
+
+
+def make_fragile(num_classes: int) -> nn.Module:
+    """UserNet with one fragile layer, stage2.conv2: the layer accuracy control must find."""
+    net = UserNet(num_classes)
+    net.stage2.conv2 = FragileConv(net.stage2.conv2.out_channels)
+    return net

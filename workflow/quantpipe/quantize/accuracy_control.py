@@ -79,7 +79,7 @@ def sensitivity(
     rows, started = [], time.perf_counter()
     for done, layer in enumerate(layers, 1):
         scored = score(quantize((layer["layer"],)))
-        recovery = -drop_points(scored, all_int8, higher_is_better)
+        recovery = drop_points(scored, all_int8, higher_is_better)
         rows.append({**layer, "score_layer_fp32": scored, "recovery_points": recovery})
         eta = (time.perf_counter() - started) / done * (len(layers) - done)
         log(
@@ -100,47 +100,50 @@ def within_budget(
     budget_points: float,
     higher_is_better: bool,
     log=print,
-) -> tuple[nn.Module, list[dict]]:
+) -> tuple[nn.Module, dict, list[dict]]:
     """(the INT8 model with the fewest of `ranked` (most sensitive first) in FP32 whose score is
-    within `budget_points` of `fp32_score`, every step tried: FP32 layers, score, drop). Raises
-    BudgetError, with the best score reached, when even all but the last of `ranked` in FP32
-    miss the budget: that model would hardly be INT8 at all."""
+    within `budget_points` of `fp32_score`, its step, every step tried: FP32 layers, score,
+    drop). Raises BudgetError, with the best score reached, when even all but the last of
+    `ranked` in FP32 miss the budget: that model would hardly be INT8 at all."""
     steps: list[dict] = []
+    tried: dict[int, tuple[nn.Module, dict]] = {}
 
-    def attempt(count: int) -> tuple[nn.Module, bool]:
-        kept = tuple(ranked[:count])
-        model = quantize(kept)
-        scored = score(model)
-        drop = drop_points(fp32_score, scored, higher_is_better)
-        steps.append({"fp32_layers": list(kept), "score": scored, "drop_points": drop})
-        log(
-            f"budget: {count} layer(s) in FP32: score {scored:.4f}, {drop:+.2f} points from FP32 "
-            f"(budget {budget_points})"
-        )
-        return model, drop <= budget_points
-
-    model, met = attempt(0)
-    if met:
-        return model, steps
-    most = max(len(ranked) - 1, 0)
-    if most > 1:  # can the budget be met at all? One try saves a long search that cannot end well
-        _, met = attempt(most)
-        if not met:
-            best = min(steps, key=lambda step: step["drop_points"])
-            raise BudgetError(
-                f"no choice of FP32 layers meets the accuracy budget of {budget_points} points: "
-                f"even with {most} of the {len(ranked)} quantized layers in FP32 the score is "
-                f"{steps[-1]['score']:.4f}, {steps[-1]['drop_points']:.2f} points from FP32's "
-                f"{fp32_score:.4f} (best reached: {best['drop_points']:.2f} points with "
-                f"{len(best['fp32_layers'])} layers in FP32). Raise accuracy_budget, or try "
-                "another calibration method or quantization-aware training (method qat)."
+    def attempt(count: int) -> tuple[nn.Module, dict]:
+        if count not in tried:
+            kept = tuple(ranked[:count])
+            model = quantize(kept)
+            scored = score(model)
+            drop = drop_points(fp32_score, scored, higher_is_better)
+            step = {"fp32_layers": list(kept), "score": scored, "drop_points": drop}
+            steps.append(step)
+            tried[count] = model, step
+            log(
+                f"budget: {count} layer(s) in FP32: score {scored:.4f}, {drop:+.2f} points from "
+                f"FP32 (budget {budget_points})"
             )
-    for count in range(1, most + 1):
-        model, met = attempt(count)
-        if met:
-            return model, steps
-    raise BudgetError(  # only reached with a single quantized layer, whose fallback is FP32
-        f"no INT8 model meets the accuracy budget of {budget_points} points: with every layer "
-        f"INT8 the score is {steps[0]['score']:.4f}, {steps[0]['drop_points']:.2f} points from "
-        f"FP32's {fp32_score:.4f}, and the model has no other layer to keep in FP32."
-    )
+        return tried[count]
+
+    def met(step: dict) -> bool:
+        return step["drop_points"] <= budget_points
+
+    model, step = attempt(0)
+    if met(step):
+        return model, step, steps
+    # All but the last in FP32 says at once whether the budget can be met at all: a search that
+    # cannot end well would take as many tries as there are layers.
+    most = len(ranked) - 1
+    if most < 1 or not met(attempt(most)[1]):
+        best = min(steps, key=lambda tried_step: tried_step["drop_points"])
+        raise BudgetError(
+            f"no choice of FP32 layers meets the accuracy budget of {budget_points} points: "
+            f"even with {max(most, 0)} of the {len(ranked)} quantized layers in FP32 the score "
+            f"is {steps[-1]['score']:.4f}, {steps[-1]['drop_points']:.2f} points from FP32's "
+            f"{fp32_score:.4f} (best reached: {best['drop_points']:.2f} points with "
+            f"{len(best['fp32_layers'])} layers in FP32). Raise accuracy_budget, or try another "
+            "calibration method or quantization-aware training (method qat)."
+        )
+    for count in range(1, most):  # one more layer at a time, most sensitive first
+        model, step = attempt(count)
+        if met(step):
+            return model, step, steps
+    return (*attempt(most), steps)

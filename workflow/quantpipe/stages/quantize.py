@@ -111,7 +111,7 @@ def _within_budget(task, data, config, net, batches, example, calibration, sensi
     started = time.perf_counter()
     fp32 = score(net)
     log(f"quantize: FP32 {spec.validation_score} {fp32:.4f} on the whole validation split")
-    quantized, steps = control.within_budget(
+    quantized, chosen, steps = control.within_budget(
         [row["layer"] for row in ranking["layers"]],
         lambda keep: requantize(keep, log=lambda line: None),
         score,
@@ -120,7 +120,6 @@ def _within_budget(task, data, config, net, batches, example, calibration, sensi
         spec.validation_higher_is_better,
         log,
     )
-    chosen = steps[-1]
     log(
         f"quantize: within the budget with {len(chosen['fp32_layers'])} of "
         f"{len(ranking['layers'])} layers in FP32: {chosen['fp32_layers']}"
