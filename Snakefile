@@ -68,7 +68,7 @@ rule all:
     input:
         "results/report.csv",
         rules.summary.output,
-        sensitivity_outputs(),
+        sensitivity_outputs("table"),
         [
             f"results/segment/{RUN}/{variant}/metrics.json".format(**run)
             for run in runs()

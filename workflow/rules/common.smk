@@ -73,13 +73,15 @@ def cpu_variants():
     return variants
 
 
-def sensitivity_outputs():
-    """The sensitivity tables of every configuration accuracy control applies to, when asked
-    for without a budget (sensitivity.enabled; a budget asks for them as its inputs)."""
-    if not config["sensitivity"]["enabled"]:
+def sensitivity_outputs(name):
+    """Output `name` (table, metrics) of the sensitivity stage for every configuration accuracy
+    control applies to: with accuracy_budget (whose search follows them) or
+    sensitivity.enabled; none otherwise."""
+    wanted = config["accuracy_budget"] is not None or config["sensitivity"]["enabled"]
+    if not wanted:
         return []
     return [
-        rules.sensitivity.output.table.format(
+        rules.sensitivity.output[name].format(
             **run, method=method, calibration_method=calibration, calibration_size=size
         )
         for run in runs()

@@ -1,6 +1,9 @@
-# The task's summary figures (TaskSpec.figures): each a PNG shown in the HTML report with its
-# caption from workflow/report/, and an SVG beside it.
-SUMMARY_FIGURES = TASK.figures
+# The task's summary figures (TaskSpec.figures), and the per-layer sensitivity where it runs:
+# each a PNG shown in the HTML report with its caption from workflow/report/, and an SVG beside it.
+SUMMARY_FIGURES = [
+    *TASK.figures,
+    *(["sensitivity"] if sensitivity_outputs("metrics") else []),
+]
 
 
 rule summary:
@@ -9,6 +12,7 @@ rule summary:
         benchmark_metrics=benchmark_outputs("metrics"),
         predictions=benchmark_outputs("predictions"),
         data=DATA,
+        sensitivity=sensitivity_outputs("metrics"),
     output:
         summary=report(
             "results/summary.csv",

@@ -13,6 +13,7 @@ import pandas as pd
 
 from quantpipe import tasks
 from quantpipe.artifacts import atomic_path
+from quantpipe.reporting import sensitivity as layer_sensitivity
 from quantpipe.reporting.document import provenance, provenance_line, to_html, to_markdown
 from quantpipe.reporting.figures import save_figure
 from quantpipe.reporting.stats import config_hash
@@ -28,19 +29,21 @@ def run(
     tables: str,
     figures: list[str],
     config: dict,
+    sensitivity: list[str] | None = None,
     log=print,
 ) -> dict:
     """Summarize `report` over seeds: a CSV, markdown, HTML and figures.
 
     `figures` are paths named `<figure>.<png|svg>`, the figure one of the task's (its
-    TaskSpec.figures).
+    TaskSpec.figures) or `sensitivity`, drawn from the sensitivity stage's records
+    `sensitivity`.
     """
     task = tasks.load(config.get("task"))
-    unknown = sorted({Path(path).stem for path in figures} - set(task.spec.figures))
+    known = [*task.spec.figures, *(["sensitivity"] if sensitivity else [])]
+    unknown = sorted({Path(path).stem for path in figures} - set(known))
     if unknown:
         raise ValueError(
-            f"unknown figures {unknown} for task {task.spec.name!r}: choose from "
-            f"{', '.join(task.spec.figures)}"
+            f"unknown figures {unknown} for task {task.spec.name!r}: choose from {', '.join(known)}"
         )
     table = pd.read_csv(report)
     digest = config_hash(config)
@@ -55,12 +58,16 @@ def run(
         for p in figures
         if p.endswith(".png")
     }
-    blocks = task.summary_document(result, extra, facts, pngs)
+    ranked = layer_sensitivity.configurations(sensitivity or [])
+    blocks = task.summary_document(result, extra, facts, pngs) + layer_sensitivity.blocks(ranked)
     with atomic_path(markdown) as tmp:
         tmp.write_text(to_markdown(blocks))
     with atomic_path(tables) as tmp:
         tmp.write_text(to_html(blocks))
-    rendered = task.summary_figures(result, extra, "Provenance: " + provenance_line(facts))
+    footer = "Provenance: " + provenance_line(facts)
+    rendered = task.summary_figures(result, extra, footer)
+    if ranked:
+        rendered["sensitivity"] = layer_sensitivity.figure(ranked, footer)
     for path in figures:
         save_figure(rendered[Path(path).stem], path)
         log(f"summary: figure {path}")
