@@ -147,14 +147,19 @@ def test_methods_without_layer_fallback_are_refused():
 
 
 def test_the_snakefile_knows_the_controlled_methods():
-    assert configuration.BUDGET_METHODS == CONTROLLED
+    assert configuration.SENSITIVITY_METHODS == CONTROLLED
 
 
 def test_accuracy_control_needs_a_method_and_a_task_that_take_it():
     base = {"task": "cifar10", "models": ["resnet18_cifar"], "widths": [8], "val_size": 5000,
             "calibration_sizes": [64], "node_classes": ["any"], "weights": {}}  # fmt: skip
-    with pytest.raises(ValueError, match="apply to methods pt2e, eager, and `methods` holds none"):
+    with pytest.raises(ValueError, match="accuracy_budget applies to methods pt2e, eager, "
+                       "openvino, and `methods` holds none"):  # fmt: skip
         configuration.check_consistency({**base, "methods": ["qat"], "accuracy_budget": 0.5})
+    with pytest.raises(ValueError, match="sensitivity.enabled applies to methods pt2e, eager,"):
+        configuration.check_consistency(
+            {**base, "methods": ["onnxruntime"], "sensitivity": {"enabled": True}}
+        )
     configuration.check_consistency({**base, "methods": ["pt2e"], "accuracy_budget": 0.5})
     em = {"task": "isbi2012_em", "models": ["unet2d"], "methods": ["pt2e"],
           "sensitivity": {"enabled": True}}  # fmt: skip

@@ -16,10 +16,13 @@ from quantpipe import optional, tasks
 from quantpipe.models import references as model_refs
 from quantpipe.reporting.node_classes import GPU_CLASS
 
-# The methods accuracy control (accuracy_budget, sensitivity) applies to: those whose layers can
-# be left in FP32 one by one (quantpipe.quantize.CONTROLLED, which tests/test_accuracy_control.py
-# checks against this torch-free copy for the Snakefile).
-BUDGET_METHODS = ("pt2e", "eager")
+# The methods per-layer sensitivity and quantpipe's budget search apply to: those whose layers
+# can be left in FP32 one by one (quantpipe.quantize.CONTROLLED, which
+# tests/test_accuracy_control.py checks against this torch-free copy for the Snakefile).
+SENSITIVITY_METHODS = ("pt2e", "eager")
+# The methods accuracy_budget gives a budgeted variant: those, and openvino with NNCF's own
+# accuracy control.
+BUDGET_METHODS = (*SENSITIVITY_METHODS, "openvino")
 
 CONVERTERS = {
     "integer": int,
@@ -119,11 +122,16 @@ def check_accuracy_control(config: dict, task) -> None:
     keys = "accuracy_budget / sensitivity.enabled"
     if not task.accuracy_control:
         raise ValueError(f"{keys}: task {task.name!r} has no accuracy control yet; unset them")
-    if not set(config.get("methods", ())) & set(BUDGET_METHODS):
-        raise ValueError(
-            f"{keys} apply to methods {', '.join(BUDGET_METHODS)}, and `methods` holds none of "
-            "them: add one, or unset them"
-        )
+    methods = set(config.get("methods", ()))
+    for key, wanted_by, applies_to in (
+        ("accuracy_budget", config.get("accuracy_budget") is not None, BUDGET_METHODS),
+        ("sensitivity.enabled", config.get("sensitivity", {}).get("enabled"), SENSITIVITY_METHODS),
+    ):
+        if wanted_by and not methods & set(applies_to):
+            raise ValueError(
+                f"{key} applies to methods {', '.join(applies_to)}, and `methods` holds none of "
+                "them: add one, or unset it"
+            )
 
 
 def check_weights(config: dict) -> None:

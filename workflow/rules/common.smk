@@ -5,7 +5,7 @@ from quantpipe.configuration import check_node_classes
 from quantpipe.reporting.node_classes import GPU_CLASS
 from quantpipe.models import references as model_refs
 from quantpipe.optional import PEER_METHODS
-from quantpipe.configuration import BUDGET_METHODS
+from quantpipe.configuration import BUDGET_METHODS, SENSITIVITY_METHODS
 
 # A run's folder (quantpipe.models.references.run_folder): {model}-w{width}-s{seed} for a built-in
 # model, {folder}-s{seed} for a model by reference (torchvision.NAME, or pkg.module:callable as
@@ -90,7 +90,7 @@ def sensitivity_outputs(name):
             config["calibration_methods"],
             config["calibration_sizes"],
         )
-        if method in BUDGET_METHODS
+        if method in SENSITIVITY_METHODS
     ]
 
 

@@ -78,15 +78,8 @@ def convert(model: nn.Module, example: torch.Tensor) -> ov.Model:
         )
 
 
-def quantize(
-    model: nn.Module,
-    calibration_batches: Iterable[torch.Tensor],
-    example: torch.Tensor,
-    log=print,
-    calibration: str | Calibration | None = None,
-) -> ov.Model:
-    """Convert `model` to OpenVINO, calibrate with NNCF on the images, return the INT8 model."""
-    calibration = parse(calibration)
+def _calibration(calibration_batches: Iterable[torch.Tensor], calibration: Calibration):
+    """(the calibration images one by one, as NNCF takes them; NNCF's settings for them)."""
     images = [peers.as_numpy(image[None]) for batch in calibration_batches for image in batch]
     if not images:
         raise ValueError("calibration needs at least one batch of images")
@@ -98,6 +91,19 @@ def quantize(
     )
     if calibration.weights == "per_tensor":
         advanced.weights_quantization_params = QuantizationParameters(per_channel=False)
+    return images, advanced
+
+
+def quantize(
+    model: nn.Module,
+    calibration_batches: Iterable[torch.Tensor],
+    example: torch.Tensor,
+    log=print,
+    calibration: str | Calibration | None = None,
+) -> ov.Model:
+    """Convert `model` to OpenVINO, calibrate with NNCF on the images, return the INT8 model."""
+    calibration = parse(calibration)
+    images, advanced = _calibration(calibration_batches, calibration)
     log(f"openvino: calibrating on {len(images)} images ({settings(calibration)})")
     return nncf.quantize(
         convert(model, example),
@@ -106,6 +112,72 @@ def quantize(
         subset_size=len(images),
         advanced_parameters=advanced,
     )
+
+
+VALIDATION_BATCH = 100  # validation items per NNCF data item: its ranking draws subsets of them
+
+
+def quantize_within_budget(
+    model: nn.Module,
+    calibration_batches: Iterable[torch.Tensor],
+    example: torch.Tensor,
+    validate,
+    items: int,
+    budget_points: float,
+    log=print,
+    calibration: str | Calibration | None = None,
+) -> ov.Model:
+    """NNCF's own accuracy control (nncf.quantize_with_accuracy_control) at the budget: the same
+    calibration as `quantize`, then the quantizers that cost the most reverted to FP32 until the
+    validation score drops at most `budget_points` (absolute, x100). `validate(module, indices)`
+    scores a model (called like a torch module) on those of the `items` validation items."""
+    calibration = parse(calibration)
+    images, advanced = _calibration(calibration_batches, calibration)
+    batches = list(torch.arange(items).split(VALIDATION_BATCH))
+
+    def validation_fn(compiled, chosen) -> tuple[float, None]:
+        request = compiled.create_infer_request()
+        runtime = peers.Runtime(lambda array: request.infer({0: array})[0], {})
+        return validate(runtime, torch.cat(list(chosen))), None
+
+    log(
+        f"openvino: NNCF accuracy control, max drop {budget_points} points, calibrating on "
+        f"{len(images)} images ({settings(calibration)})"
+    )
+    return nncf.quantize_with_accuracy_control(
+        convert(model, example),
+        nncf.Dataset(images),
+        nncf.Dataset(batches),
+        validation_fn,
+        max_drop=budget_points / 100,
+        drop_type=nncf.DropType.ABSOLUTE,
+        preset=nncf.QuantizationPreset.PERFORMANCE,
+        subset_size=len(images),
+        advanced_quantization_parameters=advanced,
+    )
+
+
+# Operations with weights that NNCF quantizes; one whose weights are not INT8 runs in FP32.
+WEIGHTED = ("Convolution", "GroupConvolution", "MatMul")
+
+
+def layer_precisions(model: ov.Model) -> tuple[list[str], int]:
+    """(the weighted layers left in FP32, the number of weighted layers): a layer is INT8 when
+    its weights come from an INT8 constant (through NNCF's dequantizing Convert, Subtract,
+    Multiply), FP32 otherwise."""
+    fp32, total = [], 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in WEIGHTED:
+            continue
+        source = op.input_value(1).get_node()
+        while source.get_type_name() in ("Convert", "Subtract", "Multiply", "Reshape"):
+            source = source.input_value(0).get_node()
+        if source.get_type_name() != "Constant":
+            continue  # a product of two activations (attention), not a layer's weights
+        total += 1
+        if source.get_output_element_type(0).get_type_name() not in ("i8", "u8"):
+            fp32.append(op.get_friendly_name())
+    return fp32, total
 
 
 def _serialize(model: ov.Model) -> dict[str, bytes]:

@@ -35,5 +35,9 @@ class Runtime:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self._run(as_numpy(images)))
 
+    def eval(self) -> "Runtime":
+        """As a torch module's: a compiled model has no training mode to leave."""
+        return self
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.settings})"

@@ -26,7 +26,7 @@ def run(
     artifact: str,
     metrics: str,
     config: dict,
-    sensitivity: str | None = None,
+    sensitivity: str | list | None = None,
     log=print,
 ) -> dict:
     """Quantize the FP32 checkpoint `model` with `config['method']`; write the INT8 `artifact`.
@@ -94,44 +94,57 @@ def run(
 
 
 def _within_budget(task, data, config, net, batches, example, calibration, sensitivity, log):
-    """The INT8 model within the budget, and what the record keeps of the search."""
-    if sensitivity is None:
-        raise ValueError(
-            "accuracy_budget needs the sensitivity stage's ranking: give its metrics.json as "
-            "`sensitivity` (quantpipe quantize --sensitivity PATH)"
-        )
-    ranking = read_json(sensitivity)
-    spec = task.spec
+    """The INT8 model within the budget, and what the record keeps of the search: quantpipe's
+    (pt2e, eager), or the peer's own accuracy control (openvino: NNCF's)."""
+    spec, budget = task.spec, config["accuracy_budget"]
     validate = task.validator(data, config, torch.device("cpu"))
 
-    def score(module) -> float:
-        return validate(module)[spec.validation_score]
+    def score(module, items=None) -> float:
+        return validate(module, items)[spec.validation_score]
 
-    requantize = requantizer(config["method"], net, batches, example, calibration)
     started = time.perf_counter()
     fp32 = score(net)
     log(f"quantize: FP32 {spec.validation_score} {fp32:.4f} on the whole validation split")
-    quantized, chosen, steps = control.within_budget(
-        [row["layer"] for row in ranking["layers"]],
-        lambda keep: requantize(keep, log=lambda line: None),
-        score,
-        fp32,
-        config["accuracy_budget"],
-        spec.validation_higher_is_better,
-        log,
-    )
+    method = backend(config["method"])
+    if hasattr(method, "quantize_within_budget"):
+        quantized = method.quantize_within_budget(
+            net, batches, example, score, validate.items, budget, log, calibration
+        )
+        kept, layers = method.layer_precisions(quantized)
+        scored = score(method.compile_for_cpu(quantized))
+        chosen, steps, searched_by = {"fp32_layers": kept, "score": scored}, [], "nncf"
+        chosen["drop_points"] = control.drop_points(fp32, scored, spec.validation_higher_is_better)
+    else:
+        if not sensitivity:
+            raise ValueError(
+                "accuracy_budget needs the sensitivity stage's ranking: give its metrics.json as "
+                "`sensitivity` (quantpipe quantize --sensitivity PATH)"
+            )
+        ranked = [row["layer"] for row in read_json(sensitivity)["layers"]]
+        requantize = requantizer(config["method"], net, batches, example, calibration)
+        quantized, chosen, steps = control.within_budget(
+            ranked,
+            lambda keep: requantize(keep, log=lambda line: None),
+            score,
+            fp32,
+            budget,
+            spec.validation_higher_is_better,
+            log,
+        )
+        layers, searched_by = len(ranked), "quantpipe"
     log(
-        f"quantize: within the budget with {len(chosen['fp32_layers'])} of "
-        f"{len(ranking['layers'])} layers in FP32: {chosen['fp32_layers']}"
+        f"quantize: {chosen['drop_points']:+.2f} points from FP32 (budget {budget}) with "
+        f"{len(chosen['fp32_layers'])} of {layers} layers in FP32: {chosen['fp32_layers']}"
     )
     return quantized, {
-        "budget_points": config["accuracy_budget"],
+        "budget_points": budget,
+        "search": searched_by,
         "score": spec.validation_score,
         "score_fp32": fp32,
         "score_int8": chosen["score"],
         "drop_points": chosen["drop_points"],
         "fp32_layers": chosen["fp32_layers"],
-        "quantized_layers": len(ranking["layers"]) - len(chosen["fp32_layers"]),
+        "layers": layers,
         "steps": steps,
         "search_seconds": time.perf_counter() - started,
     }

@@ -143,8 +143,10 @@ class Task:
 
     def validator(self, data: str, config: dict, device, limit: int | None = None):
         """validate() for many models of one run (accuracy control scores dozens of INT8
-        variants): the split read once, a function of a model. `limit`: only the first `limit`
-        items of the validation split (a fixed subset); None: all of it."""
+        variants): the split read once, a function `(model, items=None) -> scores` of a model
+        and optionally the indices of the items to score (NNCF's accuracy control ranks on
+        subsets), with the number of items as its attribute `items`. `limit`: only the first
+        `limit` items of the validation split (a fixed subset); None: all of it."""
         raise NotImplementedError(
             f"task {self.spec.name!r} has no accuracy control yet (accuracy_budget, sensitivity)"
         )

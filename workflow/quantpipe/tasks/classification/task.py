@@ -100,7 +100,15 @@ class ClassificationTask(Task):
         images, labels = self.splits(data, config)["val"]
         images, labels = images[:limit], labels[:limit]
         normalize = self.normalizer(data, config)
-        return lambda net: {"val_accuracy": evaluate(net, images, labels, device, normalize)}
+
+        def validate(net, items=None) -> dict:
+            chosen = slice(None) if items is None else items
+            return {
+                "val_accuracy": evaluate(net, images[chosen], labels[chosen], device, normalize)
+            }
+
+        validate.items = len(labels)
+        return validate
 
     def calibration_inputs(self, data: str, config: dict, count: int) -> torch.Tensor:
         """`count` normalised images drawn from the training split by the run's seed."""
