@@ -174,12 +174,13 @@ FRAGILE_NET = "usernets:make_fragile"
 
 @pytest.fixture(scope="module")
 def budgeted_run(tmp_path_factory, cifar_dir):
-    """The tiny DAG on the user's network with its fragile layer, INT8 within 3 points."""
+    """The tiny DAG on the user's network with its fragile layer, INT8 within 3 points by
+    quantpipe's search (pt2e) and by NNCF's (openvino)."""
     workdir = tmp_path_factory.mktemp("budget")
     copy_repository(workdir)
     config = tiny_config(workdir)
     config.pop("widths")
-    config.update(models=[FRAGILE_NET], methods=["pt2e"], accuracy_budget=3.0,
+    config.update(models=[FRAGILE_NET], methods=["pt2e", "openvino"], accuracy_budget=3.0,
                   benchmark={**config["benchmark"], "gpu": False})  # fmt: skip
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.MonkeyPatch.context() as patch:
@@ -211,5 +212,12 @@ def test_the_dag_keeps_the_fragile_layer_in_fp32_within_the_budget(budgeted_run)
     assert fp32["accuracy"] - plain["accuracy"] > 0.1
     assert abs(fp32["accuracy"] - budget["accuracy"]) < 0.05
     assert budget["speedup_vs_fp32_cpu_eager"] > 0
+    # NNCF's own search at the same budget, side by side.
+    nncf = yaml.safe_load((results / "quantize" / folder / "openvino-histogram-c64-budget" /
+                           "metrics.json").read_text())["accuracy_control"]  # fmt: skip
+    assert nncf["search"] == "nncf" and nncf["layers"] == 8 and nncf["drop_points"] <= 3.0
+    assert cpu.loc[("int8-cpu", "openvino-budget"), "fp32_layers"] == len(nncf["fp32_layers"])
     summary = (results / "summary.md").read_text()
-    assert "pt2e-budget" in summary
+    assert "pt2e-budget" in summary and "openvino-budget" in summary
+    assert "## Per-layer sensitivity" in summary and "stage2.conv2" in summary
+    assert (results / "summary" / "sensitivity.png").stat().st_size > 0
