@@ -38,7 +38,7 @@ METRICS = [
     "latency_ms_p50", "latency_ms_p99", "speedup_vs_fp32_cpu_eager",
     "speedup_vs_fp32_cpu_eager_unpaired", "paired_speedup", "paired_speedup_spread",
     "speedup_vs_best_fp32_cpu",
-    "size_mb", "size_ratio",
+    "size_mb", "size_ratio", "fp32_layers",
 ]  # fmt: skip
 # The curve's measurements per configuration and batch size (batch_sizes.csv's columns).
 CURVE_METRICS = ["images_per_s", "images_per_s_spread", "batch_latency_ms_p50"]
@@ -219,6 +219,7 @@ EVERY_COLUMNS = [
     ("speedup, unpaired (×)", "speedup_vs_fp32_cpu_eager_unpaired", 1, 2),
     ("size (MB)", "size_mb", 1, 2),
     ("size ratio (×)", "size_ratio", 1, 2),
+    ("layers in FP32", "fp32_layers", 1, 0),
 ]  # fmt: skip
 
 
