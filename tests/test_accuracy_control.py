@@ -174,7 +174,7 @@ FRAGILE_NET = "usernets:make_fragile"
 
 @pytest.fixture(scope="module")
 def budgeted_run(tmp_path_factory, cifar_dir):
-    """The tiny DAG on the user's network with its fragile layer, INT8 within 3 points by
+    """The tiny DAG on the user's network with its fragile head, INT8 within 3 points by
     quantpipe's search (pt2e) and by NNCF's (openvino)."""
     workdir = tmp_path_factory.mktemp("budget")
     copy_repository(workdir)
@@ -191,15 +191,17 @@ def budgeted_run(tmp_path_factory, cifar_dir):
 
 @pytest.mark.workflow
 @pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_the_dag_keeps_the_fragile_layer_in_fp32_within_the_budget(budgeted_run):
     results = budgeted_run / "results"
     folder = model_refs.run_folder(FRAGILE_NET, None, 0)
     ranking = pd.read_csv(results / "sensitivity" / folder / "pt2e-histogram-c64" /
                           "sensitivity.csv")  # fmt: skip
-    assert ranking["layer"].iloc[0] == "stage2.conv2" and len(ranking) == 8
+    assert ranking["layer"].iloc[0] == "head.1" and len(ranking) == 8
+    assert ranking["recovery_points"].iloc[0] > 10 * ranking["recovery_points"].iloc[1:].abs().max()
     record = yaml.safe_load((results / "quantize" / folder / "pt2e-histogram-c64-budget" /
                              "metrics.json").read_text())["accuracy_control"]  # fmt: skip
-    assert record["fp32_layers"] == ["stage2.conv2"]
+    assert record["fp32_layers"] == ["head.1"]
     assert record["steps"][0]["drop_points"] > 3.0 >= record["drop_points"]
     report = pd.read_csv(results / "report.csv")
     cpu = report[report["device"] == "cpu"].set_index(["variant", "method"])
@@ -219,5 +221,5 @@ def test_the_dag_keeps_the_fragile_layer_in_fp32_within_the_budget(budgeted_run)
     assert cpu.loc[("int8-cpu", "openvino-budget"), "fp32_layers"] == len(nncf["fp32_layers"])
     summary = (results / "summary.md").read_text()
     assert "pt2e-budget" in summary and "openvino-budget" in summary
-    assert "## Per-layer sensitivity" in summary and "stage2.conv2" in summary
+    assert "## Per-layer sensitivity" in summary and "| 1 | head.1 | Linear |" in summary
     assert (results / "summary" / "sensitivity.png").stat().st_size > 0

@@ -86,23 +86,22 @@ def make_wrong_head(num_classes: int) -> nn.Module:
     return UserNet(num_classes + 1)
 
 
-class FragileConv(nn.Conv2d):
-    """A convolution that also reads one input channel that is always zero, with weights 1000x
-    any other: its FP32 output is that of the convolution without the channel, but INT8's one
-    weight scale per output channel, set by the outlier, rounds every real weight to nothing.
-    Training leaves the outlier alone (its input, hence its gradient, is zero)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__(channels + 1, channels, 3, 1, 1, bias=False)
-        with torch.no_grad():
-            self.weight[:, 0] = 1000.0
+class ZeroFeature(nn.Module):
+    """Appends one input feature that is always zero, in front."""
 
     def forward(self, x):
-        return super().forward(F.pad(x, (0, 0, 0, 0, 1, 0)))  # the zero channel in front
+        return F.pad(x, (1, 0))
 
 
 def make_fragile(num_classes: int) -> nn.Module:
-    """UserNet with one fragile layer, stage2.conv2: the layer accuracy control must find."""
+    """UserNet with a fragile head, the layer accuracy control must find: a plain nn.Linear
+    (quantizers match layers by exact type) that also reads an always-zero feature with weights
+    1000x any other. Its FP32 output is that of the head without the feature, but INT8's one
+    weight scale per output, set by the outlier, rounds every real weight to nothing: INT8
+    predicts one class. Training leaves the outlier alone (its input, so its gradient, is 0)."""
     net = UserNet(num_classes)
-    net.stage2.conv2 = FragileConv(net.stage2.conv2.out_channels)
+    head = nn.Linear(net.head.in_features + 1, num_classes)
+    with torch.no_grad():
+        head.weight[:, 0] = 1000.0
+    net.head = nn.Sequential(ZeroFeature(), head)
     return net

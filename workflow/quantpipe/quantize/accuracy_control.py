@@ -27,9 +27,9 @@ class BudgetError(ValueError):
 
 
 def quantized_layers(net: nn.Module, example: torch.Tensor, types: tuple[type, ...]) -> list[dict]:
-    """The layers of `net` of `types` (those the backend quantizes) that its forward calls, in
-    call order, each with its multiply-accumulates per input of `example`'s shape and its share
-    of all of them."""
+    """The layers of `net` of exactly `types` (those the backend quantizes) that its forward
+    calls, in call order, each with its multiply-accumulates per input of `example`'s shape and
+    its share of all of them."""
     macs: dict[str, int] = {}
 
     def count(name, module, inputs, output):
@@ -37,7 +37,8 @@ def quantized_layers(net: nn.Module, example: torch.Tensor, types: tuple[type, .
         per_output = weight[0].numel() if weight.dim() > 2 else weight.shape[1]
         macs[name] = macs.get(name, 0) + output[0].numel() * per_output
 
-    named = {name: module for name, module in net.named_modules() if isinstance(module, types)}
+    # Exact types, as the quantizers match them: a subclass of nn.Linear stays FP32 in both.
+    named = {name: module for name, module in net.named_modules() if type(module) in types}
     hooks = [module.register_forward_hook(partial(count, name)) for name, module in named.items()]
     training = net.training
     try:
