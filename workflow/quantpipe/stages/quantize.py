@@ -15,7 +15,14 @@ import torch
 from quantpipe import provenance, tasks
 from quantpipe.artifacts import atomic_path, read_json, write_json
 from quantpipe.models.build import load_trained
-from quantpipe.quantize import EXAMPLE_BATCH, backend, quantize_and_save, requantizer, save
+from quantpipe.quantize import (
+    EXAMPLE_BATCH,
+    backend,
+    compile_for_cpu,
+    quantize_and_save,
+    requantizer,
+    save,
+)
 from quantpipe.quantize import accuracy_control as control
 from quantpipe.quantize import calibration as calibration_methods
 
@@ -111,7 +118,7 @@ def _within_budget(task, data, config, net, batches, example, calibration, sensi
             net, batches, example, score, validate.items, budget, log, calibration
         )
         kept, layers = method.layer_precisions(quantized)
-        scored = score(method.compile_for_cpu(quantized))
+        scored = score(compile_for_cpu(config["method"], quantized))
         chosen, steps, searched_by = {"fp32_layers": kept, "score": scored}, [], "nncf"
         chosen["drop_points"] = control.drop_points(fp32, scored, spec.validation_higher_is_better)
     else:
@@ -125,7 +132,7 @@ def _within_budget(task, data, config, net, batches, example, calibration, sensi
         quantized, chosen, steps = control.within_budget(
             ranked,
             lambda keep: requantize(keep, log=lambda line: None),
-            score,
+            lambda model: score(compile_for_cpu(config["method"], model)),
             fp32,
             budget,
             spec.validation_higher_is_better,

@@ -13,7 +13,7 @@ import torch
 from quantpipe import provenance, tasks
 from quantpipe.artifacts import atomic_path, write_json
 from quantpipe.models.build import load_trained
-from quantpipe.quantize import EXAMPLE_BATCH, backend, requantizer
+from quantpipe.quantize import EXAMPLE_BATCH, backend, compile_for_cpu, requantizer
 from quantpipe.quantize import accuracy_control as control
 from quantpipe.quantize import calibration as calibration_methods
 
@@ -51,7 +51,7 @@ def run(model: str, data: str, table: str, metrics: str, config: dict, log=print
     all_int8, rows = control.sensitivity(
         layers,
         lambda keep: quantize(keep, log=lambda line: None),
-        score,
+        lambda quantized: score(compile_for_cpu(config["method"], quantized)),
         spec.validation_higher_is_better,
         log,
     )
