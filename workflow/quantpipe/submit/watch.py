@@ -7,12 +7,10 @@ start, and turns a job's end state and stderr (an OOM kill) into the fix to appl
 
 import contextlib
 import math
-import pickle
 import re
 import subprocess
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 import submitit
 
@@ -105,11 +103,7 @@ class JobWatch:
         folder = self.job.paths.folder
         with contextlib.suppress(OSError):  # as submitit does: refreshes an NFS client's view
             folder.chmod(folder.stat().st_mode)
-        if not self.job.paths.result_pickle.exists():
-            return False
-        # An error result may be an attempt's that Slurm killed to requeue the job (a node set
-        # DOWN stops a shell command with SIGTERM): it counts once squeue shows the job ended.
-        return bool(self.ended) or _succeeded(self.job.paths.result_pickle)
+        return self.job.paths.result_pickle.exists()
 
     def observe(self, row: str, now: float, unusable_nodes) -> bool:
         """Take in squeue's row for this job ('' when squeue no longer lists it); True when it
@@ -269,14 +263,6 @@ class QueueWatch:
                 f"{waiting[0].stage if len(waiting) == 1 else 'jobs'}: job {ended} has ended "
                 f"but accounting does not answer ({out})"
             )
-
-
-def _succeeded(result: Path) -> bool:
-    """Whether a submitit result file holds a result, not an error (False while unreadable)."""
-    try:
-        return submitit.core.utils.pickle_load(result)[0] == "success"
-    except (OSError, EOFError, pickle.UnpicklingError):  # still being written
-        return False
 
 
 def _jobs(watches: list[JobWatch]) -> str:
