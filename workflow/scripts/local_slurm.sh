@@ -343,9 +343,6 @@ SlurmdPort=$SLURMD_PORT
 # scheduling: start jobs at once (defaults make 20 tiny jobs take 26 s instead of ~2 s)
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_interval=2
-# one slurmd starting hundreds of jobs on a small machine answers late: with the default 10 s,
-# srun's step launch fails ("Socket timed out on send/recv operation") and so does the job
-MessageTimeout=60
 SelectType=select/cons_tres
 # memory is a consumable resource, as on real clusters: only then does a job's --mem reach the
 # node as a limit (with CR_Core alone nothing is enforced); a job without --mem gets 2000 MB per CPU
