@@ -67,9 +67,7 @@ wait(job, "sleep", cluster, resources, name)
 def write_workflow(folder: Path, jobs: int, seconds: float, design: str) -> None:
     """A Snakefile of `jobs` independent `sleep` jobs in `folder`, run the way `design` runs it."""
     folder.mkdir(parents=True, exist_ok=True)
-    # snakemake-executor-plugin-slurm runs Snakemake itself in each job (over 100 MB)
-    memory = {"mem_mb": 500} if design == "slurm-plugin" else {}
-    resources = ", ".join(f"{key}={value!r}" for key, value in {**RESOURCES, **memory}.items())
+    resources = ", ".join(f"{key}={value!r}" for key, value in RESOURCES.items())
     if design == "submitters":
         (folder / "submit_sleep.py").write_text(SUBMITTER)
         action = 'script: "submit_sleep.py"'
