@@ -131,11 +131,12 @@ def node_cpus() -> int:
     return int(out.split()[0])
 
 
-def accounted(folder: Path, since: str) -> tuple[int, int]:
-    """(jobs sacct recorded from `folder` since `since`, the most of them in flight at once:
-    submitted and not yet ended)."""
-    out = subprocess.run(["sacct", "-X", "-P", "-n", "-S", since, "-o", "Submit,End,WorkDir"],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+def accounted(folder: Path) -> tuple[int, int]:
+    """(jobs sacct recorded from `folder`, the most of them in flight at once: submitted and
+    not yet ended)."""
+    out = subprocess.run(["sacct", "-X", "-P", "-n", "-S", "now-1days", "-o",
+                          "Submit,End,WorkDir"], capture_output=True, text=True,
+                         check=True).stdout  # fmt: skip
     rows = [line.split("|") for line in out.splitlines() if line.endswith(f"|{folder}")]
     events = sorted([(submit, 1) for submit, _, _ in rows] + [(end, -1) for _, end, _ in rows])
     in_flight = most = 0
@@ -151,7 +152,6 @@ def measure(design: str, jobs: int, seconds: float, workdir: Path, cpus: int) ->
         raise SystemExit(f"{folder} exists: give another --workdir or remove it")
     write_workflow(folder, jobs, seconds, design)
     ctld, dbd = rpc_counts(["sdiag"]), rpc_counts(["sacctmgr", "show", "stats"])
-    since = time.strftime("%Y-%m-%dT%H:%M:%S")
     started = time.monotonic()
     with open(folder / "snakemake.log", "w") as log:
         process = subprocess.Popen(command(design, jobs), cwd=folder, stdout=log,
@@ -173,7 +173,7 @@ def measure(design: str, jobs: int, seconds: float, workdir: Path, cpus: int) ->
     client = {key: count for key, count in calls.items() if key in CLIENT_CALLS}
     written = len(list((folder / "out").glob("*.txt"))) if (folder / "out").exists() else 0
     time.sleep(5)  # accounting records a job's end a little after it
-    submitted, most_in_flight = accounted(folder, since)
+    submitted, most_in_flight = accounted(folder)
     ideal = seconds * math.ceil(jobs / cpus)
     return {
         "design": design, "jobs": jobs, "exit": process.returncode, "wall_s": round(wall, 1),
