@@ -253,8 +253,8 @@ def test_a_job_requeued_after_its_node_went_down_is_waited_on_until_its_last_att
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)  # fmt: skip
     said = Output(process)
-    # the run has seen its first attempt running: only then is a restart news to it
-    wait_for(lambda: " RUNNING on " in said.text(), 120, "the run to see its job running")
+    wait_for(lambda: f"RUNNING|{tmp_path}" in run(["squeue", "-h", "-o", "%T|%Z"]).stdout, 120,
+             "the job to run")  # fmt: skip
     node = node_of("cpu")
     try:
         set_node(node, "down")
