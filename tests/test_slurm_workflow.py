@@ -49,12 +49,9 @@ def now() -> str:
     return (datetime.datetime.now() - datetime.timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-# How a run waits on its jobs: a submitting process per rule (the profile as shipped: the EM DAG
-# and the stop tests below, and tests/test_faults.py's retry, run that way), or the executor
-# plugin quantpipe (one Snakemake process asks about every job together). The CIFAR DAG runs
-# through the plugin only: it takes about 13 minutes on 2 cores, and the full tier has 30; add
-# "submitters": [] to run it both ways.
-DESIGNS = {"plugin": ["--executor", "quantpipe", "--jobs", "100"]}
+# How a run waits on its jobs: a submitting process per rule (the profile as shipped), or the
+# executor plugin quantpipe (one Snakemake process asks about every job together).
+DESIGNS = {"submitters": [], "plugin": ["--executor", "quantpipe", "--jobs", "100"]}
 
 
 @pytest.fixture(scope="module", params=DESIGNS)
