@@ -239,29 +239,3 @@ def test_stopping_snakemake_cancels_every_job_of_the_run(cluster, tmp_path, how)
     wait_for(lambda: not _queued(tmp_path), 60, "the run's jobs to leave squeue")
     rows = accounted(tmp_path)
     assert len(rows) == 5 and all(row["State"].startswith("CANCELLED") for row in rows), output
-
-
-def test_a_job_requeued_after_its_node_went_down_is_waited_on_until_its_last_attempt(
-    cluster, tmp_path
-):
-    """The node goes DOWN under a running job: Slurm requeues it (sacct's newest record says
-    NODE_FAIL for a while); the run waits for the job's second attempt and succeeds, with one
-    submission."""
-    one_rule(tmp_path, "echo attempt; sleep 20; hostname > {output}",
-             "slurm_partition='cpu', mem_mb=100, runtime=5")  # fmt: skip
-    process = subprocess.Popen([SNAKEMAKE, *PLUGIN], cwd=tmp_path, env=user_env(),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)  # fmt: skip
-    said = Output(process)
-    wait_for(lambda: f"RUNNING|{tmp_path}" in run(["squeue", "-h", "-o", "%T|%Z"]).stdout, 120,
-             "the job to run")  # fmt: skip
-    node = node_of("cpu")
-    try:
-        set_node(node, "down")
-    finally:
-        restore(node)
-    text = said.wait(timeout=600)
-    assert process.returncode == 0, text[-4000:]
-    assert "requeued by Slurm (restart 1" in text, text[-4000:]
-    (row,) = accounted(tmp_path)
-    assert row["State"] == "COMPLETED"
