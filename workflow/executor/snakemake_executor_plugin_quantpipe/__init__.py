@@ -14,7 +14,6 @@ Select it with `executor: quantpipe` in a profile (profiles/slurm-plugin).
 """
 
 from collections.abc import AsyncGenerator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import submitit
@@ -30,9 +29,6 @@ from snakemake_interface_executor_plugins.settings import CommonSettings
 # Snakemake calls check_active_jobs this often; the sweep asks Slurm only when it is time to
 # (every 2 s while anything changes, then less often: quantpipe.submit.watch.QueueWatch).
 CHECK_INTERVAL_S = 1
-# Submissions under way at once: enough to hide sbatch's start-up, few enough for slurmctld's
-# (and a site's per-user) rate of calls.
-SUBMITTERS = 8
 
 common_settings = CommonSettings(
     # Jobs run on the cluster, on a filesystem shared with this host (their files are the rule's).
@@ -52,46 +48,25 @@ class Executor(RemoteExecutor):
         self.sweep = Sweep(say=self.logger.info)
         self.next_seconds_between_status_checks = CHECK_INTERVAL_S
 
-    def run_jobs(self, jobs: list[JobExecutorInterface]) -> None:
-        """Submit the jobs Snakemake has ready, SUBMITTERS at a time: each sbatch waits mostly on
-        starting its client process, so one after another a sweep of hundreds trickles out."""
-        calls = []
-        for job in jobs:
-            self.run_job_pre(job)
-            calls.append(self.prepare(job))
-        with ThreadPoolExecutor(SUBMITTERS) as pool:
-            outcomes = list(pool.map(self.submit, calls))
-        for job, (flight, refusal) in zip(jobs, outcomes, strict=True):
-            if refusal:
-                self.report_job_error(SubmittedJobInfo(job), msg=refusal)
-            else:
-                info = SubmittedJobInfo(job, external_jobid=flight.job.job_id,
-                                        aux={"flight": flight})  # fmt: skip
-                self.report_job_submission(info)
-
     def run_job(self, job: JobExecutorInterface) -> None:
-        self.run_jobs([job])
-
-    def prepare(self, job: JobExecutorInterface) -> tuple:
-        """What the job's submission needs; done as Snakemake does before it runs a job itself
-        (output folders made, stale outputs removed)."""
         if job.is_group():
             raise WorkflowError("executor quantpipe runs no group jobs: remove `group:` settings")
         work, stage, name, log_path = self.work_of(job)
+        # What Snakemake does before it runs a job itself: output folders, stale outputs removed.
         self.workflow.async_run(job.prepare())
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        resources = dict(job.resources.items())
         folder = str(log_path.parent / "submitit")
-        return work, stage, dict(job.resources.items()), name, folder, log_path
-
-    def submit(self, call: tuple) -> tuple:
-        """(the job in flight, None), or (None, why the cluster refused it), also in its log."""
-        log_path = call[-1]
         try:
-            return self.sweep.submit(*call), None
+            flight = self.sweep.submit(work, stage, resources, name, folder, log_path)
         except Refused as refusal:
             with open(log_path, "a") as stream:
                 stream.write(f"{refusal}\n")
-            return None, str(refusal)
+            self.report_job_error(SubmittedJobInfo(job), msg=str(refusal))
+            return
+        self.report_job_submission(
+            SubmittedJobInfo(job, external_jobid=flight.job.job_id, aux={"flight": flight})
+        )
 
     def work_of(self, job: JobExecutorInterface):
         """(what the job runs, its stage or rule, its cluster name, its log file)."""
