@@ -16,8 +16,7 @@ CPU, 100 MB each) in a fresh folder under --workdir and prints:
 - wall time, and overhead per job: (wall - the ideal makespan) / N, the ideal makespan being
   SECONDS times the waves of jobs that the node's CPUs allow;
 - jobs lost: N minus the outputs written; jobs submitted: what sacct recorded from the folder
-  (more than N would mean a job submitted twice); the most jobs in flight at once (submitted,
-  not yet ended; from sacct's Submit and End times, to the second).
+  (more than N would mean a job submitted twice).
 
 Designs: `plugin` (the executor plugin quantpipe: one Snakemake process watches every job),
 `submitters` (today's profiles/slurm design: each rule a local Snakemake job whose process
@@ -131,19 +130,11 @@ def node_cpus() -> int:
     return int(out.split()[0])
 
 
-def accounted(folder: Path) -> tuple[int, int]:
-    """(jobs sacct recorded from `folder`, the most of them in flight at once: submitted and
-    not yet ended)."""
-    out = subprocess.run(["sacct", "-X", "-P", "-n", "-S", "now-1days", "-o",
-                          "Submit,End,WorkDir"], capture_output=True, text=True,
-                         check=True).stdout  # fmt: skip
-    rows = [line.split("|") for line in out.splitlines() if line.endswith(f"|{folder}")]
-    events = sorted([(submit, 1) for submit, _, _ in rows] + [(end, -1) for _, end, _ in rows])
-    in_flight = most = 0
-    for _, change in events:  # at equal times an end sorts before a submit
-        in_flight += change
-        most = max(most, in_flight)
-    return len(rows), most
+def submitted_jobs(folder: Path) -> int:
+    """Jobs sacct recorded from `folder` (its working directory)."""
+    out = subprocess.run(["sacct", "-X", "-P", "-n", "-S", "now-1days", "-o", "JobID,WorkDir"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return sum(1 for line in out.splitlines() if line.endswith(f"|{folder}"))
 
 
 def measure(design: str, jobs: int, seconds: float, workdir: Path, cpus: int) -> dict:
@@ -172,8 +163,6 @@ def measure(design: str, jobs: int, seconds: float, workdir: Path, cpus: int) ->
     calls.pop("REQUEST_STATS_INFO", None)  # our own sdiag
     client = {key: count for key, count in calls.items() if key in CLIENT_CALLS}
     written = len(list((folder / "out").glob("*.txt"))) if (folder / "out").exists() else 0
-    time.sleep(5)  # accounting records a job's end a little after it
-    submitted, most_in_flight = accounted(folder)
     ideal = seconds * math.ceil(jobs / cpus)
     return {
         "design": design, "jobs": jobs, "exit": process.returncode, "wall_s": round(wall, 1),
@@ -183,7 +172,7 @@ def measure(design: str, jobs: int, seconds: float, workdir: Path, cpus: int) ->
         "job_side": {key: count for key, count in calls.items() if key not in CLIENT_CALLS},
         "dbd_job_queries": difference(rpc_counts(["sacctmgr", "show", "stats"]), dbd).get(
             "DBD_GET_JOBS_COND", 0), "lost": jobs - written,
-        "submitted": submitted, "most_in_flight": most_in_flight,
+        "submitted": submitted_jobs(folder),
     }  # fmt: skip
 
 
@@ -208,8 +197,7 @@ def main() -> None:
                 f"{row['overhead_per_job_s']} s/job, peak submit-host memory {row['peak_mb']} MB, "
                 f"slurmctld client calls {row['client_calls']} ({row['client_calls_per_job']}/job) "
                 f"{row['client']}, job-side calls {row['job_side']}, slurmdbd job queries "
-                f"{row['dbd_job_queries']}, jobs lost {row['lost']}, submitted {row['submitted']}, "
-                f"most in flight at once {row['most_in_flight']}",
+                f"{row['dbd_job_queries']}, jobs lost {row['lost']}, submitted {row['submitted']}",
                 flush=True,
             )
 

@@ -6,7 +6,6 @@ job that a process waits on.
 """
 
 import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +17,6 @@ from quantpipe.submit.executor import JOB_FAILURES, StageCall, start
 from quantpipe.submit.progress import Progress
 from quantpipe.submit.signals import cancel_all
 from quantpipe.submit.watch import JobWatch, QueueWatch, why_failed
-
-# Seconds a job that ended without a result file is given for the file to show up (a shared
-# filesystem can lag), as submitit's own wait gives it; here without holding up other jobs' checks.
-RESULT_GRACE_S = 15
 
 
 @dataclass
@@ -35,7 +30,6 @@ class InFlight:
     watch: JobWatch | None
     progress: Progress
     say: object
-    over_since: float | None = None
 
 
 class Sweep:
@@ -88,18 +82,13 @@ class Sweep:
             flight.progress.report(state)
             return None
         job, stage = flight.job, flight.stage
-        gave_up = flight.watch is not None and flight.watch.gave_up
-        flight.over_since = flight.over_since or time.monotonic()
-        if not gave_up and not job.paths.result_pickle.exists():
-            if time.monotonic() - flight.over_since < RESULT_GRACE_S:
-                return None
-            job._results_timeout_s = 0  # waited above, without blocking the other jobs' checks
         with self.lock:
             self.in_flight.pop(job.job_id, None)
             if flight.watch:
                 self.queue.remove(flight.watch)
-        if gave_up:
-            return False, f"job {job.job_id}: no node of its partition could start it"
+        if flight.watch:
+            if flight.watch.gave_up:
+                return False, f"job {job.job_id}: no node of its partition could start it"
         try:
             job.result()
         except JOB_FAILURES as error:
