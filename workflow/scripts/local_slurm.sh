@@ -17,7 +17,7 @@
 # Debian 12 packages (Slurm 22.05), runs as root, needs no systemd. It runs from its own
 # configuration only and leaves the machine's alone: /etc/slurm, /etc/munge, /run/munge and
 # /run/mysqld are never touched. Everything it writes lives under QUANTPIPE_SLURM_DIR (default
-# .slurm/ in this checkout, which git ignores; see below): conf files, pid files, logs, spool, controller
+# .slurm/ in this checkout, which git ignores): conf files, pid files, logs, spool, controller
 # state, the MariaDB datadir, the munge key and the munge and MariaDB sockets. Client commands
 # (sinfo, sbatch, squeue, sacct) find this cluster through SLURM_CONF:
 #   eval "$(bash workflow/scripts/local_slurm.sh env)"
@@ -33,11 +33,8 @@
 # Slurm (the machine's own, or another checkout's) is an error that names the port and its holder.
 #
 # Environment:
-#   QUANTPIPE_SLURM_DIR     state directory; the munge and mysql users must reach it, so every
-#                           directory above it must be open to others. Default <checkout>/.slurm,
-#                           or, where a directory above the checkout is closed to others (a home
-#                           folder of mode 750), /var/tmp/quantpipe-slurm-<checksum of the
-#                           checkout's path>; `start` and `status` say which
+#   QUANTPIPE_SLURM_DIR     state directory (default <checkout>/.slurm); the munge and mysql users
+#                           must reach it, so every directory above it must be open to others
 #   QUANTPIPE_SLURM_CPUS    CPUs the node advertises (default 8; more than the machine has, so a
 #                           sweep of small jobs runs concurrently; wrong for benchmarks)
 #   QUANTPIPE_SLURM_MEM_MB  RealMemory of the node in MB (default 64000; like the CPUs, more than the
@@ -54,25 +51,7 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-# others_can_enter DIR: DIR and every directory above it are open (o+x) to other users.
-others_can_enter() {
-    local dir=$1 mode
-    while [[ $dir != / ]]; do
-        mode=$(stat -c %a "$dir") || return 1
-        ((8#$mode & 1)) || return 1
-        dir=$(dirname "$dir")
-    done
-}
-# The checkout's own .slurm where munge and mysql can reach it; else one place per checkout that
-# they can, outside it (the only files this script writes outside the checkout).
-default_dir() {
-    if others_can_enter "$REPO"; then
-        echo "$REPO/.slurm"
-    else
-        echo "/var/tmp/quantpipe-slurm-$(printf %s "$REPO" | cksum | cut -d' ' -f1)"
-    fi
-}
-DIR=$(realpath -m "${QUANTPIPE_SLURM_DIR:-$(default_dir)}")
+DIR=$(realpath -m "${QUANTPIPE_SLURM_DIR:-$REPO/.slurm}")
 CPUS=${QUANTPIPE_SLURM_CPUS:-8}
 MEM_MB=${QUANTPIPE_SLURM_MEM_MB:-64000}
 NGPUS=${QUANTPIPE_SLURM_GPUS:-2}
@@ -657,9 +636,6 @@ cmd_start() {
     [[ $EUID -eq 0 ]] || die "must run as root (the daemons run as root/munge/mysql)"
     check_settings
     note_old_link
-    if [[ -z ${QUANTPIPE_SLURM_DIR:-} && $DIR != "$REPO/.slurm" ]]; then
-        say "state in $DIR: a directory above $REPO is closed to others, and the munge and mysql users must reach the state (QUANTPIPE_SLURM_DIR chooses another place)"
-    fi
     mkdir -p "$DIR"
     if [[ -f $ETC/slurm.conf ]] && ! conf_outdated && healthy; then
         say "already up and healthy: node $NODE $(node_state), accounting answers ($DIR)"
