@@ -65,7 +65,9 @@ def accounted(folder: Path) -> list[dict[str, str]]:
     pytest.fail(f"sacct does not show the jobs of {folder} ended: {rows}")
 
 
-def test_200_jobs_in_flight_from_one_snakemake_with_status_calls_bounded_by_time(cluster, tmp_path):
+def test_200_jobs_in_flight_from_one_snakemake_with_status_calls_bounded_by_time(
+    cluster, tmp_path
+):
     """All 200 jobs are submitted before the first ends, all complete, the Snakemake process
     starts no waiting process per job, and slurmctld's job-info calls (squeue) stay within one
     per 2 s of the run, far fewer than the jobs."""
