@@ -22,10 +22,9 @@ validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
 check_consistency(config)
 
 
-# Stopping Snakemake with SIGTERM cancels the cluster jobs it waits on (Ctrl-C already does);
-# with the executor plugin quantpipe, Snakemake holds those jobs itself.
+# Stopping Snakemake with SIGTERM cancels the cluster jobs it waits on (Ctrl-C already does).
 onstart:
-    cancel_jobs_on_sigterm(workflow.executor_plugin.name == "quantpipe")
+    cancel_jobs_on_sigterm()
 
 
 include: "workflow/rules/common.smk"
