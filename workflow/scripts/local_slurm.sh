@@ -10,9 +10,6 @@
 #   local_slurm.sh env          print `export SLURM_CONF=...` for this cluster, to `eval` in a shell.
 #   local_slurm.sh stop-dbd | start-dbd | restart-dbd
 #                               stop/start only slurmdbd (fault injection: accounting goes away).
-#   local_slurm.sh stop-ctld | start-ctld
-#                               stop/start only slurmctld, its jobs and state kept (fault
-#                               injection: the controller restarts under a run).
 #
 # Debian 12 packages (Slurm 22.05), runs as root, needs no systemd. It runs from its own
 # configuration only and leaves the machine's alone: /etc/slurm, /etc/munge, /run/munge and
@@ -765,29 +762,19 @@ cmd_start_dbd() {
     say "slurmdbd up, sacct answers"
 }
 
-cmd_start_ctld() {
-    [[ -f $ETC/slurm.conf ]] || die "no $ETC/slurm.conf: run '$0 start' first"
-    CTLD_PORT=$(sed -n 's/^SlurmctldPort=//p' "$ETC/slurm.conf") # the port the cluster started with
-    check_ports slurmctld
-    start_slurmctld
-    wait_for "$TIMEOUT" "node $NODE usable" node_usable ||
-        die "node $NODE is '$(node_state)'" "$LOG/slurmd.log" "$LOG/slurmctld.log"
-    say "slurmctld up again, node $NODE $(node_state)"
-}
-
 cmd_env() {
     printf 'export SLURM_CONF=%q\n' "$SLURM_CONF"
     [[ -f $SLURM_CONF ]] || warn "$SLURM_CONF does not exist yet: run '$0 start'"
 }
 
 usage() {
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 main() {
     local cmd=${1:-}
     case $cmd in
-    start | stop | status | env | stop-dbd | start-dbd | restart-dbd | stop-ctld | start-ctld) ;;
+    start | stop | status | env | stop-dbd | start-dbd | restart-dbd) ;;
     -h | --help | help) usage; return 0 ;;
     *) usage >&2; return 2 ;;
     esac
@@ -805,8 +792,6 @@ main() {
     stop-dbd) cmd_stop_dbd ;;
     start-dbd) cmd_start_dbd ;;
     restart-dbd) cmd_stop_dbd && cmd_start_dbd ;;
-    stop-ctld) stop_daemons slurmctld ;;
-    start-ctld) cmd_start_ctld ;;
     esac
 }
 

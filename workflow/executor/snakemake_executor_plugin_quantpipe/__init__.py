@@ -13,6 +13,7 @@ run's jobs together (quantpipe.submit.sweep: one squeue per check, sacct for tho
 Select it with `executor: quantpipe` in a profile (profiles/slurm-plugin).
 """
 
+import threading
 from collections.abc import AsyncGenerator
 from pathlib import Path
 
@@ -46,6 +47,9 @@ common_settings = CommonSettings(
 class Executor(RemoteExecutor):
     def __post_init__(self) -> None:
         self.sweep = Sweep(say=self.logger.info)
+        # run_job (Snakemake's scheduler thread) and check_active_jobs (its status thread) both
+        # use the sweep.
+        self.sweep_lock = threading.Lock()
         self.next_seconds_between_status_checks = CHECK_INTERVAL_S
 
     def run_job(self, job: JobExecutorInterface) -> None:
@@ -58,7 +62,8 @@ class Executor(RemoteExecutor):
         resources = dict(job.resources.items())
         folder = str(log_path.parent / "submitit")
         try:
-            flight = self.sweep.submit(work, stage, resources, name, folder, log_path)
+            with self.sweep_lock:
+                flight = self.sweep.submit(work, stage, resources, name, folder, log_path)
         except Refused as refusal:
             with open(log_path, "a") as stream:
                 stream.write(f"{refusal}\n")
@@ -96,9 +101,10 @@ class Executor(RemoteExecutor):
     async def check_active_jobs(
         self, active_jobs: list[SubmittedJobInfo]
     ) -> AsyncGenerator[SubmittedJobInfo, None]:
-        self.sweep.check()
-        for info in active_jobs:
-            outcome = self.sweep.outcome(info.aux["flight"])
+        with self.sweep_lock:
+            self.sweep.check()
+            outcomes = [(info, self.sweep.outcome(info.aux["flight"])) for info in active_jobs]
+        for info, outcome in outcomes:
             if outcome is None:
                 yield info
             elif outcome[0]:
@@ -109,6 +115,7 @@ class Executor(RemoteExecutor):
     def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]) -> None:
         # Every job of the sweep, not only `active_jobs`: Snakemake leaves out those whose status
         # check is under way when it is stopped.
-        cancelled = self.sweep.cancel()
+        with self.sweep_lock:
+            cancelled = self.sweep.cancel()
         if cancelled:
             self.logger.info(f"cancelled {len(cancelled)} jobs of this run: {' '.join(cancelled)}")

@@ -5,7 +5,6 @@ sacct for those that ended), and each is settled once it is over. The Snakemake 
 job that a process waits on.
 """
 
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +32,11 @@ class InFlight:
 
 
 class Sweep:
-    """Submit with `submit`; call `check()` now and then, then `outcome(job)` for each job. The
-    methods may be called from different threads (Snakemake submits from one and checks from
-    another); a submission waiting for slurmctld holds up no check."""
+    """Submit with `submit`; call `check()` now and then, then `outcome(job)` for each job."""
 
     def __init__(self, say=log) -> None:
         self.queue = QueueWatch(say)
         self.in_flight: dict[str, InFlight] = {}
-        self.lock = threading.Lock()
 
     def submit(
         self,
@@ -60,17 +56,14 @@ class Sweep:
         watch = None
         if cluster == "slurm":
             watch = JobWatch(job, stage, float(resources.get("node_wait_min", 30)), say)
+            self.queue.add(watch)
         flight = InFlight(job, stage, resources, watch, Progress(job, job_name, say=say), say)
-        with self.lock:
-            if watch:
-                self.queue.add(watch)
-            self.in_flight[job.job_id] = flight
+        self.in_flight[job.job_id] = flight
         return flight
 
     def check(self) -> None:
         """Ask Slurm about every job, if it is time to (QueueWatch.check)."""
-        with self.lock:
-            self.queue.check()
+        self.queue.check()
 
     def outcome(self, flight: InFlight) -> tuple[bool, str] | None:
         """None while the job runs (its progress line now and then); once it is over, (True, '')
@@ -82,11 +75,9 @@ class Sweep:
             flight.progress.report(state)
             return None
         job, stage = flight.job, flight.stage
-        with self.lock:
-            self.in_flight.pop(job.job_id, None)
-            if flight.watch:
-                self.queue.remove(flight.watch)
+        self.in_flight.pop(job.job_id, None)
         if flight.watch:
+            self.queue.remove(flight.watch)
             if flight.watch.gave_up:
                 return False, f"job {job.job_id}: no node of its partition could start it"
         try:
@@ -104,7 +95,6 @@ class Sweep:
 
     def cancel(self) -> list[str]:
         """Cancel every job still in flight (one scancel for the Slurm ones); their ids."""
-        with self.lock:
-            flights = list(self.in_flight.values())
+        flights = list(self.in_flight.values())
         cancel_all([flight.job for flight in flights])
         return [flight.job.job_id for flight in flights]
