@@ -119,38 +119,21 @@ def report_failure(job, error: Exception, headline: str, stage: str, resources: 
         log(f"{stage}: {why}")
 
 
-class Refused(Exception):
-    """The cluster refused a job at submission; the message names what to check in the profile."""
-
-
-def start(work, stage: str, resources: Mapping, job_name: str, folder: str):
-    """Submit `work` (a StageCall, or a rule's shell command as a submitit CommandFunction) as
-    one submitit job of `stage` and return (job, cluster, parameters) without waiting; Refused
-    if the cluster will not take it."""
+def submit(stage: str, kwargs: dict, resources: Mapping, job_name: str, folder: str) -> dict:
+    """Run `stage` as a submitit job and wait for it; raise SystemExit(1) if it failed."""
     cluster, parameters = executor_parameters(resources, job_name)
     executor = submitit.AutoExecutor(
         folder=folder, cluster=cluster, slurm_max_num_timeout=int(resources.get("requeues", 3))
     )
     executor.update_parameters(**parameters)
     try:
-        job = executor.submit(work)
+        job = executor.submit(StageCall(stage, kwargs))
     except Exception as error:  # sbatch's refusal arrives as whatever submitit wraps it in
-        raise Refused(
+        log(
             f"{stage}: {cluster} refused the job {parameters}:\n{error}\n"
             "Check the partition, gpus, cpus_per_task, mem_mb and runtime that your profile "
             "(profiles/slurm/config.yaml) gives this rule against what `sinfo` shows."
-        ) from None
-    return job, cluster, parameters
-
-
-def submit(stage: str, kwargs: dict, resources: Mapping, job_name: str, folder: str) -> dict:
-    """Run `stage` as a submitit job and wait for it; raise SystemExit(1) if it failed."""
-    try:
-        job, cluster, parameters = start(
-            StageCall(stage, kwargs), stage, resources, job_name, folder
         )
-    except Refused as refusal:
-        log(str(refusal))
         raise SystemExit(1) from None
     with cancel_on_signal(job):
         log(f"{stage}: submitted job {job.job_id} to {cluster} with {parameters}")
