@@ -92,7 +92,7 @@ def stub_benchmark(monkeypatch):
         monkeypatch.delenv("SLURMD_NODENAME", raising=False)
         monkeypatch.setattr(benchmark, "load_trained", lambda path: (net, {}))
 
-        def implementations(variant, model, artifact, method, example):
+        def implementations(variant, model, artifact, method, example, budgeted=False):
             size = benchmark.state_dict_bytes(model)
             yield "eager", torch.device("cpu"), model, size
             yield label, torch.device("cpu"), slower, size

@@ -16,7 +16,7 @@ rule sensitivity:
         stage="sensitivity",
         config=lambda wildcards: {
             **quantize_config(wildcards),
-            "sensitivity_images": config["sensitivity"]["images"],
+            "sensitivity_items": config["sensitivity"]["items"],
         },
     script:
         SUBMIT

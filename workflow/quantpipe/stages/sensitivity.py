@@ -33,7 +33,7 @@ def run(model: str, data: str, table: str, metrics: str, config: dict, log=print
     quantize = requantizer(
         config["method"], net, images.split(config["calibration_batch_size"]), example, chosen.name
     )
-    limit = config["sensitivity_images"] or None
+    limit = config["sensitivity_items"] or None
     validate = task.validator(data, config, torch.device("cpu"), limit)
     spec = task.spec
 
