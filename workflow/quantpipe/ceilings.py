@@ -27,10 +27,14 @@ GEMM_SIZE = 2048  # m = n = k
 BATCH, CHANNELS, SIZE = 16, 256, 32
 CONV_MACS = BATCH * CHANNELS * CHANNELS * 9 * SIZE * SIZE
 CONV = f"3x3 {CHANNELS}->{CHANNELS}, {SIZE}x{SIZE}, batch {BATCH}, channels_last"
+# A GEMM kernel without a fast path on this CPU is probed at a quarter of the size: torch._int_mm
+# on an AMD EPYC without VNNI ran 0.1 GMAC/s, 90 s for one 2048^3 call (far below the convolution,
+# so it never sets the ceiling), and the probe must not cost every benchmark job minutes.
+SMALL_GEMM_SIZE = GEMM_SIZE // 4
 KERNELS = {
-    "fp32_gemm": f"torch.mm {GEMM_SIZE}x{GEMM_SIZE}x{GEMM_SIZE}",
+    "fp32_gemm": "torch.mm {size}x{size}x{size}",
     "fp32_conv": f"oneDNN conv2d {CONV}",
-    "int8_gemm": f"torch._int_mm {GEMM_SIZE}x{GEMM_SIZE}x{GEMM_SIZE}",
+    "int8_gemm": "torch._int_mm {size}x{size}x{size}",
     "int8_conv": f"oneDNN qconv_pointwise u8s8 + ReLU {CONV}",
 }
 
@@ -59,24 +63,37 @@ def _random_bytes(dtype: torch.dtype, *shape: int) -> torch.Tensor:
     return torch.randint(low, low + 256, shape, dtype=dtype, generator=generator)
 
 
-def fp32_gemm_macs_per_s(seconds: float) -> float:
-    a = torch.randn(GEMM_SIZE, GEMM_SIZE)
-    return _best_rate(lambda: torch.mm(a, a), GEMM_SIZE**3, seconds)
+def _gemm_rate(multiply, operand, kernel: str, seconds: float) -> tuple[float, str]:
+    """(MACs/s, kernel) of a square GEMM at GEMM_SIZE, or at SMALL_GEMM_SIZE where one call at
+    GEMM_SIZE would take over 5x the probe's time (the small call's rate says so): the probe's
+    warm-up and timed blocks need at least 5 calls."""
+    small = operand(SMALL_GEMM_SIZE)
+    started = time.perf_counter()
+    multiply(small, small)
+    full_call_s = (time.perf_counter() - started) * (GEMM_SIZE / SMALL_GEMM_SIZE) ** 3
+    size = GEMM_SIZE if full_call_s < 5 * seconds else SMALL_GEMM_SIZE
+    a = operand(size) if size == GEMM_SIZE else small
+    rate = _best_rate(lambda: multiply(a, a), size**3, seconds)
+    return rate, kernel.format(size=size)
 
 
-def fp32_conv_macs_per_s(seconds: float) -> float:
+def fp32_gemm_macs_per_s(seconds: float) -> tuple[float, str]:
+    return _gemm_rate(torch.mm, lambda n: torch.randn(n, n), KERNELS["fp32_gemm"], seconds)
+
+
+def fp32_conv_macs_per_s(seconds: float) -> tuple[float, str]:
     conv = torch.nn.Conv2d(CHANNELS, CHANNELS, 3, padding=1, bias=False).eval()
     conv = conv.to(memory_format=torch.channels_last)
     images = torch.randn(BATCH, CHANNELS, SIZE, SIZE).contiguous(memory_format=torch.channels_last)
-    return _best_rate(lambda: conv(images), CONV_MACS, seconds)
+    return _best_rate(lambda: conv(images), CONV_MACS, seconds), KERNELS["fp32_conv"]
 
 
-def int8_gemm_macs_per_s(seconds: float) -> float:
-    a = _random_bytes(torch.int8, GEMM_SIZE, GEMM_SIZE)
-    return _best_rate(lambda: torch._int_mm(a, a), GEMM_SIZE**3, seconds)
+def int8_gemm_macs_per_s(seconds: float) -> tuple[float, str]:
+    operand = lambda n: _random_bytes(torch.int8, n, n)  # noqa: E731
+    return _gemm_rate(torch._int_mm, operand, KERNELS["int8_gemm"], seconds)
 
 
-def int8_conv_macs_per_s(seconds: float) -> float:
+def int8_conv_macs_per_s(seconds: float) -> tuple[float, str]:
     """The call Inductor makes for an interior convolution of a compiled PT2E model (uint8 in
     and out, per-channel int8 weights prepacked, bias and ReLU fused); tests/test_compare.py
     checks that a compiled PT2E convolution still lowers to it."""
@@ -94,7 +111,7 @@ def int8_conv_macs_per_s(seconds: float) -> float:
             [], "",
         )  # fmt: skip
 
-    return _best_rate(call, CONV_MACS, seconds)
+    return _best_rate(call, CONV_MACS, seconds), KERNELS["int8_conv"]
 
 
 PROBES = {
@@ -110,10 +127,11 @@ def measure(seconds: float = 2.0) -> dict:
     found = {"threads": torch.get_num_threads()}
     with torch.inference_mode():
         for precision, probes in PROBES.items():
-            rates = {kind: probe(seconds / 4) / GIGA for kind, probe in probes.items()}
+            probed = {kind: probe(seconds / 4) for kind, probe in probes.items()}
+            rates = {kind: rate / GIGA for kind, (rate, _) in probed.items()}
             best = max(rates, key=rates.get)
             found[f"{precision}_gmac_per_s"] = rates[best]
-            found[f"{precision}_kernel"] = KERNELS[f"{precision}_{best}"]
+            found[f"{precision}_kernel"] = probed[best][1]
             for kind, rate in rates.items():
                 found[f"{precision}_{kind}_gmac_per_s"] = rate
     return found
