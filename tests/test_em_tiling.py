@@ -342,8 +342,9 @@ def test_a_3d_block_is_covered_by_its_tiles_in_depth(depth, overlap, batch):
 
 @pytest.mark.slow
 def test_the_volume_benchmark_script_prints_a_row_per_variant(tmp_path):
-    """workflow/scripts/em_volume_benchmark.py as the README runs it, on a small volume: one JSON
-    row per variant, each with the path beside the network alone and the geometry's redundancy."""
+    """workflow/scripts/em_volume_benchmark.py as docs/connectomics.md runs it, on a small volume:
+    one JSON row per variant, each with the path beside the network alone and the geometry's
+    redundancy."""
     import json
     import subprocess
     import sys

@@ -392,7 +392,7 @@ def test_compiled_pt2e_runs_small_batches_through_the_cpp_wrapper():
 
 
 @pytest.mark.slow
-def test_the_quantize_command_works_as_the_readme_shows(tmp_path, cifar_dir):
+def test_the_quantize_command_works_as_the_manual_shows(tmp_path, cifar_dir):
     """`quantpipe quantize --model ... --data ... --artifact ... --metrics ... --config ...` on a
     checkpoint as the train stage writes it: an INT8 artifact close to the FP32 model, and its
     record."""

@@ -15,7 +15,7 @@ A task comes in two halves:
 `task: your.module:YOUR_SPEC` in config.yaml, a TaskSpec whose implementation is their Task;
 quantpipe.tasks.spec() and load() resolve both built-in names and references.
 
-A minimal task (see README.md, "Your own task"):
+A minimal task (see docs/your_model.md, "Your own task"):
 
     # mytask/spec.py: torch-free
     SPEC = TaskSpec(name="mytask", data="resources/mytask", implementation="mytask.task:MyTask",
