@@ -1,6 +1,6 @@
 # quantpipe: train a ResNet18 on CIFAR-10, quantize it to INT8, benchmark FP32 (GPU, CPU) against
 # INT8 (CPU), and merge every measurement into results/report.csv. Every stage runs through
-# submitit: locally by default, on Slurm with `snakemake --profile slurm` (see README.md and docs/slurm.md).
+# submitit: locally by default, on Slurm with `snakemake --profile slurm` (docs/slurm.md).
 # `task: isbi2012_em` runs the same rules on membrane U-Nets for serial-section EM instead
 # (workflow/experiments/isbi2012_em.yaml): the task's plug-in (quantpipe.tasks) says what each
 # stage does for it.

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The test command (README.md, docs/development.md). It installs what the tests need, then runs one tier:
+# The test command (README.md, docs/development.md). It installs what the tests need, then
+# runs one tier:
 #   bash tests/run.sh        full: every test, with the peer runtimes and a real single-node Slurm
 #                            (munge, MariaDB, slurmdbd, slurmctld, slurmd), on 2 pytest-xdist
 #                            workers (the Slurm tests on one, one at a time; the rest on the other)

@@ -50,6 +50,10 @@ def test_report_scores_fp32_and_both_int8_methods(finished_run):
         assert (ok["speedup_vs_fp32_cpu_eager"] == ok["paired_speedup"]).all()
         fp32 = ok.loc[("fp32-cpu", "eager")]
         assert fp32["speedup_vs_fp32_cpu_eager_unpaired"] == 1 and fp32["v_rand_delta"] == 0
+        for method in ("pt2e", "eager"):  # INT8 scores the segmentation about as FP32 does
+            int8 = ok.loc[("int8-cpu", method)]
+            assert int8["v_rand_delta"] == pytest.approx(int8["v_rand"] - fp32["v_rand"])
+            assert abs(int8["pixel_error"] - fp32["pixel_error"]) < 0.05, method
         assert "accuracy" not in report.columns  # the report has the task's own columns
         gpu = rows[rows["variant"] == "fp32-gpu"]
         assert sorted(gpu["method"]) == ["compiled", "eager"]
@@ -102,3 +106,13 @@ def test_the_whole_stack_is_segmented_by_a_job_array_per_variant(finished_run):
             assert probability.shape == (30, 512, 512)
             assert np.isfinite(probability).all()  # every block was written
             assert ((probability >= 0) & (probability <= 1)).all()
+        # INT8 segments the stack as FP32 does: the same network, 8-bit weights and activations.
+        maps = {
+            path.parent.name: zarr.open_array(path.parent / "membrane.zarr", mode="r")[:]
+            for path in runs
+        }
+        fp32 = maps.pop("fp32-cpu")
+        for variant, probability in maps.items():
+            gap = float(np.abs(probability - fp32).mean())
+            print(f"{variant}: mean |p - p_fp32| {gap:.4f}")
+            assert gap < 0.05, variant

@@ -52,6 +52,14 @@ def test_report_rows_measure_the_folders_test_images(finished_run):
         ("int8-cpu", "pt2e"), ("int8-cpu", "eager"),
     }  # fmt: skip
     assert ((report["accuracy"] >= 0) & (report["accuracy"] <= 1)).all()
+    # INT8 classifies the folder's 90 test images about as FP32 does (at most 9 apart), and the
+    # delta column is the difference from FP32 eager.
+    rows = report.set_index(["variant", "method"])
+    fp32 = rows.loc[("fp32-cpu", "eager"), "accuracy"]
+    for method in ("pt2e", "eager"):
+        int8 = rows.loc[("int8-cpu", method)]
+        assert int8["accuracy_delta"] == pytest.approx(int8["accuracy"] - fp32)
+        assert abs(int8["accuracy"] - fp32) <= 0.1, method
     assert (report["images_per_s"] > 0).all()
     prepared = json.loads((workdir / "results/prepare_data/images.json").read_text())
     assert prepared["classes"] == list(CLASSES) and prepared["images"]["test"] == 3 * TEST

@@ -87,6 +87,12 @@ def test_report_compares_fp32_and_int8(finished_run):
         print(f"{method}: accuracy {int8['accuracy']:.4f} vs FP32 {fp32['accuracy']:.4f}, "
               f"{int8['images_per_s']:.0f} vs {fp32['images_per_s']:.0f} img/s")  # fmt: skip
         assert abs(int8["accuracy"] - fp32["accuracy"]) <= 0.01
+        # The report's speedup is the pair measured in the INT8 job itself, not the ratio of two
+        # jobs' rates (kept apart as _unpaired).
+        assert int8["speedup_vs_fp32_cpu_eager"] == pytest.approx(int8["paired_speedup"])
+        assert int8["speedup_vs_fp32_cpu_eager_unpaired"] == pytest.approx(
+            int8["images_per_s"] / fp32["images_per_s"]
+        )
         # At width 8 the weights are 0.7 MB, so the PT2E file's graph description (~0.3 MB)
         # weighs; tests/test_quantize.py checks the full-width ratio.
         assert int8["size_ratio"] > 1.3
