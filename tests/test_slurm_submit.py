@@ -74,13 +74,17 @@ def _data(cifar_dir, cluster):
     ids=["unknown-partition", "too-many-gpus"],
 )  # fmt: skip
 def test_an_impossible_request_fails_at_once(tmp_path, capsys, resources, reason):
-    started = time.monotonic()
+    """Refused at submission, never waited on: no job of its name reached Slurm, and the
+    submitter said nothing of a job (no id, no state); no clock, as the machine is shared."""
+    name = f"qp-impossible-{tmp_path.name}"
     with pytest.raises(SystemExit) as failure:
-        submit("report", {}, resources, "impossible", str(tmp_path))
+        submit("report", {}, resources, name, str(tmp_path))
     assert failure.value.code == 1
-    assert time.monotonic() - started < 30
     said = capsys.readouterr().out
     assert "refused the job" in said and reason in said.lower() and "profiles/slurm" in said
+    assert "submitted job" not in said and "PENDING" not in said, said
+    accounted = run(["sacct", "-n", "-X", "--name", name, "-S", "now-1hours", "-o", "JobID"])
+    assert not accounted.stdout.strip(), accounted.stdout
 
 
 def test_a_cancelled_job_is_reported_failed(tmp_path):
@@ -109,20 +113,35 @@ def test_stopping_the_submitter_cancels_its_job(tmp_path, signum):
     assert wait_sacct(job)["State"].startswith("CANCELLED")
 
 
-def test_a_requeued_training_job_resumes_and_matches_an_uninterrupted_run(tmp_path):
-    config = {**TRAIN, "epochs": 3}
-    name = "qp-test-requeue"
+def restarts(job: str) -> int:
+    found = re.search(r"Restarts=(\d+)", run(["scontrol", "show", "job", job, "-o"]).stdout)
+    return int(found[1]) if found else 0
+
+
+def test_a_training_job_at_its_time_limit_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    """A real time limit: once the first epoch's checkpoint exists, the job's limit is moved to
+    its first minute, so Slurm sends submitit's warning (USR2, signal_delay_s = 60 s before the
+    end); submitit checkpoints and requeues the job, which resumes and ends with the weights of a
+    run that was never stopped."""
+    config = {**TRAIN, "epochs": 12}  # still training when the warning comes (within ~40 s)
+    name = "qp-test-time-limit"
     files = {"data": str(pytest.cifar_dir), "model": str(tmp_path / "slurm" / "model.pt"),
              "metrics": str(tmp_path / "slurm" / "metrics.json"), "config": config}  # fmt: skip
     process = submitter(tmp_path, "train", files, CPU, name, {"QUANTPIPE_PROGRESS_S": "2"})
     job = job_id_of(name)
     checkpoint = tmp_path / "slurm" / "checkpoints" / "last.pt"
     wait_for(checkpoint.exists, 300, "the first epoch checkpoint")
-    assert run(["scontrol", "requeue", job]).returncode == 0
+    assert run(["scontrol", "update", f"JobId={job}", "TimeLimit=1"]).returncode == 0
+    wait_for(lambda: restarts(job) >= 1, 240, "submitit's requeue at the time limit")
+    # The next attempt gets the profile's limit back and runs to the end.
+    run(["scontrol", "update", f"JobId={job}", f"TimeLimit={CPU['runtime']}"])
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
+    assert "requeued by Slurm (restart 1" in output, output
     # While it waited, the submitter showed the job's state and its latest training line.
-    assert re.search(rf"{name} job {job}: RUNNING for \S+: .*train: epoch \d/3 step", output)
+    assert re.search(rf"{name} job {job}: RUNNING for \S+: .*train: epoch \d+/12 step", output)
+    stderr = "".join(path.read_text() for path in (tmp_path / "logs").glob(f"{job}_*log.err"))
+    assert "Caught signal USR2" in stderr and f"Requeued job {job}" in stderr, stderr[-3000:]
     record = torch.load(tmp_path / "slurm" / "model.pt", weights_only=True)["record"]
     assert record["resumed_from_epoch"] >= 1, "the requeued job should resume, not start over"
     assert record["provenance"]["slurm_job_id"] == job
