@@ -307,7 +307,7 @@ def test_a_torchvision_model_trains_quantizes_and_benchmarks(tmp_path, cifar_dir
                              {**run, **calibration, "variant": "int8-cpu", "node_class": "any",
                               "batch_size": 256,
                               "warmup": 1, "latency_iterations": 10, "rounds": 2,
-                              "paired_images": 256, "batch_sizes": []},
+                              "paired_images": 256, "batch_sizes": [], "ceilings": False},
                              artifact=artifact)  # fmt: skip
     (row,) = measured["rows"]
     print(f"{MOBILENET}: train, quantize, benchmark in {time.perf_counter() - started:.0f} s; "

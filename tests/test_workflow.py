@@ -60,6 +60,8 @@ def finished_run(tmp_path_factory):
     config["methods"] = [*config["methods"], *PEERS, "qat"]
     config["qat"] = {"steps": 3, "batch_size": 32}
     config["benchmark"]["batch_sizes"] = [1, 4]  # the batch-size curve, at two sizes
+    config["benchmark"]["ceilings"] = True  # measured here, once in the suite's DAGs
+    config["benchmark"]["gpu"] = True  # the GPU rows: measured with CUDA, else skipped saying why
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     snakemake(workdir)
     return workdir, config
@@ -81,6 +83,8 @@ def test_report_compares_fp32_and_int8(finished_run):
     numbers = ["accuracy", "images_per_s", "latency_ms_p50", "latency_ms_p99", "size_mb"]
     assert (ok[numbers] > 0).all().all()
     assert (ok["threads"] >= 1).all()
+    # Each CPU job measured its machine's ceilings: every row reaches a fraction of them.
+    assert (ok["ceiling_gmac_per_s"] > 0).all() and (ok["fraction_of_ceiling"] > 0).all()
     fp32 = ok.loc[("fp32-cpu", "eager")]
     for method in config["methods"]:
         int8 = ok.loc[("int8-cpu", method)]
