@@ -56,6 +56,7 @@ def quiet(line):
 TRIED = ("conv1", "layer1.0.conv1", FRAGILE, "fc")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", CONTROLLED)
 def test_sensitivity_ranks_the_fragile_layer_first(setup, method):
     net, images, score = setup
@@ -77,6 +78,7 @@ def test_sensitivity_ranks_the_fragile_layer_first(setup, method):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", CONTROLLED)
 def test_the_budget_keeps_the_fewest_layers_in_fp32(setup, method, tmp_path):
     net, images, score = setup
@@ -97,6 +99,7 @@ def test_the_budget_keeps_the_fewest_layers_in_fp32(setup, method, tmp_path):
     assert score(backend(method).load(path)) == pytest.approx(chosen["score"], abs=1e-4)
 
 
+@pytest.mark.slow
 def test_the_search_stops_at_the_fewest_layers(setup):
     net, images, score = setup
     quantize = requantizer("pt2e", net, images.split(64), images[:2], "histogram")
@@ -108,6 +111,7 @@ def test_the_search_stops_at_the_fewest_layers(setup):
     assert chosen is steps[-1]
 
 
+@pytest.mark.slow
 def test_an_impossible_budget_fails_with_the_best_reached(setup):
     net, images, score = setup
     quantize = requantizer("pt2e", net, images.split(64), images[:2], "histogram")

@@ -21,6 +21,7 @@ def test_splits_are_fixed_disjoint_and_complete(cifar_dir):
     assert splits["test"][1][:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
 
 
+@pytest.mark.slow
 def test_calibration_comes_from_the_training_split(cifar_dir):
     splits = load_splits(str(cifar_dir), val_size=5000)
     images = calibration_images(str(cifar_dir), 5000, 16, seed=0)

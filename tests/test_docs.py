@@ -282,7 +282,20 @@ def test_every_command_is_recognised():
     )
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=str)
+# Kinds whose check starts a process that imports torch (--help): several seconds each.
+RUNS_A_PROCESS = {"quantpipe", "script", "snakemake"}
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        pytest.param(
+            command, marks=[pytest.mark.slow] if kind_of(command) in RUNS_A_PROCESS else []
+        )
+        for command in COMMANDS
+    ],
+    ids=str,
+)
 def test_command(command):
     for _, recognises, check in KINDS:
         if recognises(command.argv):

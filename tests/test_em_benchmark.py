@@ -82,6 +82,7 @@ def test_cpu_rows_carry_rounds_and_the_pair_with_fp32_eager(volume, tmp_path, st
     assert torch.equal(predictions["eager"], predictions["sleepy"])
 
 
+@pytest.mark.slow
 def test_without_a_reference_rows_have_rounds_and_no_pair(volume, tmp_path):
     torch.manual_seed(0)
     net = Sleepy(build_model("unet2d", width=2, num_classes=1).eval(), seconds=0.2)

@@ -128,6 +128,7 @@ def test_pt2e_quantizes_every_convolution(name, sections):
     assert sqnr > 20 and agreement > 0.98
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SHAPES)
 def test_eager_quantizes_every_convolution(name, sections):
     net = realistic(name, sections)
@@ -150,6 +151,7 @@ def test_eager_quantizes_every_convolution(name, sections):
     assert sqnr > 15 and agreement > 0.97
 
 
+@pytest.mark.slow
 def test_eager_int8_section_stacks_stay_channels_last(sections):
     """Quantized cat joins 4D channels-last inputs with a fast kernel and anything else by way of
     float (116 ms against 14 ms for one stack of width 32): the section stack's gather keeps the

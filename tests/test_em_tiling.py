@@ -297,6 +297,7 @@ class ModelClock:
         return self.model(tiles)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dims", [2, 3])
 def test_the_share_is_the_path_over_the_network_on_the_same_voxels(volume, tmp_path, monkeypatch,
                                                                    dims):  # fmt: skip

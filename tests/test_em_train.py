@@ -30,6 +30,7 @@ def train(volume, out, log=lambda _: None):
     return run(volume, str(out / "model.pt"), str(out / "metrics.json"), CONFIG, log=log)
 
 
+@pytest.mark.slow
 def test_the_record_says_what_ran(volume, tmp_path):
     record = train(volume, tmp_path)
     if torch.cuda.is_available():

@@ -3,11 +3,13 @@
 import os
 from pathlib import Path
 
+import pytest
 import torch
 from quantpipe import inductor_cache
 from quantpipe.submit.executor import StageCall
 
 
+@pytest.mark.slow
 def test_a_job_compiles_into_its_own_folder_removed_at_its_end(monkeypatch):
     monkeypatch.delenv(inductor_cache.VARIABLE, raising=False)
     with inductor_cache.private() as folder:

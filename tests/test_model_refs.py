@@ -217,6 +217,7 @@ def test_eager_is_refused_for_a_model_without_fusion_groups(userpkg):
 # --- the user's network through the stages -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_user_network_quantizes_with_pt2e(userpkg, tmp_path):
     """Functional ops, a padded and strided shortcut, a block called twice: all INT8 with pt2e."""
     model = trained_like(build_model(USERNET))
@@ -242,6 +243,7 @@ def test_the_user_network_quantizes_with_pt2e(userpkg, tmp_path):
     assert int8 >= 0.99 * weights  # every convolution and the head, once each
 
 
+@pytest.mark.slow
 def test_the_checkpoint_rebuilds_the_model_and_quantize_runs_by_hand(userpkg, tmp_path, cifar_dir):
     """`quantpipe quantize` by hand: its config names no model; the checkpoint says which."""
     config = {"model": USERNET, "width": None, "seed": 0, "num_classes": 10, "val_size": 1000,

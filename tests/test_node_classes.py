@@ -17,6 +17,7 @@ def workdir(tmp_path_factory):
     copy_repository(workdir)
     config = tiny_config(workdir)
     config["methods"] = ["pt2e"]
+    config["benchmark"]["gpu"] = True  # the GPU rows: once, on the gpu class
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     return workdir
 
@@ -28,6 +29,7 @@ def planned_benchmarks(output: str) -> dict[str, str]:
     return dict(jobs)
 
 
+@pytest.mark.slow
 def test_every_cpu_benchmark_runs_on_every_class_and_the_gpu_ones_once(workdir):
     assert planned_jobs(workdir)["benchmark"] == 2  # fp32-cpu, int8 pt2e on class any
     jobs = planned_jobs(workdir, "--config", CLASSES)
@@ -57,6 +59,7 @@ def test_the_slurm_profile_sends_each_class_where_it_maps_it(workdir, tmp_path):
         assert ("exclusive=1" in resources) == (node_class != "gpu"), (path, resources)
 
 
+@pytest.mark.slow
 def test_a_class_the_profile_does_not_map_stops_the_run_before_any_job(workdir):
     refused = snakemake(workdir, "--dry-run", "--config", CLASSES, profile="profiles/slurm",
                         check=False)  # fmt: skip

@@ -62,7 +62,9 @@ def trained_like(model: nn.Module) -> nn.Module:
 @pytest.mark.parametrize(
     "make",
     [
-        pytest.param(lambda: build_model("resnet18_cifar", width=8), id="ours"),
+        pytest.param(
+            lambda: build_model("resnet18_cifar", width=8), id="ours", marks=pytest.mark.slow
+        ),
         pytest.param(  # reuses one ReLU per block
             lambda: torchvision.models.resnet18(num_classes=10),
             id="torchvision-resnet18",

@@ -292,6 +292,7 @@ def cells(markdown: str, heading: str) -> list[list[str]]:
     return table
 
 
+@pytest.mark.slow
 def test_run_writes_csv_markdown_html_and_figures(tmp_path, fixture_run, cifar_dir):
     out = tmp_path / "results"
     figures = [str(out / "summary" / f"{name}.{kind}") for name in SPEC.figures
@@ -415,6 +416,7 @@ def test_without_a_curve_the_summary_says_how_to_ask_for_one(tmp_path):
     assert png_size(tmp_path / "batch_size_curve.png")[0] > 1000
 
 
+@pytest.mark.slow
 def test_what_int8_buys_is_told_per_node_class_and_never_across(tmp_path, labels, cifar_dir):
     """Two node classes (INT8 4x FP32 eager on avx2, 8x on amx): statistics, paired tests and
     tables per class; summary.md's per-class table gives each class's best INT8 with its paired

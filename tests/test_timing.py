@@ -34,6 +34,7 @@ class Twice(torch.nn.Module):
         return self.net(images)
 
 
+@pytest.mark.slow
 def test_rounds_give_a_median_and_a_range_and_a_pair():
     net, images = tiny_model(), uint8_images(10)
     config = {"batch_size": 4, "warmup": 1, "rounds": 3}
@@ -58,6 +59,7 @@ def as_input(batch: torch.Tensor) -> torch.Tensor:
     return batch.float() / 255
 
 
+@pytest.mark.slow
 def test_the_curve_has_one_entry_per_batch_size_and_says_why_one_is_not_timed():
     images = uint8_images(10)
     config = {"batch_sizes": [1, 4, 10, 16], "warmup": 1, "rounds": 3}

@@ -396,6 +396,7 @@ RUN = {"model": USERNET, "width": None, "seed": 0, "num_classes": 10, "val_size"
        "device": "auto"}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_train_stage_imports_instead_of_training(userpkg, tmp_path, cifar_dir):
     source = build_model(USERNET).eval()
     with torch.no_grad():  # batch norm statistics of real-looking inputs, as after training
