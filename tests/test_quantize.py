@@ -380,11 +380,12 @@ def test_compiled_pt2e_runs_small_batches_through_the_cpp_wrapper():
     assert len(large) > compiled.cpp_wrapper_max_batch >= len(x)
     with torch.no_grad():
         small_logits, large_logits = compiled(x), compiled(large)
-        # The same graph at two batch sizes: oneDNN may pick another kernel for each and round a
-        # few requantized values one step apart (seen: 9 of 160 logits, by 0.03), never more.
-        gap = (small_logits - large_logits[: len(x)]).abs()
-        assert gap.max() < 0.05 and (gap > 1e-3).float().mean() < 0.1, gap.max()
-        torch.testing.assert_close(small_logits, quantized(x), rtol=0.05, atol=0.05)
+        # The same graph at two batch sizes: oneDNN may pick another kernel for each and round
+        # requantized values a step apart (seen: 9 of 160 logits, by 0.03), so each compiled path
+        # is held to the reference graph, not to the other.
+        reference = quantized(x)
+        torch.testing.assert_close(small_logits, reference, rtol=0.05, atol=0.05)
+        torch.testing.assert_close(large_logits[: len(x)], reference, rtol=0.05, atol=0.05)
         torch._dynamo.reset()
         _, small_code = run_and_get_code(pt2e.compile_for_cpu(quantized), x[:1])
     assert "aoti_torch" in "\n".join(small_code)  # the C++ wrapper calls the ops through AOTI shims
