@@ -32,6 +32,16 @@ def test_ceilings_are_the_better_of_a_gemm_and_a_convolution():
                         ceilings.describe(found))  # fmt: skip
 
 
+def test_a_gemm_too_slow_for_the_full_size_is_probed_small():
+    """A kernel whose quarter-size call already implies a full-size call of minutes (torch._int_mm
+    without VNNI) is timed at SMALL_GEMM_SIZE and says so; a fast one at GEMM_SIZE."""
+    kernel = "gemm {size}"
+    slow = ceilings._gemm_rate(lambda a, b: time.sleep(0.01), lambda n: n, kernel, 0.05)
+    assert slow[1] == kernel.format(size=ceilings.SMALL_GEMM_SIZE)
+    fast = ceilings._gemm_rate(lambda a, b: None, lambda n: n, kernel, 0.05)
+    assert fast[1] == kernel.format(size=ceilings.GEMM_SIZE) and fast[0] > slow[0]
+
+
 @pytest.mark.slow
 def test_int8_ceiling_probes_the_kernel_a_compiled_pt2e_model_runs():
     """A compiled PT2E network lowers its convolutions to the oneDNN call the INT8 probe times,
