@@ -22,9 +22,10 @@ validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
 check_consistency(config)
 
 
-# Stopping Snakemake with SIGTERM cancels the cluster jobs it waits on (Ctrl-C already does).
+# Stopping Snakemake with SIGTERM cancels the cluster jobs it waits on (Ctrl-C already does);
+# with the executor plugin quantpipe, Snakemake holds those jobs itself.
 onstart:
-    cancel_jobs_on_sigterm()
+    cancel_jobs_on_sigterm(workflow.executor_plugin.name == "quantpipe")
 
 
 include: "workflow/rules/common.smk"

@@ -189,3 +189,27 @@ def test_a_second_cluster_on_its_own_ports_runs_and_its_stop_leaves_nothing(
     running = processes_under(state)
     assert not running, f"stop left processes of the second cluster running: {running}"
     assert snapshot() == before
+
+
+@pytest.mark.parametrize("home_mode", [0o750, 0o755])
+def test_the_state_goes_where_the_daemons_users_can_reach_it(home_mode):
+    """A checkout under a home folder others cannot enter (mode 750, Ubuntu's default): munge and
+    mysql could not reach its .slurm, so the state goes to a place of its own under /var/tmp;
+    under an open home it stays in the checkout. (`env` only prints: nothing is created.)"""
+    with tempfile.TemporaryDirectory() as top:  # /tmp: open to all, unlike pytest's tmp_path
+        home = Path(top) / "home"
+        script = home / "checkout" / "workflow" / "scripts" / "local_slurm.sh"
+        script.parent.mkdir(parents=True)
+        shutil.copy(REPO / "workflow" / "scripts" / "local_slurm.sh", script)
+        for folder in script.parents:
+            if folder.is_relative_to(top):
+                folder.chmod(0o755)
+        home.chmod(home_mode)
+        env = {k: v for k, v in os.environ.items() if k != "QUANTPIPE_SLURM_DIR"}
+        done = subprocess.run(["bash", str(script), "env"], capture_output=True, text=True,
+                              env=env, check=True)  # fmt: skip
+        conf = done.stdout.strip().removeprefix("export SLURM_CONF=")
+        if home_mode == 0o750:
+            assert re.fullmatch(r"/var/tmp/quantpipe-slurm-\d+/etc/slurm\.conf", conf), conf
+        else:
+            assert conf == str(home / "checkout" / ".slurm" / "etc" / "slurm.conf")

@@ -174,9 +174,9 @@ class _RequeuedCluster:
         """watch.slurm_query's answers at this moment."""
         if args[0] == "squeue":
             if self.now < 10:
-                return True, "1|PENDING|BeginTime|cpu|"
+                return True, "19|1|PENDING|BeginTime|cpu|"
             state = "RUNNING" if self.now < 30 else self.second
-            return True, f"1|{state}|None|cpu|node1"
+            return True, f"19|1|{state}|None|cpu|node1"
         if args[0] == "sinfo":
             return True, "node1|idle|none"
         assert args[0] == "sacct", args
@@ -184,13 +184,25 @@ class _RequeuedCluster:
 
 
 class _Watcher:
-    """submitit's SlurmInfoWatcher as far as watch.wait sees it: a cached sacct state."""
+    """submitit's SlurmInfoWatcher as far as watch.wait sees it: a cached sacct state, which
+    `update` refreshes only while it is not final."""
 
-    def __init__(self, state: str | None) -> None:
-        self.state = state
+    FINAL = {"COMPLETED", "FAILED", "NODE_FAIL"}
+
+    def __init__(self, cluster: _RequeuedCluster, state: str | None) -> None:
+        self.cluster, self.state = cluster, state
 
     def clear(self) -> None:
         self.state = None
+
+    def update(self) -> None:
+        if self.state not in self.FINAL:
+            self.state = self.cluster.sacct()
+
+    def is_done(self, _job_id: str, mode: str) -> bool:
+        if mode == "force":
+            self.update()
+        return self.state in self.FINAL
 
 
 class _RequeuedJob:
@@ -198,20 +210,19 @@ class _RequeuedJob:
     record: as in submitit, a state once final is not asked again unless the cache is cleared."""
 
     job_id = "19"
-    FINAL = {"COMPLETED", "FAILED", "NODE_FAIL"}
 
     def __init__(self, cluster: _RequeuedCluster, folder) -> None:
         self.cluster = cluster
         self.paths = type("Paths", (), {"folder": folder, "result_pickle": cluster.result,
                                         "stdout": folder / "19_0_log.out"})  # fmt: skip
-        self.watcher = _Watcher("NODE_FAIL")
+        self.watcher = _Watcher(cluster, "NODE_FAIL")
 
     def done(self, force_check: bool = False) -> bool:
         if self.paths.result_pickle.exists():
             return True
-        if self.watcher.state is None or (force_check and self.watcher.state not in self.FINAL):
-            self.watcher.state = self.cluster.sacct()
-        return self.watcher.state in self.FINAL
+        if self.watcher.state is None:
+            self.watcher.update()
+        return self.watcher.is_done(self.job_id, mode="force" if force_check else "standard")
 
     @property
     def state(self) -> str:

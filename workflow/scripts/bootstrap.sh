@@ -21,6 +21,16 @@ if [[ ! -f $stamp ]] || ! cmp -s envs/quantpipe.txt "$stamp"; then
     .venv/bin/python -c "import quantpipe, torch, torchao, snakemake, submitit, pandas"
     cp envs/quantpipe.txt "$stamp"
 fi
+# The executor plugin `quantpipe` (workflow/executor; profiles/slurm-plugin), editable like quantpipe.
+if ! .venv/bin/python -c "import snakemake_executor_plugin_quantpipe" 2>/dev/null; then
+    echo "bootstrap: installing the executor plugin quantpipe (workflow/executor)"
+    # compat: a path entry, which Snakemake's plugin search (pkgutil.iter_modules) sees; the default
+    # editable mode installs an import hook, which it does not.
+    .venv/bin/pip install --quiet --disable-pip-version-check --no-deps \
+        --config-settings editable_mode=compat -e workflow/executor 2>&1 \
+        | grep -v "^WARNING: Location" || true
+    .venv/bin/python -c "import snakemake_executor_plugin_quantpipe"
+fi
 
 # `snakemake --profile slurm` run here finds ./slurm, this checkout's link to profiles/slurm,
 # before any profile of that name in ~/.config/snakemake. One there matters only for runs from

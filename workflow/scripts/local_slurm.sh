@@ -10,11 +10,14 @@
 #   local_slurm.sh env          print `export SLURM_CONF=...` for this cluster, to `eval` in a shell.
 #   local_slurm.sh stop-dbd | start-dbd | restart-dbd
 #                               stop/start only slurmdbd (fault injection: accounting goes away).
+#   local_slurm.sh stop-ctld | start-ctld
+#                               stop/start only slurmctld, its jobs and state kept (fault
+#                               injection: the controller restarts under a run).
 #
 # Debian 12 packages (Slurm 22.05), runs as root, needs no systemd. It runs from its own
 # configuration only and leaves the machine's alone: /etc/slurm, /etc/munge, /run/munge and
 # /run/mysqld are never touched. Everything it writes lives under QUANTPIPE_SLURM_DIR (default
-# .slurm/ in this checkout, which git ignores): conf files, pid files, logs, spool, controller
+# .slurm/ in this checkout, which git ignores; see below): conf files, pid files, logs, spool, controller
 # state, the MariaDB datadir, the munge key and the munge and MariaDB sockets. Client commands
 # (sinfo, sbatch, squeue, sacct) find this cluster through SLURM_CONF:
 #   eval "$(bash workflow/scripts/local_slurm.sh env)"
@@ -30,8 +33,11 @@
 # Slurm (the machine's own, or another checkout's) is an error that names the port and its holder.
 #
 # Environment:
-#   QUANTPIPE_SLURM_DIR     state directory (default <checkout>/.slurm); the munge and mysql users
-#                           must reach it, so every directory above it must be open to others
+#   QUANTPIPE_SLURM_DIR     state directory; the munge and mysql users must reach it, so every
+#                           directory above it must be open to others. Default <checkout>/.slurm,
+#                           or, where a directory above the checkout is closed to others (a home
+#                           folder of mode 750), /var/tmp/quantpipe-slurm-<checksum of the
+#                           checkout's path>; `start` and `status` say which
 #   QUANTPIPE_SLURM_CPUS    CPUs the node advertises (default 8; more than the machine has, so a
 #                           sweep of small jobs runs concurrently; wrong for benchmarks)
 #   QUANTPIPE_SLURM_MEM_MB  RealMemory of the node in MB (default 64000; like the CPUs, more than the
@@ -48,7 +54,25 @@
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-DIR=$(realpath -m "${QUANTPIPE_SLURM_DIR:-$REPO/.slurm}")
+# others_can_enter DIR: DIR and every directory above it are open (o+x) to other users.
+others_can_enter() {
+    local dir=$1 mode
+    while [[ $dir != / ]]; do
+        mode=$(stat -c %a "$dir") || return 1
+        ((8#$mode & 1)) || return 1
+        dir=$(dirname "$dir")
+    done
+}
+# The checkout's own .slurm where munge and mysql can reach it; else one place per checkout that
+# they can, outside it (the only files this script writes outside the checkout).
+default_dir() {
+    if others_can_enter "$REPO"; then
+        echo "$REPO/.slurm"
+    else
+        echo "/var/tmp/quantpipe-slurm-$(printf %s "$REPO" | cksum | cut -d' ' -f1)"
+    fi
+}
+DIR=$(realpath -m "${QUANTPIPE_SLURM_DIR:-$(default_dir)}")
 CPUS=${QUANTPIPE_SLURM_CPUS:-8}
 MEM_MB=${QUANTPIPE_SLURM_MEM_MB:-64000}
 NGPUS=${QUANTPIPE_SLURM_GPUS:-2}
@@ -319,6 +343,9 @@ SlurmdPort=$SLURMD_PORT
 # scheduling: start jobs at once (defaults make 20 tiny jobs take 26 s instead of ~2 s)
 SchedulerType=sched/backfill
 SchedulerParameters=batch_sched_delay=0,sched_interval=2
+# one slurmd starting hundreds of jobs on a small machine answers late: with the default 10 s,
+# srun's step launch fails ("Socket timed out on send/recv operation") and so does the job
+MessageTimeout=60
 SelectType=select/cons_tres
 # memory is a consumable resource, as on real clusters: only then does a job's --mem reach the
 # node as a limit (with CR_Core alone nothing is enforced); a job without --mem gets 2000 MB per CPU
@@ -633,6 +660,9 @@ cmd_start() {
     [[ $EUID -eq 0 ]] || die "must run as root (the daemons run as root/munge/mysql)"
     check_settings
     note_old_link
+    if [[ -z ${QUANTPIPE_SLURM_DIR:-} && $DIR != "$REPO/.slurm" ]]; then
+        say "state in $DIR: a directory above $REPO is closed to others, and the munge and mysql users must reach the state (QUANTPIPE_SLURM_DIR chooses another place)"
+    fi
     mkdir -p "$DIR"
     if [[ -f $ETC/slurm.conf ]] && ! conf_outdated && healthy; then
         say "already up and healthy: node $NODE $(node_state), accounting answers ($DIR)"
@@ -762,19 +792,29 @@ cmd_start_dbd() {
     say "slurmdbd up, sacct answers"
 }
 
+cmd_start_ctld() {
+    [[ -f $ETC/slurm.conf ]] || die "no $ETC/slurm.conf: run '$0 start' first"
+    CTLD_PORT=$(sed -n 's/^SlurmctldPort=//p' "$ETC/slurm.conf") # the port the cluster started with
+    check_ports slurmctld
+    start_slurmctld
+    wait_for "$TIMEOUT" "node $NODE usable" node_usable ||
+        die "node $NODE is '$(node_state)'" "$LOG/slurmd.log" "$LOG/slurmctld.log"
+    say "slurmctld up again, node $NODE $(node_state)"
+}
+
 cmd_env() {
     printf 'export SLURM_CONF=%q\n' "$SLURM_CONF"
     [[ -f $SLURM_CONF ]] || warn "$SLURM_CONF does not exist yet: run '$0 start'"
 }
 
 usage() {
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 main() {
     local cmd=${1:-}
     case $cmd in
-    start | stop | status | env | stop-dbd | start-dbd | restart-dbd) ;;
+    start | stop | status | env | stop-dbd | start-dbd | restart-dbd | stop-ctld | start-ctld) ;;
     -h | --help | help) usage; return 0 ;;
     *) usage >&2; return 2 ;;
     esac
@@ -792,6 +832,8 @@ main() {
     stop-dbd) cmd_stop_dbd ;;
     start-dbd) cmd_start_dbd ;;
     restart-dbd) cmd_stop_dbd && cmd_start_dbd ;;
+    stop-ctld) stop_daemons slurmctld ;;
+    start-ctld) cmd_start_ctld ;;
     esac
 }
 

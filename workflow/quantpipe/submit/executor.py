@@ -11,6 +11,7 @@ import importlib
 import math
 import re
 import sys
+import time
 from collections.abc import Mapping
 
 import submitit
@@ -119,21 +120,62 @@ def report_failure(job, error: Exception, headline: str, stage: str, resources: 
         log(f"{stage}: {why}")
 
 
-def submit(stage: str, kwargs: dict, resources: Mapping, job_name: str, folder: str) -> dict:
-    """Run `stage` as a submitit job and wait for it; raise SystemExit(1) if it failed."""
+# What sbatch says when slurmctld is away (restarting) or too busy to take a job: nothing was
+# submitted, so submitting again cannot make a second job. (A timeout after sending is not here:
+# the job may have been taken.)
+CONTROLLER_AWAY = ("Unable to contact slurm controller", "temporarily unable to accept job")
+# Seconds to go on submitting again while slurmctld is away, with backoff from 2 s to 1 minute.
+SUBMIT_PATIENCE_S = 900
+
+
+class Refused(Exception):
+    """The cluster refused a job at submission; the message names what to check in the profile."""
+
+
+def start(work, stage: str, resources: Mapping, job_name: str, folder: str):
+    """Submit `work` (a StageCall, or a rule's shell command as a submitit CommandFunction) as
+    one submitit job of `stage` and return (job, cluster, parameters) without waiting; Refused
+    if the cluster will not take it."""
     cluster, parameters = executor_parameters(resources, job_name)
     executor = submitit.AutoExecutor(
         folder=folder, cluster=cluster, slurm_max_num_timeout=int(resources.get("requeues", 3))
     )
     executor.update_parameters(**parameters)
+    deadline, backoff = time.monotonic() + SUBMIT_PATIENCE_S, 0.0
+    while True:
+        try:
+            job = executor.submit(work)
+            break
+        except Exception as error:  # sbatch's refusal arrives as whatever submitit wraps it in
+            if not any(away in str(error) for away in CONTROLLER_AWAY):
+                raise Refused(_refusal(stage, cluster, parameters, error)) from None
+            if time.monotonic() > deadline:
+                raise Refused(
+                    f"{stage}: slurmctld did not take the job for {SUBMIT_PATIENCE_S} s: {error}"
+                ) from None
+            backoff = min(60.0, max(2.0, 2 * backoff))
+            log(f"{stage}: slurmctld does not answer ({str(error).strip()}); submitting again "
+                f"in {backoff:.0f} s")  # fmt: skip
+            time.sleep(backoff)
+    return job, cluster, parameters
+
+
+def _refusal(stage: str, cluster: str, parameters: dict, error: Exception) -> str:
+    return (
+        f"{stage}: {cluster} refused the job {parameters}:\n{error}\n"
+        "Check the partition, gpus, cpus_per_task, mem_mb and runtime that your profile "
+        "(profiles/slurm/config.yaml) gives this rule against what `sinfo` shows."
+    )
+
+
+def submit(stage: str, kwargs: dict, resources: Mapping, job_name: str, folder: str) -> dict:
+    """Run `stage` as a submitit job and wait for it; raise SystemExit(1) if it failed."""
     try:
-        job = executor.submit(StageCall(stage, kwargs))
-    except Exception as error:  # sbatch's refusal arrives as whatever submitit wraps it in
-        log(
-            f"{stage}: {cluster} refused the job {parameters}:\n{error}\n"
-            "Check the partition, gpus, cpus_per_task, mem_mb and runtime that your profile "
-            "(profiles/slurm/config.yaml) gives this rule against what `sinfo` shows."
+        job, cluster, parameters = start(
+            StageCall(stage, kwargs), stage, resources, job_name, folder
         )
+    except Refused as refusal:
+        log(str(refusal))
         raise SystemExit(1) from None
     with cancel_on_signal(job):
         log(f"{stage}: submitted job {job.job_id} to {cluster} with {parameters}")

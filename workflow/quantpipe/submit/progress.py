@@ -71,11 +71,11 @@ def progress_line(name: str, job_id: str, state: str, seconds: float, line: str)
 
 
 class Progress:
-    """Call `report(state)` as often as you like while waiting on `job`: it logs as described
-    above. `name` is the job's name (the stage and the rule's wildcards)."""
+    """Call `report(state)` as often as you like while waiting on `job`: it logs (through `say`)
+    as described above. `name` is the job's name (the stage and the rule's wildcards)."""
 
-    def __init__(self, job, name: str, interval: float | None = None) -> None:
-        self.job, self.name = job, name
+    def __init__(self, job, name: str, interval: float | None = None, say=log) -> None:
+        self.job, self.name, self.say = job, name, say
         self.interval = interval_s() if interval is None else interval
         self.state, self.since = "", time.monotonic()
         self.next_at = self.since + self.interval
@@ -91,5 +91,5 @@ class Progress:
         shown = (state, last_line(self.job.paths.stdout))
         if shown == self.said and now - self.said_at < QUIET_INTERVALS * self.interval:
             return
-        log(progress_line(self.name, self.job.job_id, state, now - self.since, shown[1]))
+        self.say(progress_line(self.name, self.job.job_id, state, now - self.since, shown[1]))
         self.said, self.said_at = shown, now

@@ -8,6 +8,7 @@ import contextlib
 import glob
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -56,6 +57,18 @@ def _cancel(job: submitit.Job) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def cancel_all(jobs: list[submitit.Job]) -> None:
+    """Cancel every job in `jobs`: the Slurm ones with one scancel (a stopped run of a thousand
+    jobs is one command, not a thousand), the local ones one by one, process trees included."""
+    on_slurm = [job.job_id for job in jobs if isinstance(job, submitit.SlurmJob)]
+    if on_slurm:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(["scancel", *on_slurm], capture_output=True, timeout=120, check=False)
+    for job in jobs:
+        if not isinstance(job, submitit.SlurmJob):
+            _cancel(job)
+
+
 def _alive(pid: int) -> bool:
     with contextlib.suppress(OSError):
         with open(f"/proc/{pid}/stat") as handle:
@@ -79,17 +92,21 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def cancel_jobs_on_sigterm() -> None:
+def cancel_jobs_on_sigterm(jobs_in_this_process: bool = False) -> None:
     """Make SIGTERM to Snakemake cancel the cluster jobs it is waiting on.
 
     Snakemake reads SIGTERM as "finish the running jobs, then exit", which for jobs that run for
     hours leaves the cluster busy after the user asked to stop. Called from the Snakefile's
     `onstart`, this passes the signal on to the waiting submitters, which cancel their jobs and
-    exit, then lets Snakemake's own handler wind down.
+    exit, then lets Snakemake's own handler wind down. With `jobs_in_this_process` (the executor
+    plugin `quantpipe`: Snakemake itself holds the jobs) it stops Snakemake as Ctrl-C does, which
+    has the plugin cancel every job of the run.
     """
     graceful = signal.getsignal(signal.SIGTERM)
 
     def stop(signum, frame):
+        if jobs_in_this_process:
+            raise KeyboardInterrupt
         # Only the submitters: they cancel their jobs. A local job's own processes must not get
         # it first: submitit's local controller dies of SIGTERM without stopping its task, which
         # ignores SIGTERM (Slurm's pre-emption warning) and would run on.

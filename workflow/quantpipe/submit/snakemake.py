@@ -16,14 +16,9 @@ def from_snakemake(smk) -> None:
     if stopping and stopping.exists():
         log(f"{smk.params.stage}: not submitted: this Snakemake run is being stopped")
         raise SystemExit(1)
-    kwargs = {}
-    for files in (smk.input, smk.output):
-        for name, value in files.items():
-            kwargs[name] = str(value) if isinstance(value, str) else [str(v) for v in value]
-    if "config" in smk.params.keys():
-        kwargs["config"] = dict(smk.params.config)
+    kwargs = stage_kwargs(smk.input, smk.output, smk.params)
     stage = smk.params.stage
-    name = "-".join([stage, *(str(v) for v in smk.wildcards)])
+    name = job_name(stage, smk.wildcards)
     log_path = Path(smk.log[0])
     resources, folder = dict(smk.resources.items()), str(log_path.parent / "submitit")
     with open(log_path, "a") as stream, contextlib.redirect_stdout(_Tee(sys.stdout, stream)):
@@ -35,6 +30,22 @@ def from_snakemake(smk) -> None:
                          job_name=name, folder=folder, log=log)  # fmt: skip
         else:
             submit(stage, kwargs, resources, name, folder)
+
+
+def stage_kwargs(input_files, output_files, params) -> dict:
+    """A stage's `run` arguments: the rule's named input and output files, and params.config."""
+    kwargs = {}
+    for files in (input_files, output_files):
+        for name, value in files.items():
+            kwargs[name] = str(value) if isinstance(value, str) else [str(v) for v in value]
+    if "config" in params.keys():
+        kwargs["config"] = dict(params.config)
+    return kwargs
+
+
+def job_name(stage: str, wildcards) -> str:
+    """The job's cluster name: the stage and the rule's wildcards, e.g. train-resnet18-w4-s0."""
+    return "-".join([stage, *(str(v) for v in wildcards)])
 
 
 class _Tee:
