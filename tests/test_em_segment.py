@@ -189,3 +189,55 @@ def test_a_generated_volume_repeats_the_sections_without_seams(tmp_path, isbi_di
     np.testing.assert_array_equal(volume[0, :512, :512], stack[0])
     np.testing.assert_array_equal(volume[30, :512, :512], stack[29])  # depth mirrored: 29 again
     np.testing.assert_array_equal(volume[2, 512:600, :512], stack[2][::-1][:88])  # in-plane
+
+
+def sweep_array(volume, checkpoint, output, tasks, resources, folder, volumes=None):
+    """What the executor plugin quantpipe does for a segment job: prepare_array here, the calls as
+    one array in a Sweep, checked until over, finish_array (or discard_array) here."""
+    from quantpipe.stages.segment import discard_array, finish_array, prepare_array
+    from quantpipe.submit.sweep import Sweep
+
+    plan = prepare_array(volume, output, CONFIG, tasks, model=checkpoint, **QUIET)
+    for call, other in zip(plan.calls, volumes or [], strict=False):
+        call["volume"] = other
+    sweep = Sweep(say=lambda _: None)
+    flight = sweep.submit_array("segment", plan.calls, resources, "qp-test-sweep", folder,
+                                Path(folder) / "segment.log")  # fmt: skip
+    deadline = time.monotonic() + 600
+    while (outcome := sweep.outcome(flight)) is None:
+        assert time.monotonic() < deadline, "the array never ended"
+        time.sleep(1)
+        sweep.check()
+    if not outcome[0]:
+        discard_array(plan)
+        return outcome, flight, None
+    return outcome, flight, finish_array(plan, flight.results, str(Path(output).parent / "m.json"))
+
+
+def test_the_plugins_array_path_installs_what_one_run_writes(volume, checkpoint, tmp_path):
+    """prepare_array, one array of 2 local tasks tracked by a Sweep as one unit, finish_array:
+    the installed output equals a single run's, nothing staged is left."""
+    output = str(tmp_path / "out" / "membrane.zarr")
+    outcome, flight, record = sweep_array(volume, checkpoint, output, 2, {}, str(tmp_path / "logs"))
+    assert outcome == (True, ""), outcome
+    assert len(flight.results) == 2 and [task["blocks"] for task in record["tasks"]] == [6, 6]
+    single = str(tmp_path / "single.zarr")
+    run(volume, single, CONFIG, model=checkpoint, **QUIET)
+    assert np.array_equal(zarr.open_array(output)[:], zarr.open_array(single)[:])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["m.json", "membrane.zarr"]
+
+
+@pytest.mark.slurm
+def test_a_failed_task_of_a_swept_array_cancels_the_rest_and_stages_nothing(
+    volume, checkpoint, tmp_path, cluster
+):
+    output = str(tmp_path / "out" / "membrane.zarr")
+    missing = str(tmp_path / "missing.zarr")
+    slow = {**ONE_CPU, "array_parallelism": 1}  # task 0 fails while 1 and 2 wait
+    outcome, flight, _ = sweep_array(volume, checkpoint, output, 3, slow, str(tmp_path / "logs"),
+                                     volumes=[missing, volume, volume])  # fmt: skip
+    failed, *rest = [task.job.job_id for task in flight.tasks]
+    assert outcome[0] is False and f"array task {failed} failed" in outcome[1], outcome
+    assert "missing.zarr" in (tmp_path / "logs" / "segment.log").read_text()
+    assert all(wait_sacct(task)["State"].startswith("CANCELLED") for task in rest)
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

@@ -11,13 +11,14 @@ volume's depth allows (quantpipe.tiling.block_chunks), unless `config['chunks']`
 - With `config['blocks']` (flat block indices) it writes just those blocks into an output that
   `create_output` made beforehand: the task of a job array.
 
-`run_as_array` is the job-array driver: it creates the output beside the destination, splits the
-blocks into `tasks` groups, submits them as ONE Slurm job array (quantpipe.submit.submit_array),
-waits for every task, and installs the output only when all succeeded (stopped or failed, it
-removes what it staged; a cancelled task still winding down may leave a `.NAME.*.tmp` directory
-beside the output, which is safe to delete). A block's result depends
-on nothing but its block, so the array's output is bit-identical to a single-process run with the
-same threads.
+`run_as_array` is the job-array driver: `prepare_array` creates the output beside the
+destination and splits the blocks into `tasks` groups, they are submitted as ONE Slurm job array
+(quantpipe.submit.submit_array) and waited for, and `finish_array` installs the output only when
+all succeeded (stopped or failed, `discard_array` removes what it staged; a cancelled task still
+winding down may leave a `.NAME.*.tmp` directory beside the output, which is safe to delete). The
+executor plugin quantpipe runs the same three parts with no process waiting on the array. A
+block's result depends on nothing but its block, so the array's output is bit-identical to a
+single-process run with the same threads.
 
 Config: dims (2 or 3), tile, overlap ((Y, X) or (Z, Y, X)), batch_size, block_sections; method
 ('fp32' or a quantize method; the artifact's); device ('cpu', 'cuda' or 'auto'; FP32 only).
@@ -30,6 +31,7 @@ import resource
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -156,29 +158,63 @@ def run(
     return result
 
 
-def run_as_array(
+@dataclass
+class ArrayPlan:
+    """A segment job array made ready on the submit host (`prepare_array`): the output created
+    in `staging` beside `segmentation`, and one `run` call per array task."""
+
+    volume: str
+    segmentation: str
+    config: dict
+    staging: Path
+    calls: list[dict]
+    started: float
+
+
+def prepare_array(
     volume: str,
     segmentation: str,
     config: dict,
     tasks: int,
-    resources: dict,
-    job_name: str,
-    folder: str,
     model: str | None = None,
     artifact: str | None = None,
-    metrics: str | None = None,
     log=print,
-) -> dict:
-    """Segment `volume` as ONE job array of `tasks` tasks (each a contiguous group of blocks)
-    writing into one output, installed at `segmentation` once every task has succeeded."""
+) -> ArrayPlan:
+    """Create the output beside `segmentation` (in a staging folder) and split the volume's
+    blocks into at most `tasks` groups: one `run` call each. Fast (no block is segmented); the
+    caller submits `calls` as one job array, then `finish_array` or `discard_array`."""
     started = time.monotonic()
-    with staged_output(segmentation) as staged:
+    destination = Path(segmentation)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=".tmp", dir=destination.parent)
+    )
+    try:
+        staged = str(staging / destination.name)
         groups = split_blocks(create_output(volume, staged, config), tasks)
-        common = {"volume": volume, "segmentation": staged, "model": model, "artifact": artifact}
-        calls = [{**common, "config": {**config, "blocks": group}} for group in groups]
-        log(f"segment: {sum(map(len, groups))} blocks in {len(groups)} array tasks")
-        results = submit_array("segment", calls, resources, job_name, folder)
-    seconds = time.monotonic() - started
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    common = {"volume": volume, "segmentation": staged, "model": model, "artifact": artifact}
+    calls = [{**common, "config": {**config, "blocks": group}} for group in groups]
+    log(f"segment: {sum(map(len, groups))} blocks in {len(groups)} array tasks")
+    return ArrayPlan(volume, segmentation, config, staging, calls, started)
+
+
+def discard_array(plan: ArrayPlan) -> None:
+    """Remove what `prepare_array` staged (a failed or stopped array). A task still winding down
+    may leave its files in it again: the `.NAME.*.tmp` directory is safe to delete."""
+    shutil.rmtree(plan.staging, ignore_errors=True)
+
+
+def finish_array(plan: ArrayPlan, results: dict, metrics: str | None = None) -> dict:
+    """Once every task has succeeded (`results`: {array task id: its `run` result}, in order):
+    install the output at `plan.segmentation`, write the array's record to `metrics`, return it."""
+    try:
+        replace_directory(plan.staging / Path(plan.segmentation).name, Path(plan.segmentation))
+    finally:
+        discard_array(plan)
+    seconds = time.monotonic() - plan.started
     # Slurm accounting's view of each task's memory (array task ids hold an underscore).
     slurm_ids = [task for task in results if "_" in str(task)]
     accounted = max_rss_mb(slurm_ids) if slurm_ids else {}
@@ -186,9 +222,9 @@ def run_as_array(
     record = {
         "stage": "segment",
         "model": next(iter(results.values()))["model"],
-        "volume": volume,
-        "segmentation": segmentation,
-        "config": config,
+        "volume": plan.volume,
+        "segmentation": plan.segmentation,
+        "config": plan.config,
         "tasks": [
             {
                 key: result[key]
@@ -225,3 +261,29 @@ def run_as_array(
     if metrics:
         write_json(metrics, record)
     return record
+
+
+def run_as_array(
+    volume: str,
+    segmentation: str,
+    config: dict,
+    tasks: int,
+    resources: dict,
+    job_name: str,
+    folder: str,
+    model: str | None = None,
+    artifact: str | None = None,
+    metrics: str | None = None,
+    log=print,
+) -> dict:
+    """Segment `volume` as ONE job array of `tasks` tasks (each a contiguous group of blocks)
+    writing into one output, installed at `segmentation` once every task has succeeded; this
+    process waits for the array (the executor plugin quantpipe instead submits `prepare_array`'s
+    calls and runs `finish_array` itself)."""
+    plan = prepare_array(volume, segmentation, config, tasks, model, artifact, log=log)
+    try:
+        results = submit_array("segment", plan.calls, resources, job_name, folder)
+    except BaseException:
+        discard_array(plan)
+        raise
+    return finish_array(plan, results, metrics)

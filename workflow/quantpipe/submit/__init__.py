@@ -6,7 +6,10 @@
   memory from accounting.
 - progress: while it waits, a line now and then with the job's state and its latest output.
 - signals: a stopped submitter cancels its jobs; a stopped Snakemake stops its submitters.
-- snakemake: the bridge from a rule (workflow/scripts/submit_stage.py) to submit().
+- sweep: a run's jobs (and job arrays) in flight together, none waited on by a process of its
+  own: what the executor plugin quantpipe (workflow/executor, profiles/slurm) drives.
+- snakemake: the bridge from a rule (workflow/scripts/submit_stage.py, profiles/local and hand
+  runs) to submit(); its rule-to-kwargs helpers serve the plugin too.
 - console: the submitter's timestamped log lines.
 """
 

@@ -136,16 +136,43 @@ def start(work, stage: str, resources: Mapping, job_name: str, folder: str):
     """Submit `work` (a StageCall, or a rule's shell command as a submitit CommandFunction) as
     one submitit job of `stage` and return (job, cluster, parameters) without waiting; Refused
     if the cluster will not take it."""
+    executor, cluster, parameters = _executor(resources, job_name, folder)
+    job = _patiently(stage, cluster, parameters, lambda: executor.submit(work))
+    return job, cluster, parameters
+
+
+def start_array(stage: str, calls: list[dict], resources: Mapping, job_name: str, folder: str):
+    """Submit `stage` once per kwargs in `calls` as ONE job array (one task each, in order) and
+    return (jobs, cluster, parameters) without waiting; Refused if the cluster will not take it.
+    `resources` as for `start`, plus `array_parallelism` (how many tasks may run at once)."""
+    executor, cluster, parameters = _executor(resources, job_name, folder)
+    if cluster == "slurm" and resources.get("array_parallelism"):
+        parameters["slurm_array_parallelism"] = int(resources["array_parallelism"])
+        executor.update_parameters(slurm_array_parallelism=parameters["slurm_array_parallelism"])
+
+    def submit_all():
+        with executor.batch():
+            jobs = [executor.submit(StageCall(stage, kwargs)) for kwargs in calls]
+        return jobs
+
+    return _patiently(stage, cluster, parameters, submit_all), cluster, parameters
+
+
+def _executor(resources: Mapping, job_name: str, folder: str):
     cluster, parameters = executor_parameters(resources, job_name)
     executor = submitit.AutoExecutor(
         folder=folder, cluster=cluster, slurm_max_num_timeout=int(resources.get("requeues", 3))
     )
     executor.update_parameters(**parameters)
+    return executor, cluster, parameters
+
+
+def _patiently(stage: str, cluster: str, parameters: dict, submit_now):
+    """submit_now(), again with backoff while slurmctld is away; Refused if the cluster refuses."""
     deadline, backoff = time.monotonic() + SUBMIT_PATIENCE_S, 0.0
     while True:
         try:
-            job = executor.submit(work)
-            break
+            return submit_now()
         except Exception as error:  # sbatch's refusal arrives as whatever submitit wraps it in
             if not any(away in str(error) for away in CONTROLLER_AWAY):
                 raise Refused(_refusal(stage, cluster, parameters, error)) from None
@@ -157,7 +184,6 @@ def start(work, stage: str, resources: Mapping, job_name: str, folder: str):
             log(f"{stage}: slurmctld does not answer ({str(error).strip()}); submitting again "
                 f"in {backoff:.0f} s")  # fmt: skip
             time.sleep(backoff)
-    return job, cluster, parameters
 
 
 def _refusal(stage: str, cluster: str, parameters: dict, error: Exception) -> str:
@@ -201,22 +227,10 @@ def submit_array(
     log each failed task with its id and its error, then raise SystemExit(1). Stopping this
     process cancels every task. `resources` as for `submit`, plus `array_parallelism` (how many
     tasks may run at once)."""
-    cluster, parameters = executor_parameters(resources, job_name)
-    if resources.get("array_parallelism"):
-        parameters["slurm_array_parallelism"] = int(resources["array_parallelism"])
-    executor = submitit.AutoExecutor(
-        folder=folder, cluster=cluster, slurm_max_num_timeout=int(resources.get("requeues", 3))
-    )
-    executor.update_parameters(**parameters)
     try:
-        with executor.batch():
-            jobs = [executor.submit(StageCall(stage, kwargs)) for kwargs in calls]
-    except Exception as error:  # sbatch's refusal arrives as whatever submitit wraps it in
-        log(
-            f"{stage}: {cluster} refused the job array {parameters}:\n{error}\n"
-            "Check the partition, gpus, cpus_per_task, mem_mb and runtime that your profile "
-            "(profiles/slurm/config.yaml) gives this rule against what `sinfo` shows."
-        )
+        jobs, cluster, parameters = start_array(stage, calls, resources, job_name, folder)
+    except Refused as refusal:
+        log(str(refusal))
         raise SystemExit(1) from None
     with cancel_on_signal(*jobs):
         log(f"{stage}: submitted {len(jobs)} array tasks {jobs[0].job_id}..{jobs[-1].job_id} "

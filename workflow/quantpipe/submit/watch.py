@@ -222,7 +222,9 @@ class QueueWatch:
     def ask_squeue(self, live: list[JobWatch], now: float) -> bool:
         ids = ",".join(watch.job.job_id for watch in live)
         fields = "JobArrayID:|,RestartCnt:|,State:|,Reason:|,Partition:|,NodeList:"
-        answered, out = slurm_query(["squeue", "-h", "-t", "all", "-j", ids, "-O", fields])
+        # -r: a pending array task on a line of its own (by default squeue folds them into one
+        # line, `123_[1-2]`, and the task would look gone).
+        answered, out = slurm_query(["squeue", "-h", "-r", "-t", "all", "-j", ids, "-O", fields])
         if not answered and "Invalid job id" not in out:
             self.retry_later(f"status check of {_jobs(live)} failed ({out})")
             return False
