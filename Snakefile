@@ -22,8 +22,9 @@ validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
 check_consistency(config)
 
 
-# Stopping Snakemake with SIGTERM cancels the cluster jobs it waits on (Ctrl-C already does);
-# with the executor plugin quantpipe, Snakemake holds those jobs itself.
+# Stopping Snakemake with SIGTERM cancels the cluster jobs of the run (Ctrl-C already does): with
+# profiles/slurm (the executor plugin quantpipe) Snakemake holds those jobs itself and SIGTERM
+# stops it as Ctrl-C does; with profiles/local each rule's submitter is told to cancel its job.
 onstart:
     cancel_jobs_on_sigterm(workflow.executor_plugin.name == "quantpipe")
 

@@ -50,20 +50,12 @@ def now() -> str:
     return (datetime.datetime.now() - datetime.timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-# How a run waits on its jobs: a submitting process per rule (the profile as shipped: the EM DAG
-# and the stop tests below, and tests/test_faults.py's retry, run that way), or the executor
-# plugin quantpipe (one Snakemake process asks about every job together). The CIFAR DAG runs
-# through the plugin only: it takes about 13 minutes on 2 cores, and the full tier has 30; add
-# "submitters": [] to run it both ways.
-DESIGNS = {"plugin": ["--executor", "quantpipe", "--jobs", "100"]}
-
-
-@pytest.fixture(scope="module", params=DESIGNS)
-def slurm_run(cluster, tmp_path_factory, request):
+@pytest.fixture(scope="module")
+def slurm_run(cluster, tmp_path_factory):
     """The README's command, in a copy of the repository, for a user whose own profile named
-    `slurm` is a broken link (a deleted checkout's): the copy's ./slurm must be the one used.
-    Returns (workdir, start time, the design's extra Snakemake arguments)."""
-    workdir = tmp_path_factory.mktemp(f"slurm_workflow_{request.param}")
+    `slurm` is a broken link (a deleted checkout's): the copy's ./slurm must be the one used. The
+    profile selects the executor plugin quantpipe. Returns (workdir, start time)."""
+    workdir = tmp_path_factory.mktemp("slurm_workflow")
     copy_repository(workdir)
     config = tiny_config(workdir)
     config["benchmark"]["gpu"] = True  # GPU jobs on the gpu partition, with a GPU each
@@ -73,14 +65,14 @@ def slurm_run(cluster, tmp_path_factory, request):
     (config_home / "snakemake" / "slurm").symlink_to(config_home / "deleted-checkout")
     since = now()
     env = {**user_env(), "XDG_CONFIG_HOME": str(config_home)}
-    done = subprocess.run([SNAKEMAKE, "--profile", "slurm", *DESIGNS[request.param]], cwd=workdir,
-                          env=env, capture_output=True, text=True, timeout=1800)  # fmt: skip
+    done = subprocess.run([SNAKEMAKE, "--profile", "slurm"], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=1800)  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    return workdir, since, DESIGNS[request.param]
+    return workdir, since
 
 
 def test_every_stage_ran_as_a_slurm_job_where_asked(slurm_run):
-    workdir, since, _ = slurm_run
+    workdir, since = slurm_run
     # train, quantize x2 (pt2e, eager), benchmark x6 (fp32-cpu, fp32/bf16/fp16-gpu, two INT8)
     jobs = accounted_jobs(workdir, since, count=11).set_index("JobName")
     assert (jobs["State"] == "COMPLETED").all(), jobs
@@ -107,8 +99,8 @@ def test_every_stage_ran_as_a_slurm_job_where_asked(slurm_run):
 
 
 def test_only_stale_stages_rerun_on_slurm(slurm_run):
-    workdir, _, design = slurm_run
-    done = snakemake(workdir, *design, profile="profiles/slurm")
+    workdir, _ = slurm_run
+    done = snakemake(workdir, profile="profiles/slurm")
     assert "Nothing to be done" in done.stdout + done.stderr
 
 
@@ -117,15 +109,14 @@ def test_a_second_node_class_runs_only_its_benchmarks_where_the_profile_sends_it
     local node advertises, mapped to partition gpu with that feature as constraint: only its CPU
     benchmarks run (and the report and summary), where the profile said (sacct); report.csv's
     rows carry each class, and summary.md tells what INT8 buys on each."""
-    workdir, since, design = slurm_run
+    workdir, since = slurm_run
     earlier = set(accounted_jobs(workdir, since, count=11)["JobID"])
     features = run(["sinfo", "-h", "-p", "cpu", "-o", "%f"]).stdout.split()[0]
     if features == "(null)":
         pytest.skip("the local Slurm's node advertises no CPU feature (local_slurm.sh: restart)")
     feature = features.split(",")[0]
     node_class_profile(workdir, {"any": ("cpu", ""), feature: ("gpu", feature)})
-    snakemake(workdir, *design, "--config", f"node_classes=[any,{feature}]",
-              profile="profiles/slurm")  # fmt: skip
+    snakemake(workdir, "--config", f"node_classes=[any,{feature}]", profile="profiles/slurm")
     # fp32-cpu, pt2e and eager on the new class, then report and summary
     jobs = accounted_jobs(workdir, since, count=len(earlier) + 5)
     jobs = jobs[~jobs["JobID"].isin(earlier)].set_index("JobName")
@@ -206,9 +197,11 @@ def wait_for_training_job(workdir) -> str:
 
 def test_the_em_segment_stage_runs_as_a_slurm_job_array(cluster, tmp_path, isbi_dir):
     """The EM task's training, quantization and segmentation on Slurm (tests/configs/tiny_em.yaml
-    with one INT8 method): the segment stage is one job array per variant, every task COMPLETED,
-    each writing its blocks into the variant's one output. Its benchmarks, report and summary
-    are Slurm jobs like the CIFAR DAG's above, and tests/test_em_workflow.py runs them locally."""
+    with one INT8 method), submitted and followed by the executor plugin with no process waiting
+    on them: the segment stage is one job array per variant, every task COMPLETED, each writing
+    its blocks into the variant's one output, installed with its record of the 3 tasks and nothing
+    staged left beside it. Its benchmarks, report and summary are Slurm jobs like the CIFAR DAG's
+    above, and tests/test_em_workflow.py runs them locally."""
     copy_repository(tmp_path)
     config = yaml.safe_load((REPO / "tests" / "configs" / "tiny_em.yaml").read_text())
     config["methods"] = ["pt2e"]
@@ -230,5 +223,8 @@ def test_the_em_segment_stage_runs_as_a_slurm_job_array(cluster, tmp_path, isbi_
     for path in segments:
         record = json.loads((tmp_path / path).read_text())
         assert record["voxels"] == 30 * 512 * 512
-        tasks = {str(task["array_task"]).split("_")[0] for task in record["tasks"]}
-        assert len(record["tasks"]) == 3 and tasks <= set(arrays.str[0])
+        assert [task["array_task"].split("_")[1] for task in record["tasks"]] == ["0", "1", "2"]
+        assert set(task["array_task"] for task in record["tasks"]) <= set(jobs["JobID"])
+        output = (tmp_path / path).parent
+        assert (output / "membrane.zarr").is_dir()
+        assert not list(output.glob(".membrane.zarr.*.tmp"))

@@ -21,7 +21,7 @@ if [[ ! -f $stamp ]] || ! cmp -s envs/quantpipe.txt "$stamp"; then
     .venv/bin/python -c "import quantpipe, torch, torchao, snakemake, submitit, pandas"
     cp envs/quantpipe.txt "$stamp"
 fi
-# The executor plugin `quantpipe` (workflow/executor; profiles/slurm-plugin), editable like quantpipe.
+# The executor plugin `quantpipe` (workflow/executor; profiles/slurm selects it), editable like quantpipe.
 if ! .venv/bin/python -c "import snakemake_executor_plugin_quantpipe" 2>/dev/null; then
     echo "bootstrap: installing the executor plugin quantpipe (workflow/executor)"
     # compat: a path entry, which Snakemake's plugin search (pkgutil.iter_modules) sees; the default
