@@ -21,9 +21,10 @@ CPU, 100 MB each) in a fresh folder under --workdir and prints:
   not yet ended; from sacct's Submit and End times, to the second).
 
 Designs: `plugin` (the executor plugin quantpipe: one Snakemake process watches every job),
-`submitters` (today's profiles/slurm design: each rule a local Snakemake job whose process
-submits one submitit job and waits on it) and `slurm-plugin` (snakemake-executor-plugin-slurm
-2.8.0 with its default settings: each job runs Snakemake again on the node).
+`submitters` (the design profiles/slurm had before the plugin, and profiles/local still has:
+each rule a local Snakemake job whose process submits one submitit job and waits on it) and
+`slurm-plugin` (snakemake-executor-plugin-slurm 2.8.0 with its default settings: each job runs
+Snakemake again on the node).
 """
 
 import argparse
