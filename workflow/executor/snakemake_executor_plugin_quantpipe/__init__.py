@@ -88,12 +88,13 @@ class Executor(RemoteExecutor):
             else:
                 flight = self.sweep.submit(work, stage, resources, name, folder, log_path)
                 external = flight.job.job_id
-        except Refused as refusal:
+        except Exception as error:  # refused by the cluster, or the array's output not made
             if plan is not None:
                 segment_stage().discard_array(plan)
+            said = str(error) if isinstance(error, Refused) else f"{stage}: {error!r}"
             with open(log_path, "a") as stream:
-                stream.write(f"{refusal}\n")
-            self.report_job_error(SubmittedJobInfo(job), msg=str(refusal))
+                stream.write(f"{said}\n")
+            self.report_job_error(SubmittedJobInfo(job), msg=said)
             return
         info = SubmittedJobInfo(job, external_jobid=external, aux={"flight": flight, **aux})
         self.report_job_submission(info)
@@ -165,6 +166,10 @@ class Executor(RemoteExecutor):
         plan = self.plans.pop(info.job.jobid, None)
         if plan is not None:
             segment_stage().discard_array(plan)
+
+    def shutdown(self) -> None:
+        super().shutdown()  # the status loop first: it is what hands work to `finishing`
+        self.finishing.shutdown(wait=True)
 
     def cancel_jobs(self, active_jobs: list[SubmittedJobInfo]) -> None:
         # Every job of the sweep, not only `active_jobs`: Snakemake leaves out those whose status
