@@ -241,3 +241,20 @@ def test_a_failed_task_of_a_swept_array_cancels_the_rest_and_stages_nothing(
     assert "missing.zarr" in (tmp_path / "logs" / "segment.log").read_text()
     assert all(wait_sacct(task)["State"].startswith("CANCELLED") for task in rest)
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_a_failed_local_task_of_a_swept_array_fails_it_and_stages_nothing(
+    volume, checkpoint, tmp_path
+):
+    output = str(tmp_path / "out" / "membrane.zarr")
+    missing = str(tmp_path / "missing.zarr")
+    outcome, flight, _ = sweep_array(volume, checkpoint, output, 3, {}, str(tmp_path / "logs"),
+                                     volumes=[volume, missing, volume])  # fmt: skip
+    failed = flight.tasks[1].job.job_id
+    assert outcome[0] is False and f"array task {failed} failed" in outcome[1], outcome
+    assert "missing.zarr" in (tmp_path / "logs" / "segment.log").read_text()
+    deadline = time.monotonic() + 30
+    while not all(task.job.done() for task in flight.tasks):  # the others cancelled or ended
+        assert time.monotonic() < deadline, [task.job.state for task in flight.tasks]
+        time.sleep(0.5)
+    assert not list((tmp_path / "out").iterdir())
