@@ -214,6 +214,7 @@ def sweep_array(volume, checkpoint, output, tasks, resources, folder, volumes=No
     return outcome, flight, finish_array(plan, flight.results, str(Path(output).parent / "m.json"))
 
 
+@pytest.mark.slow
 def test_the_plugins_array_path_installs_what_one_run_writes(volume, checkpoint, tmp_path):
     """prepare_array, one array of 2 local tasks tracked by a Sweep as one unit, finish_array:
     the installed output equals a single run's, nothing staged is left."""
@@ -243,6 +244,7 @@ def test_a_failed_task_of_a_swept_array_cancels_the_rest_and_stages_nothing(
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 def test_a_failed_local_task_of_a_swept_array_fails_it_and_stages_nothing(
     volume, checkpoint, tmp_path
 ):
