@@ -240,7 +240,20 @@ def test_a_failed_task_of_a_swept_array_cancels_the_rest_and_stages_nothing(
     failed, *rest = [task.job.job_id for task in flight.tasks]
     assert outcome[0] is False and f"array task {failed} failed" in outcome[1], outcome
     assert "missing.zarr" in (tmp_path / "logs" / "segment.log").read_text()
-    assert all(wait_sacct(task)["State"].startswith("CANCELLED") for task in rest)
+    # sacct: the failed task, and the others cancelled (a task cancelled before it started is
+    # recorded within its array's pending record, e.g. `4_[2]`)
+    assert wait_sacct(failed)["State"] == "FAILED"
+    array = failed.split("_")[0]
+    deadline, states = time.monotonic() + 60, {}
+    while time.monotonic() < deadline:
+        out = slurm(["sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State"]).stdout
+        states = dict(line.split("|", 1) for line in out.splitlines())
+        others = {job: state for job, state in states.items() if job != failed}
+        if others and all(state.startswith("CANCELLED") for state in others.values()):
+            break
+        time.sleep(1)
+    else:
+        pytest.fail(f"the array's other tasks {rest} were not all cancelled: {states}")
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
