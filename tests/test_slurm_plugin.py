@@ -2,6 +2,7 @@
 job through submitit and asks about all of them together. Small generated workflows of shell
 jobs; the quantpipe DAG through the plugin is in test_slurm_workflow.py."""
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -75,7 +76,7 @@ def test_200_jobs_in_flight_from_one_snakemake_with_status_calls_bounded_by_time
             f"the local Slurm's node has {cluster['cpus']} CPUs, fewer than {IN_FLIGHT} jobs: "
             "restart it with QUANTPIPE_SLURM_CPUS=256 (tests/run.sh does)"
         )
-    one_rule(tmp_path, "until test -e release; do sleep 1; done; hostname > {output}",
+    one_rule(tmp_path, "until test -e release; do sleep 2; done; hostname > {output}",
              "slurm_partition='cpu', mem_mb=100, runtime=30, cpus_per_task=1",
              jobs=IN_FLIGHT)  # fmt: skip
     before = rpc_counts()
@@ -84,13 +85,14 @@ def test_200_jobs_in_flight_from_one_snakemake_with_status_calls_bounded_by_time
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)  # fmt: skip
     output, most_children, released = Output(process), 0, False
-    while process.poll() is None:
-        most_children = max(most_children, len(_children(process.pid)))
-        if not released and _submitted(tmp_path) == IN_FLIGHT:
-            (tmp_path / "release").touch()
-            released = True
-        time.sleep(0.5)
-    text = output.wait(timeout=60)
+    with cleaned_up(process, tmp_path):
+        while process.poll() is None:
+            most_children = max(most_children, len(_children(process.pid)))
+            if not released and _submitted(tmp_path) == IN_FLIGHT:
+                (tmp_path / "release").touch()
+                released = True
+            time.sleep(0.5)
+        text = output.wait(timeout=60)
     wall = time.monotonic() - started
     after = rpc_counts()
     assert released and process.returncode == 0, text[-4000:]
@@ -103,6 +105,24 @@ def test_200_jobs_in_flight_from_one_snakemake_with_status_calls_bounded_by_time
     assert calls["REQUEST_SUBMIT_BATCH_JOB"] == IN_FLIGHT
     assert calls.get("REQUEST_JOB_INFO", 0) <= wall / 2 + 2, (calls, wall)
     assert calls.get("REQUEST_JOB_INFO", 0) < IN_FLIGHT / 4, calls
+
+
+@contextlib.contextmanager
+def cleaned_up(process: subprocess.Popen, folder: Path):
+    """However the test ends (a failed assertion, its time limit), the run stops and none of its
+    jobs stays in the queue, where it would hold the node's CPUs for the next tests: Snakemake is
+    interrupted as Ctrl-C would (the plugin cancels its jobs), and what is left is cancelled."""
+    try:
+        yield
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        if left := _queued(folder):
+            run(["scancel", *left])
 
 
 def _submitted(folder: Path) -> int:
@@ -132,16 +152,17 @@ def test_slurmctld_restarted_mid_run_loses_no_job_and_submits_none_twice(cluster
                                env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)  # fmt: skip
     said = Output(process)
-    try:
-        # their commands run (past srun, which needs slurmctld), so they end while it is away
-        wait_for(lambda: _started(tmp_path) == 4, 300, "the first 4 jobs' commands to start")
-        local_slurm("stop-ctld")
-        # the running jobs end meanwhile; their successors cannot be submitted
-        wait_for(lambda: "submitting again in" in said.text(), 120, "a submission retried")
-        assert "checking again in" in said.text()
-    finally:
-        local_slurm("start-ctld")
-    text = said.wait(timeout=600)
+    with cleaned_up(process, tmp_path):
+        try:
+            # their commands run (past srun, which needs slurmctld), so they end while it is away
+            wait_for(lambda: _started(tmp_path) == 4, 300, "the first 4 jobs' commands to start")
+            local_slurm("stop-ctld")
+            # the running jobs end meanwhile; their successors cannot be submitted
+            wait_for(lambda: "submitting again in" in said.text(), 120, "a submission retried")
+            assert "checking again in" in said.text()
+        finally:
+            local_slurm("start-ctld")
+        text = said.wait(timeout=600)
     assert process.returncode == 0, text[-4000:]
     assert len(list((tmp_path / "out").glob("*.txt"))) == jobs
     rows = accounted(tmp_path)
@@ -195,7 +216,8 @@ def test_running_jobs_show_their_progress_in_the_snakemake_output(cluster, tmp_p
 
 
 def test_a_job_out_of_memory_is_retried_with_twice_the_memory(cluster, tmp_path):
-    eat = "python3 -c 'import time; block = bytearray(600 * 2**20); time.sleep(8)'"
+    # held past two polls of the local Slurm's memory poller (every 10 s: local_slurm.sh)
+    eat = "python3 -c 'import time; block = bytearray(600 * 2**20); time.sleep(25)'"
     one_rule(tmp_path, f"{eat}; hostname > {{output}}",
              "slurm_partition='cpu', mem_mb=lambda wildcards, attempt: 300 * 4**attempt // 4, "
              "runtime=5", retries=1)  # fmt: skip
@@ -268,14 +290,15 @@ def test_a_job_requeued_after_its_node_went_down_is_waited_on_until_its_last_att
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)  # fmt: skip
     said = Output(process)
-    # the run has seen its first attempt running: only then is a restart news to it
-    wait_for(lambda: " RUNNING on " in said.text(), 120, "the run to see its job running")
-    node = node_of("cpu")
-    try:
-        set_node(node, "down")
-    finally:
-        restore(node)
-    text = said.wait(timeout=600)
+    with cleaned_up(process, tmp_path):
+        # the run has seen its first attempt running: only then is a restart news to it
+        wait_for(lambda: " RUNNING on " in said.text(), 120, "the run to see its job running")
+        node = node_of("cpu")
+        try:
+            set_node(node, "down")
+        finally:
+            restore(node)
+        text = said.wait(timeout=600)
     assert process.returncode == 0, text[-4000:]
     assert "requeued by Slurm (restart 1" in text, text[-4000:]
     (row,) = accounted(tmp_path)

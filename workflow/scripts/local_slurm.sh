@@ -369,10 +369,11 @@ AccountingStoragePort=$DBD_PORT
 # for slurmdbd, the munge socket is given here (slurmdbd.conf's AuthInfo on the other side)
 AccountingStoragePass=$MUNGE_SOCKET
 AccountingStorageTRES=gres/gpu
-# memory limits without cgroups: the accounting poller reads each step's RSS every 2 s and kills
-# a step that uses more than the job's --mem (the job ends OUT_OF_MEMORY)
+# memory limits without cgroups: the accounting poller reads each step's RSS every 10 s and kills
+# a step that uses more than the job's --mem (the job ends OUT_OF_MEMORY). Each poll of each step
+# reads all of /proc: every 2 s, 200 jobs in flight (400 steps) kept both cores busy in the kernel
 JobAcctGatherType=jobacct_gather/linux
-JobAcctGatherFrequency=task=2
+JobAcctGatherFrequency=task=10
 JobAcctGatherParams=OverMemoryKill
 JobCompType=jobcomp/none
 

@@ -24,13 +24,14 @@ Designs: `plugin` (the executor plugin quantpipe: one Snakemake process watches 
 `submitters` (the design profiles/slurm had before the plugin, and profiles/local still has:
 each rule a local Snakemake job whose process submits one submitit job and waits on it) and
 `slurm-plugin` (snakemake-executor-plugin-slurm 2.8.0 with its default settings: each job runs
-Snakemake again on the node).
+Snakemake again on the node, and `srun` from there).
 """
 
 import argparse
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -72,6 +73,16 @@ def write_workflow(folder: Path, jobs: int, seconds: float, design: str) -> None
     # snakemake-executor-plugin-slurm runs Snakemake itself in each job (over 100 MB)
     memory = {"mem_mb": 500} if design == "slurm-plugin" else {}
     resources = ", ".join(f"{key}={value!r}" for key, value in {**RESOURCES, **memory}.items())
+    if design == "slurm-plugin":
+        # Its job step (snakemake-executor-plugin-slurm-jobstep) removes every SLURM_* variable
+        # but the job's identity before its nested srun, SLURM_CONF among them: a cluster whose
+        # slurm.conf is at Slurm's default path does not notice; the local Slurm's is not there,
+        # so this srun, first on the jobs' PATH (sbatch --export=ALL), puts it back.
+        (folder / "bin").mkdir()
+        srun = folder / "bin" / "srun"
+        srun.write_text(f'#!/bin/sh\nexport SLURM_CONF={os.environ["SLURM_CONF"]}\n'
+                        f'exec {shutil.which("srun")} "$@"\n')  # fmt: skip
+        srun.chmod(0o755)
     if design == "submitters":
         (folder / "submit_sleep.py").write_text(SUBMITTER)
         action = 'script: "submit_sleep.py"'
@@ -159,8 +170,9 @@ def measure(design: str, jobs: int, seconds: float, workdir: Path, cpus: int) ->
     since = time.strftime("%Y-%m-%dT%H:%M:%S")
     started = time.monotonic()
     with open(folder / "snakemake.log", "w") as log:
+        env = {**os.environ, "PATH": f"{folder / 'bin'}:{os.environ['PATH']}"}
         process = subprocess.Popen(command(design, jobs), cwd=folder, stdout=log,
-                                   stderr=subprocess.STDOUT)  # fmt: skip
+                                   stderr=subprocess.STDOUT, env=env)  # fmt: skip
         peak = {"tree": 0.0}
 
         def sample() -> None:
