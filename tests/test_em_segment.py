@@ -84,8 +84,12 @@ def test_a_task_without_its_output_says_what_makes_it(volume, checkpoint, tmp_pa
 
 @pytest.mark.slurm
 def test_a_job_array_on_slurm_matches_a_single_process_run(
-    volume, checkpoint, tmp_path, cluster, one_thread
+    volume, checkpoint, tmp_path, cluster, one_thread, monkeypatch
 ):
+    # Tasks of a few seconds: Slurm samples their memory every second (sbatch's and srun's own
+    # variables; the local Slurm polls every 10 s), so that sacct has a figure for each.
+    monkeypatch.setenv("SBATCH_ACCTG_FREQ", "task=1")
+    monkeypatch.setenv("SLURM_ACCTG_FREQ", "task=1")
     arrayed = str(tmp_path / "array" / "segmentation.zarr")
     record = run_as_array(volume, arrayed, CONFIG, tasks=3, resources=ONE_CPU,
                           job_name="qp-test-segment-array", folder=str(tmp_path / "logs"),
