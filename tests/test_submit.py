@@ -255,3 +255,19 @@ def test_a_requeued_job_is_over_only_when_its_last_attempt_is(tmp_path, monkeypa
         with pytest.raises(submitit.core.utils.UncompletedJobError):
             watch.wait(job, "train", "slurm", {}, "train-r")
         assert job.state == "FAILED" and cluster.now >= 33
+
+
+def test_the_plugins_first_status_check_may_come_before_its_setup():
+    """Snakemake starts the executor's status loop before calling its __post_init__; a first check
+    that wins that race finds no job and must not need the sweep yet (seen at 1,000 jobs: the run
+    stopped after its first 100 submissions)."""
+    import asyncio
+
+    from snakemake_executor_plugin_quantpipe import Executor
+
+    unset = Executor.__new__(Executor)  # as the loop sees it before __post_init__: no sweep
+
+    async def still_active():
+        return [info async for info in unset.check_active_jobs([])]
+
+    assert asyncio.run(still_active()) == []

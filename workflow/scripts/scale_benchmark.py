@@ -20,6 +20,13 @@ CPU, 100 MB each) in a fresh folder under --workdir and prints:
   (more than N would mean a job submitted twice); the most jobs in flight at once (submitted,
   not yet ended; from sacct's Submit and End times, to the second).
 
+With --hold, each job first waits for a file that the benchmark writes once all N jobs are in
+flight (seen by `squeue --me` every 5 s; those calls are not counted against the design), so the
+submit host is measured with all N in flight at once, the node's CPUs running some and the
+queue holding the rest, as on a cluster busy with a sweep; overhead per job is then not given.
+Give the node fewer CPUs for it (QUANTPIPE_SLURM_CPUS=64): on a 2-core machine 256 held jobs at
+once leave it no time for anything else (slurmstepd samples each job's processes from /proc).
+
 Designs: `plugin` (the executor plugin quantpipe: one Snakemake process watches every job),
 `submitters` (the design profiles/slurm had before the plugin, and profiles/local still has:
 each rule a local Snakemake job whose process submits one submitit job and waits on it) and
@@ -58,7 +65,7 @@ import submitit
 from quantpipe.submit.executor import start
 from quantpipe.submit.watch import wait
 
-command = ["bash", "-c", f"sleep {snakemake.params.seconds}; hostname > {snakemake.output[0]}"]
+command = ["bash", "-c", snakemake.params.script.format(output=snakemake.output[0])]
 resources = dict(snakemake.resources.items())
 name = f"sleep-{snakemake.wildcards.i}"
 job, cluster, _ = start(submitit.helpers.CommandFunction(command), "sleep", resources, name,
@@ -67,8 +74,15 @@ wait(job, "sleep", cluster, resources, name)
 """
 
 
-def write_workflow(folder: Path, jobs: int, seconds: float, design: str) -> None:
-    """A Snakefile of `jobs` independent `sleep` jobs in `folder`, run the way `design` runs it."""
+def job_script(seconds: float, release: Path | None) -> str:
+    """Each job's shell command ({output}: its file): wait for `release` if given, then sleep."""
+    wait = f"until [ -e {release} ]; do sleep 2; done; " if release else ""
+    return f"{wait}sleep {seconds}; hostname > {{output}}"
+
+
+def write_workflow(folder: Path, jobs: int, script: str, design: str) -> None:
+    """A Snakefile of `jobs` independent jobs running `script` in `folder`, run the way `design`
+    runs it."""
     folder.mkdir(parents=True, exist_ok=True)
     # snakemake-executor-plugin-slurm runs Snakemake itself in each job (over 100 MB)
     memory = {"mem_mb": 500} if design == "slurm-plugin" else {}
@@ -87,10 +101,11 @@ def write_workflow(folder: Path, jobs: int, seconds: float, design: str) -> None
         (folder / "submit_sleep.py").write_text(SUBMITTER)
         action = 'script: "submit_sleep.py"'
     else:
-        action = 'shell: "sleep {params.seconds}; hostname > {output}"'
+        action = f"shell: {script!r}"
     (folder / "Snakefile").write_text(
         f'rule all:\n    input: expand("out/{{i}}.txt", i=range({jobs}))\n\n'
-        f'rule sleep:\n    output: "out/{{i}}.txt"\n    params: seconds={seconds}\n'
+        f'rule sleep:\n    output: "out/{{i}}.txt"\n'
+        f"    params: script=lambda wildcards: {script!r}\n"
         f"    resources: {resources}\n    {action}\n"
     )
 
@@ -161,11 +176,42 @@ def accounted(folder: Path, since: str) -> tuple[int, int]:
     return len(rows), most
 
 
-def measure(design: str, jobs: int, seconds: float, workdir: Path, cpus: int) -> dict:
+def jobs_queued(folder: Path) -> int:
+    """Jobs in the queue (pending or running) whose working directory is `folder` (0 when
+    squeue fails: the caller asks again)."""
+    done = subprocess.run(["squeue", "--me", "-h", "-o", "%Z"], capture_output=True, text=True)
+    return done.stdout.split().count(str(folder)) if done.returncode == 0 else 0
+
+
+def queue_call_types() -> dict[str, int]:
+    """The slurmctld calls of one `jobs_queued`, to leave the benchmark's own out of a design's."""
+    before = rpc_counts(["sdiag"])
+    jobs_queued(Path("/"))
+    calls = difference(rpc_counts(["sdiag"]), before)
+    calls.pop("REQUEST_STATS_INFO", None)
+    return calls
+
+
+def release_when_all_in_flight(process, folder: Path, jobs: int, release: Path, seen: dict) -> None:
+    """Write `release` once all `jobs` are queued; `seen` gets the time and the squeue calls."""
+    started = time.monotonic()
+    while process.poll() is None:
+        time.sleep(5)
+        seen["calls"] += 1
+        if jobs_queued(folder) >= jobs:
+            seen["all_in_flight_s"] = round(time.monotonic() - started, 1)
+            release.touch()
+            return
+
+
+def measure(design: str, jobs: int, seconds: float, workdir: Path, cpus: int, hold: bool) -> dict:
     folder = workdir / f"{design}-{jobs}"
     if folder.exists():
         raise SystemExit(f"{folder} exists: give another --workdir or remove it")
-    write_workflow(folder, jobs, seconds, design)
+    release = folder / "release" if hold else None
+    write_workflow(folder, jobs, job_script(seconds, release), design)
+    own_call = queue_call_types() if hold else {}
+    seen = {"calls": 0, "all_in_flight_s": None}
     ctld, dbd = rpc_counts(["sdiag"]), rpc_counts(["sacctmgr", "show", "stats"])
     since = time.strftime("%Y-%m-%dT%H:%M:%S")
     started = time.monotonic()
@@ -180,13 +226,20 @@ def measure(design: str, jobs: int, seconds: float, workdir: Path, cpus: int) ->
                 peak["tree"] = max(peak["tree"], tree_rss_mb(process.pid))
                 time.sleep(0.5)
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
+        threads = [threading.Thread(target=sample, daemon=True)]
+        if hold:
+            arguments = (process, folder, jobs, release, seen)
+            threads.append(threading.Thread(target=release_when_all_in_flight, args=arguments))
+        for thread in threads:
+            thread.start()
         process.wait()
-        sampler.join()
+        for thread in threads:
+            thread.join()
     wall = time.monotonic() - started
     calls = difference(rpc_counts(["sdiag"]), ctld)
     calls.pop("REQUEST_STATS_INFO", None)  # our own sdiag
+    for key, count in own_call.items():  # our own squeue calls (--hold)
+        calls[key] -= count * seen["calls"]
     client = {key: count for key, count in calls.items() if key in CLIENT_CALLS}
     written = len(list((folder / "out").glob("*.txt"))) if (folder / "out").exists() else 0
     failed = (folder / "snakemake.log").read_text().count("Error in rule sleep:")
@@ -195,7 +248,8 @@ def measure(design: str, jobs: int, seconds: float, workdir: Path, cpus: int) ->
     ideal = seconds * math.ceil(jobs / cpus)
     return {
         "design": design, "jobs": jobs, "exit": process.returncode, "wall_s": round(wall, 1),
-        "overhead_per_job_s": round((wall - ideal) / jobs, 3), "peak_mb": round(peak["tree"]),
+        "overhead_per_job_s": None if hold else round((wall - ideal) / jobs, 3),
+        "all_in_flight_after_s": seen["all_in_flight_s"], "peak_mb": round(peak["tree"]),
         "client_calls": sum(client.values()),
         "client_calls_per_job": round(sum(client.values()) / jobs, 2), "client": client,
         "job_side": {key: count for key, count in calls.items() if key not in CLIENT_CALLS},
@@ -210,6 +264,9 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, nargs="+", default=[100, 500, 1000])
     parser.add_argument("--seconds", type=float, default=3.0, help="each job's sleep")
     parser.add_argument("--designs", nargs="+", choices=DESIGNS, default=["plugin"])
+    parser.add_argument(
+        "--hold", action="store_true", help="hold every job until all N are in flight at once"
+    )
     parser.add_argument("--workdir", type=Path, default=REPO / ".scale_benchmark")
     args = parser.parse_args()
     if not os.environ.get("SLURM_CONF"):
@@ -220,10 +277,12 @@ def main() -> None:
     print(f"node of partition cpu: {cpus} CPUs; jobs sleep {args.seconds:g} s", flush=True)
     for design in args.designs:
         for jobs in args.jobs:
-            row = measure(design, jobs, args.seconds, args.workdir.resolve(), cpus)
+            row = measure(design, jobs, args.seconds, args.workdir.resolve(), cpus, args.hold)
+            held = (f"all {jobs} in flight after {row['all_in_flight_after_s']} s"
+                    if args.hold else f"overhead {row['overhead_per_job_s']} s/job")  # fmt: skip
             print(
-                f"{design} N={jobs}: exit {row['exit']}, wall {row['wall_s']} s, overhead "
-                f"{row['overhead_per_job_s']} s/job, peak submit-host memory {row['peak_mb']} MB, "
+                f"{design} N={jobs}: exit {row['exit']}, wall {row['wall_s']} s, {held}, "
+                f"peak submit-host memory {row['peak_mb']} MB, "
                 f"slurmctld client calls {row['client_calls']} ({row['client_calls_per_job']}/job) "
                 f"{row['client']}, job-side calls {row['job_side']}, slurmdbd job queries "
                 f"{row['dbd_job_queries']}, jobs failed {row['failed']}, lost {row['lost']}, "

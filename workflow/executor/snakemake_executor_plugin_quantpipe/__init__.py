@@ -122,6 +122,10 @@ class Executor(RemoteExecutor):
     async def check_active_jobs(
         self, active_jobs: list[SubmittedJobInfo]
     ) -> AsyncGenerator[SubmittedJobInfo, None]:
+        # Snakemake starts this loop before it calls __post_init__ (which makes the sweep), and
+        # its first check can win that race: with no job submitted yet there is nothing to ask.
+        if not active_jobs:
+            return
         self.sweep.check()
         for info in active_jobs:
             if "finish" in info.aux:  # a segment array's output being installed
