@@ -41,4 +41,4 @@ bash workflow/scripts/local_slurm.sh start
 eval "$(bash workflow/scripts/local_slurm.sh env)"
 # Under this command a missing Slurm fails the Slurm tests instead of skipping them.
 export QUANTPIPE_REQUIRE_SLURM=1
-.venv/bin/pytest -ra -n 2 --dist loadgroup "$@"
+.venv/bin/pytest -ra -n 2 --dist loadgroup --no-loadscope-reorder "$@"
