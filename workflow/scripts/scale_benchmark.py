@@ -56,6 +56,7 @@ CLIENT_CALLS = {
     "REQUEST_CANCEL_JOB", "REQUEST_BUILD_INFO", "REQUEST_PING", "REQUEST_JOB_USER_INFO",
     "REQUEST_CONTROL_STATUS", "REQUEST_RESOURCE_ALLOCATION",
 }  # fmt: skip
+FAILED_JOB = "Error in rule sleep:"  # Snakemake's line for each failed job
 RESOURCES = {"slurm_partition": "cpu", "mem_mb": 100, "runtime": 10, "cpus_per_task": 1}
 
 # Today's design for a shell command: the rule's script submits one submitit job and waits on it,
@@ -193,12 +194,14 @@ def queue_call_types() -> dict[str, int]:
 
 
 def release_when_all_in_flight(process, folder: Path, jobs: int, release: Path, seen: dict) -> None:
-    """Write `release` once all `jobs` are queued; `seen` gets the time and the squeue calls."""
+    """Write `release` once all `jobs` are queued or failed (a job refused at submission would
+    otherwise hold the rest forever); `seen` gets the time and the squeue calls."""
     started = time.monotonic()
     while process.poll() is None:
         time.sleep(5)
         seen["calls"] += 1
-        if jobs_queued(folder) >= jobs:
+        failed = (folder / "snakemake.log").read_text().count(FAILED_JOB)
+        if jobs_queued(folder) + failed >= jobs:
             seen["all_in_flight_s"] = round(time.monotonic() - started, 1)
             release.touch()
             return
@@ -242,7 +245,7 @@ def measure(design: str, jobs: int, seconds: float, workdir: Path, cpus: int, ho
         calls[key] -= count * seen["calls"]
     client = {key: count for key, count in calls.items() if key in CLIENT_CALLS}
     written = len(list((folder / "out").glob("*.txt"))) if (folder / "out").exists() else 0
-    failed = (folder / "snakemake.log").read_text().count("Error in rule sleep:")
+    failed = (folder / "snakemake.log").read_text().count(FAILED_JOB)
     time.sleep(5)  # accounting records a job's end a little after it
     submitted, most_in_flight = accounted(folder, since)
     ideal = seconds * math.ceil(jobs / cpus)
