@@ -70,7 +70,8 @@ def test_200_jobs_in_flight_from_one_snakemake_with_status_calls_bounded_by_time
     """The jobs wait for a file the test writes once all 200 are submitted (so all are in flight
     together, however slowly a small machine starts them); all complete, the Snakemake process
     starts no waiting process per job, and slurmctld's job-info calls (squeue) stay within one
-    per 2 s of the run, far fewer than the jobs. The test itself asks Slurm nothing meanwhile."""
+    per 2 s of the run and, over the whole run, fewer than one round of per-job queries. The test
+    itself asks Slurm nothing meanwhile."""
     if cluster["cpus"] < IN_FLIGHT:
         unavailable(
             f"the local Slurm's node has {cluster['cpus']} CPUs, fewer than {IN_FLIGHT} jobs: "
@@ -104,7 +105,9 @@ def test_200_jobs_in_flight_from_one_snakemake_with_status_calls_bounded_by_time
     calls = {key: after.get(key, 0) - before.get(key, 0) for key in after}
     assert calls["REQUEST_SUBMIT_BATCH_JOB"] == IN_FLIGHT
     assert calls.get("REQUEST_JOB_INFO", 0) <= wall / 2 + 2, (calls, wall)
-    assert calls.get("REQUEST_JOB_INFO", 0) < IN_FLIGHT / 4, calls
+    # A status check per job would make IN_FLIGHT calls in a single round (a loaded machine starts
+    # the jobs slowly, so the run's length, not a fixed count, bounds the batched checks).
+    assert calls.get("REQUEST_JOB_INFO", 0) < IN_FLIGHT, calls
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """The submit layer on the real local Slurm: refusals, cancellation, failures, requeue + resume."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -118,12 +119,21 @@ def restarts(job: str) -> int:
     return int(found[1]) if found else 0
 
 
+def seconds_run(job: str) -> int:
+    """Seconds the job has run so far (scontrol's RunTime is [D-]HH:MM:SS)."""
+    shown = run(["scontrol", "show", "job", job, "-o"]).stdout
+    days, hours, minutes, seconds = re.search(
+        r"RunTime=(?:(\d+)-)?(\d+):(\d+):(\d+)", shown
+    ).groups()
+    return ((int(days or 0) * 24 + int(hours)) * 60 + int(minutes)) * 60 + int(seconds)
+
+
 def test_a_training_job_at_its_time_limit_resumes_and_matches_an_uninterrupted_run(tmp_path):
     """A real time limit: once the first epoch's checkpoint exists, the job's limit is moved to
-    its first minute, so Slurm sends submitit's warning (USR2, signal_delay_s = 60 s before the
-    end); submitit checkpoints and requeues the job, which resumes and ends with the weights of a
-    run that was never stopped."""
-    config = {**TRAIN, "epochs": 12}  # still training when the warning comes (within ~40 s)
+    40 to 90 s from now, so Slurm sends submitit's warning (USR2, signal_delay_s = 60 s before
+    the end) at its next time-limit check, at most 30 s later; submitit checkpoints and requeues
+    the job, which resumes and ends with the weights of a run that was never stopped."""
+    config = {**TRAIN, "epochs": 45}  # still training when the warning comes (within ~40 s)
     name = "qp-test-time-limit"
     files = {"data": str(pytest.cifar_dir), "model": str(tmp_path / "slurm" / "model.pt"),
              "metrics": str(tmp_path / "slurm" / "metrics.json"), "config": config}  # fmt: skip
@@ -131,14 +141,21 @@ def test_a_training_job_at_its_time_limit_resumes_and_matches_an_uninterrupted_r
     job = job_id_of(name)
     checkpoint = tmp_path / "slurm" / "checkpoints" / "last.pt"
     wait_for(checkpoint.exists, 300, "the first epoch checkpoint")
-    assert run(["scontrol", "update", f"JobId={job}", "TimeLimit=1"]).returncode == 0
+    # Limits are whole minutes. A limit already passed would end the job (TIMEOUT) with no
+    # warning (on a loaded machine the first epoch can take over a minute). slurmctld checks
+    # limits every 30 s and warns once the end is within signal_delay_s + 30 s: 40 to 90 s left
+    # gets the warning at the next check, 10 s or more before the end.
+    elapsed = seconds_run(job)
+    limit = math.ceil((elapsed + 40) / 60)
+    time.sleep(max(0, limit * 60 - elapsed - 90))
+    assert run(["scontrol", "update", f"JobId={job}", f"TimeLimit={limit}"]).returncode == 0
     wait_for(lambda: restarts(job) >= 1, 240, "submitit's requeue at the time limit")
     # The next attempt gets the profile's limit back and runs to the end.
     run(["scontrol", "update", f"JobId={job}", f"TimeLimit={CPU['runtime']}"])
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     # While it waited, the submitter showed the job's state and its latest training line.
-    assert re.search(rf"{name} job {job}: RUNNING for \S+: .*train: epoch \d+/12 step", output)
+    assert re.search(rf"{name} job {job}: RUNNING for \S+: .*train: epoch \d+/45 step", output)
     # submitit's own account, in the job's output: the warning caught, the job requeued.
     said = "".join(path.read_text() for path in (tmp_path / "logs").glob(f"{job}_*log.*"))
     assert "Caught signal SIGUSR2" in said and f"Requeued job {job}" in said, said[-3000:]
