@@ -11,6 +11,7 @@ from quantpipe.models import references as model_refs
 from quantpipe.models.build import build_model
 from quantpipe.quantize import CONTROLLED, backend, requantizer, save
 from quantpipe.quantize import accuracy_control as control
+from quantpipe.tasks.base import TaskSpec
 from workflowtools import copy_repository, snakemake, tiny_config, with_userpkg
 
 # In quantpipe's ResNet18 this layer's input channel 0 is made dead (its batch norm and ReLU
@@ -165,10 +166,13 @@ def test_accuracy_control_needs_a_method_and_a_task_that_take_it():
             {**base, "methods": ["onnxruntime"], "sensitivity": {"enabled": True}}
         )
     configuration.check_consistency({**base, "methods": ["pt2e"], "accuracy_budget": 0.5})
-    em = {"task": "isbi2012_em", "models": ["unet2d"], "methods": ["pt2e"],
-          "sensitivity": {"enabled": True}}  # fmt: skip
-    with pytest.raises(ValueError, match="task 'isbi2012_em' has no accuracy control yet"):
-        configuration.check_accuracy_control(em, configuration.tasks.spec("isbi2012_em"))
+    # A task whose Task has no validator says so (the built-in tasks all have one).
+    without = TaskSpec(name="mytask", data="resources/mytask", implementation="my.task:T",
+                       accuracy_control=False)  # fmt: skip
+    with pytest.raises(ValueError, match="task 'mytask' has no accuracy control yet"):
+        configuration.check_accuracy_control(
+            {**base, "methods": ["pt2e"], "sensitivity": {"enabled": True}}, without
+        )
 
 
 # --- the whole DAG ------------------------------------------------------------------------------

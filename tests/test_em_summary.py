@@ -39,7 +39,9 @@ def em_row(
             "job_hours_per_mm3": 1.5625e15 / (1e6 * speedup) / 3600,
             "voxels_per_s_spread": 1e5, "speedup_vs_fp32_cpu_eager": speedup,
             "paired_speedup_spread": spread, "speedup_vs_fp32_cpu_eager_unpaired": speedup * 1.1,
-            "size_mb": 4 / speedup, "size_ratio": speedup}  # fmt: skip
+            "size_mb": 4 / speedup, "size_ratio": speedup,
+            "fp32_layers": int(method.endswith("-budget")) if variant == "int8-cpu" else None,
+           }  # fmt: skip
 
 
 def test_run_writes_a_cost_table_per_node_class_and_model_and_the_figures(tmp_path):
@@ -113,3 +115,20 @@ def test_speed_ratios_within_the_rounds_range_are_marked_not_ranked():
     assert "speed, rounds' range" in header and header[-1] == "timing"
     (pt2e,) = [row for row in cells if row[0] == "INT8 CPU pt2e minmax c64"]
     assert (pt2e[header.index("speed, rounds' range")], pt2e[-1]) == ("0.15", "fastest")
+
+
+def test_a_budgeted_variant_says_how_many_layers_it_kept_in_fp32():
+    rows = [
+        em_row("any", "unet2d", 0, variant, method, speedup)
+        for variant, method, speedup in [
+            ("fp32-cpu", "eager", 1.0), ("int8-cpu", "pt2e", 2.0), ("int8-cpu", "pt2e-budget", 1.8),
+        ]
+    ]  # fmt: skip
+    (_, header, cells) = next(
+        block for block in document(summarize(pd.DataFrame(rows), "d"), {}, {})
+        if block[0] == "table"
+    )  # fmt: skip
+    column = header.index("layers in FP32")
+    kept = {row[0]: row[column] for row in cells}
+    assert kept == {"FP32 CPU eager": "—", "INT8 CPU pt2e minmax c64": "0",
+                    "INT8 CPU pt2e-budget minmax c64": "1"}  # fmt: skip

@@ -157,7 +157,8 @@ def train_config(wildcards):
 
 
 def task_settings(section):
-    """What the stage of config section `section` (train, quantize, benchmark) reads."""
+    """What the stage of config section `section` (train, quantize, benchmark) reads;
+    "validation": what the task's validator adds, for accuracy control."""
     return TASK.stage_settings(config, section)
 
 

@@ -49,5 +49,6 @@ use rule quantize as quantize_budget with:
         stage="quantize",
         config=lambda wildcards: {
             **quantize_config(wildcards),
+            **task_settings("validation"),
             "accuracy_budget": config["accuracy_budget"],
         },

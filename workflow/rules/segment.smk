@@ -9,7 +9,7 @@ rule segment:
     log:
         f"logs/segment/{RUN}/{{variant}}.log",
     wildcard_constraints:
-        variant="fp32-cpu|int8-cpu-[a-z0-9]+-[a-z_]+-c[0-9]+",
+        variant="fp32-cpu|int8-cpu-[a-z0-9]+-[a-z_]+-c[0-9]+(-budget)?",
     conda:
         ENV
     params:

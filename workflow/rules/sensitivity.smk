@@ -16,6 +16,7 @@ rule sensitivity:
         stage="sensitivity",
         config=lambda wildcards: {
             **quantize_config(wildcards),
+            **task_settings("validation"),
             "sensitivity_items": config["sensitivity"]["items"],
         },
     script:

@@ -60,10 +60,11 @@ class TaskSpec:
     data_keys: the keys of the config's `data` section its prepare_data reads.
     data_inputs: a function of the config that gives the files prepare_data reads (a user's
         folder), so that a changed or added file reruns it; None where it fetches its own.
-    settings: per stage (train, quantize, benchmark; "data" for prepare_data), a function of
-        the config that gives what the stage reads; the default is the config section of that
-        name (prepare_data: data_keys of `data`). A stage reruns only when what it reads
-        changes.
+    settings: per stage (train, quantize, benchmark; "data" for prepare_data; "validation" for
+        what Task.validator reads beyond the run and quantize settings, which the sensitivity
+        stage and the budgeted quantize add), a function of the config that gives what the
+        stage reads; the default is the config section of that name (prepare_data: data_keys of
+        `data`; validation: nothing). A stage reruns only when what it reads changes.
     run_keys: config keys every stage of one run reads (e.g. num_classes, val_size).
     report_columns: the report's columns of this task's measurements (benchmark row keys).
     quality: those of them that measure quality; the report adds `{name}_delta` to FP32 eager.
@@ -97,10 +98,11 @@ class TaskSpec:
     check: Callable[[dict], None] | None = None
 
     def stage_settings(self, config: dict, stage: str) -> dict:
-        """What the stage of config section `stage` reads, for this task."""
+        """What the stage of config section `stage` reads, for this task ("validation": what
+        its validator adds; no section of its own)."""
         if stage in self.settings:
             return self.settings[stage](config)
-        return dict(config[stage])
+        return {} if stage == "validation" else dict(config[stage])
 
     def input_files(self, config: dict) -> list[str]:
         """The files prepare_data reads, as the rule's inputs (data_inputs)."""

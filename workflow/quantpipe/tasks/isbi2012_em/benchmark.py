@@ -72,6 +72,29 @@ def _volume_pass(module, image, target, arguments: dict, passes: list):
     return one_pass
 
 
+def tiled_path(config: dict) -> tuple[dict, int]:
+    """(quantpipe.tiling.predict_volume's geometry keywords, sections per block) of the run
+    `config` (spec.tiling_geometry)."""
+    geometry = tiling_geometry(config)
+    arguments = {
+        "dims": geometry["dims"],
+        "tile": geometry["tile"],
+        "overlap": geometry["overlap"],
+        "batch_size": config["inference_batch_size"],
+    }
+    return arguments, geometry["block_sections"]
+
+
+def probability(module, volume, store, config: dict) -> np.ndarray:
+    """The membrane probability (float16) of `volume` (uint8 Z, Y, X) through the tiled volume
+    path of the run `config`, as the benchmark scores the test sections: the volume alone,
+    mirrored at its ends, written to a Zarr array at `store` (a path or a zarr store)."""
+    arguments, sections = tiled_path(config)
+    target = create_target(store, volume, block_chunks(sections, volume.shape))
+    predict_volume(module, volume, target, log=_quiet, **arguments)
+    return target[:]
+
+
 def segment(
     module, stack: zarr.Array, test: zarr.Array, folder: str, config: dict, reference=None
 ) -> tuple[dict, np.ndarray]:
@@ -81,14 +104,8 @@ def segment(
     and the network alone on the same tiles, then one pass over `test`: (the geometry, the
     rates, the pair and the path's median share of the network's rate, the probability of
     `test`)."""
-    geometry = tiling_geometry(config)
-    arguments = {
-        "dims": geometry["dims"],
-        "tile": geometry["tile"],
-        "overlap": geometry["overlap"],
-        "batch_size": config["inference_batch_size"],
-    }
-    chunks = block_chunks(geometry["block_sections"], stack.shape)
+    arguments, sections = tiled_path(config)
+    chunks = block_chunks(sections, stack.shape)
     warmup = create_target(os.path.join(folder, "warmup.zarr"), stack, chunks)
     blocks = plan_blocks(warmup)
     predict_volume(module, stack, warmup, blocks=sorted({0, blocks - 1}), log=_quiet, **arguments)
@@ -96,7 +113,7 @@ def segment(
     if reference is not None:
         # Eager, and every batch has one shape (the last one padded): one batch warms it.
         with torch.inference_mode():
-            reference(torch.zeros(arguments["batch_size"], 1, *geometry["tile"]))
+            reference(torch.zeros(arguments["batch_size"], 1, *arguments["tile"]))
         scratch = create_target(os.path.join(folder, "reference.zarr"), stack, chunks)
         paired = _volume_pass(reference, stack, scratch, arguments, [])
     target = create_target(os.path.join(folder, "timed.zarr"), stack, chunks)
@@ -117,16 +134,11 @@ def segment(
             **arguments,
         ),
         "test_set_seconds": math.prod(test.shape) / timed["voxels_per_s"],  # at the median rate
-        "tile": "x".join(map(str, geometry["tile"])),
-        "overlap": "x".join(map(str, geometry["overlap"])),
+        "tile": "x".join(map(str, arguments["tile"])),
+        "overlap": "x".join(map(str, arguments["overlap"])),
         "block_sections": chunks[0],
     }
-    scored = create_target(
-        os.path.join(folder, "probability.zarr"), test,
-        block_chunks(geometry["block_sections"], test.shape),
-    )  # fmt: skip
-    predict_volume(module, test, scored, log=_quiet, **arguments)
-    return measured, scored[:]
+    return measured, probability(module, test, os.path.join(folder, "probability.zarr"), config)
 
 
 def _as_zarr(path: str, image: np.ndarray) -> zarr.Array:

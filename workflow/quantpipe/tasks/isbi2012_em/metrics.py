@@ -32,6 +32,14 @@ import numpy as np
 from scipy import ndimage
 
 
+def pixel_error(
+    membrane_probability: np.ndarray, membrane: np.ndarray, threshold: float = 0.5
+) -> float:
+    """The fraction of pixels where (probability >= threshold) != membrane (1 = membrane)."""
+    predicted = np.asarray(membrane_probability) >= threshold
+    return float(np.mean(predicted != np.asarray(membrane).astype(bool)))
+
+
 def scores(membrane_probability: np.ndarray, membrane: np.ndarray, threshold: float = 0.5) -> dict:
     """Pixel error, V_rand and V_info (with their split and merge parts) of a (Z, Y, X) or (Y, X)
     membrane probability map against the ground-truth membrane mask (1 = membrane)."""
@@ -65,7 +73,7 @@ def scores(membrane_probability: np.ndarray, membrane: np.ndarray, threshold: fl
     rand_merge = true_positives / proposal_pairs
     info_split, info_merge = np.mean(info, axis=0)
     return {
-        "pixel_error": float(np.mean(predicted_membrane != truth)),
+        "pixel_error": pixel_error(probability, truth, threshold),
         "v_rand": _harmonic_mean(rand_split, rand_merge),
         "v_rand_split": float(rand_split),
         "v_rand_merge": float(rand_merge),

@@ -5,17 +5,22 @@ from quantpipe.tasks.base import TaskSpec
 
 POOLING = 8  # quantpipe.models.unet.MIN_SIZE: in-plane sizes must be multiples of it
 # The `em` keys each stage reads, and the keys of the stage's own config section that still
-# apply (the rest of train, quantize, benchmark is the classification recipe).
+# apply (the rest of train, quantize, benchmark is the classification recipe). Validation: what
+# the validator adds for accuracy control (the sensitivity stage, the budgeted quantize), the
+# tiled path's geometry.
 EM_KEYS = {
     "train": ("sections", "patch_size", "epochs", "steps_per_epoch", "batch_size", "lr",
               "weight_decay", "membrane_weight"),
     "quantize": ("tile_sections", "tile"),
+    "validation": ("tile_sections", "tile", "overlap", "section_overlap", "block_tiles",
+                   "inference_batch_size"),
     "benchmark": ("tile_sections", "tile", "overlap", "section_overlap", "block_tiles",
                   "inference_batch_size", "threshold"),
 }  # fmt: skip
 SHARED_KEYS = {
     "train": ("device", "log_every"),
     "quantize": ("calibration_batch_size",),
+    "validation": (),
     "benchmark": ("gpu", "rounds", "share_seconds"),
 }
 
@@ -141,7 +146,5 @@ SPEC = TaskSpec(
     rate="voxels_per_s",
     validation_score="val_pixel_error",
     validation_higher_is_better=False,
-    # Its validation runs whole sections, which an INT8 graph exported for tiles cannot take.
-    accuracy_control=False,
     check=check,
 )

@@ -26,6 +26,7 @@ METRICS = [
     "v_rand", "v_rand_delta", "v_info", "v_info_delta", "pixel_error", "pixel_error_delta",
     "voxels_per_s", "voxels_per_s_spread", "job_hours_per_mm3", "speedup_vs_fp32_cpu_eager",
     "paired_speedup_spread", "speedup_vs_fp32_cpu_eager_unpaired", "size_mb", "size_ratio",
+    "fp32_layers",
 ]  # fmt: skip
 BASELINE = ("fp32-cpu", "eager")
 # (header, metric, scale, digits) of the cost table's measured cells.
@@ -40,6 +41,7 @@ COST_COLUMNS = [
     ("speed, rounds' range", "paired_speedup_spread", 1, 2),
     ("cost vs FP32 CPU", "cost_vs_fp32_cpu_eager", 1, 3),
     ("size (MB)", "size_mb", 1, 2),
+    ("layers in FP32", "fp32_layers", 1, 0),
 ]
 READING = (
     "Quality is scored on the 5 held-out test sections (25-29) of the ISBI 2012 stack: V_rand and "
@@ -59,8 +61,10 @@ READING = (
     "summary.csv). Voxels/s is the median of the rounds, and job-hours come from it. Speed ratios "
     "that differ by less than the larger rounds' range are within the noise: the timing column "
     "names the fastest CPU configuration and those the timing cannot tell from it or from FP32 "
-    "eager. Numbers are means over seeds ± the half-width of their 95% confidence interval (one "
-    "seed shows its value alone); all are in summary.csv."
+    "eager. A method `{method}-budget` (config accuracy_budget) is INT8 with the fewest layers "
+    "left in FP32 (layers in FP32) that keep its pixel error on the validation sections within "
+    "the budget of FP32's. Numbers are means over seeds ± the half-width of their 95% "
+    "confidence interval (one seed shows its value alone); all are in summary.csv."
 )
 
 

@@ -3,7 +3,7 @@
 import torch
 
 from quantpipe.tasks.base import Task
-from quantpipe.tasks.isbi2012_em import benchmark, sources, train
+from quantpipe.tasks.isbi2012_em import benchmark, sources, train, validation
 from quantpipe.tasks.isbi2012_em.data import load_split
 from quantpipe.tasks.isbi2012_em.data import prepare as write_volume
 from quantpipe.tasks.isbi2012_em.summary import document, render_figures, summarize
@@ -29,8 +29,15 @@ class Isbi2012Em(Task):
         return train.training(data, config, net, device)
 
     def validate(self, data: str, config: dict, net, device) -> dict:
+        """Imported weights are scored as training scores its epochs (whole sections), so that
+        the train record's val_pixel_error means one thing for trained and imported runs."""
         val_image, val_membrane = load_split(data, "val")
         return {"val_pixel_error": train.pixel_error(net, val_image, val_membrane, device)}
+
+    def validator(self, data: str, config: dict, device, limit: int | None = None):
+        """Tiled as the benchmark runs the model (quantpipe.tasks.isbi2012_em.validation); items
+        are sections. The model runs where its weights are."""
+        return validation.validator(data, config, limit)
 
     def calibration_inputs(self, data: str, config: dict, count: int):
         return train.calibration_patches(data, config, count)
