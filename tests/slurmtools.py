@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -130,3 +131,21 @@ class Output:
         self.process.wait(timeout=timeout)
         self.reader.join(timeout=10)
         return self.text()
+
+
+# A Snakefile's lines that have Snakemake print every thread's stack on SIGUSR1 (stopped()).
+STACKS_ON_SIGUSR1 = "import faulthandler, signal\nfaulthandler.register(signal.SIGUSR1)\n\n"
+
+
+def stopped(process: subprocess.Popen, said: Output, timeout: float) -> str:
+    """Snakemake's output once it has exited after a stop signal; if it is still there after
+    `timeout` s, the test fails with where each of its threads stands (STACKS_ON_SIGUSR1)."""
+    try:
+        return said.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(
+            f"Snakemake still running {timeout} s after the signal:\n{said.wait(10)[-12000:]}"
+        )

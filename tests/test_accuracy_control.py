@@ -163,7 +163,7 @@ def test_accuracy_control_needs_a_method_and_a_task_that_take_it():
         configuration.check_consistency({**base, "methods": ["qat"], "accuracy_budget": 0.5})
     with pytest.raises(ValueError, match="sensitivity.enabled applies to methods pt2e, eager,"):
         configuration.check_consistency(
-            {**base, "methods": ["onnxruntime"], "sensitivity": {"enabled": True}}
+            {**base, "methods": ["qat"], "sensitivity": {"enabled": True}}
         )
     configuration.check_consistency({**base, "methods": ["pt2e"], "accuracy_budget": 0.5})
     # A task whose Task has no validator says so (the built-in tasks all have one).

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from slurmtools import Output, local_slurm, run, unavailable
+from slurmtools import STACKS_ON_SIGUSR1, Output, local_slurm, run, stopped, unavailable
 from test_faults import node_of, restore, set_node
 from test_slurm_submit import wait_for
 from workflowtools import SNAKEMAKE, user_env
@@ -260,18 +260,21 @@ def test_stopping_snakemake_cancels_every_job_of_the_run(cluster, tmp_path, how)
     snakefile.write_text(
         "from quantpipe.submit import cancel_jobs_on_sigterm\n\n"
         "onstart:\n    cancel_jobs_on_sigterm(workflow.executor_plugin.name == 'quantpipe')\n\n"
+        + STACKS_ON_SIGUSR1
         + snakefile.read_text()
     )
-    process = subprocess.Popen([SNAKEMAKE, *PLUGIN], cwd=tmp_path, env=user_env(),
+    process = subprocess.Popen([SNAKEMAKE, *PLUGIN], cwd=tmp_path,
+                               env={**user_env(), "PYTHONUNBUFFERED": "1"},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)  # fmt: skip
+    said = Output(process)
     try:
         wait_for(lambda: len(_queued(tmp_path)) == 5, 120, "5 jobs in squeue")
         if how == "ctrl-c":
             os.killpg(process.pid, signal.SIGINT)
         else:
             process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=120)
+        output = stopped(process, said, 120)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)

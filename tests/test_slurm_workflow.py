@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
-from slurmtools import TERMINAL, run, wait_sacct
+from slurmtools import STACKS_ON_SIGUSR1, TERMINAL, Output, run, stopped, wait_sacct
 from test_slurm_submit import wait_for
 from workflowtools import (
     SNAKEMAKE,
@@ -144,6 +144,8 @@ def test_a_second_node_class_runs_only_its_benchmarks_where_the_profile_sends_it
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_stopping_snakemake_cancels_its_slurm_jobs_and_submits_none_again(cluster, tmp_path, how):
     copy_repository(tmp_path)
+    snakefile = tmp_path / "Snakefile"
+    snakefile.write_text(STACKS_ON_SIGUSR1 + snakefile.read_text())
     config = tiny_config(tmp_path)
     config["train"]["epochs"] = 50  # long enough to be running when we stop
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -151,15 +153,17 @@ def test_stopping_snakemake_cancels_its_slurm_jobs_and_submits_none_again(cluste
     profile = yaml.safe_load((tmp_path / "profiles" / "slurm" / "config.yaml").read_text())
     assert profile["retries"] == 1
     process = subprocess.Popen([SNAKEMAKE, "--profile", "profiles/slurm"], cwd=tmp_path,
-                               env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)  # fmt: skip
+                               env={**user_env(), "PYTHONUNBUFFERED": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)  # fmt: skip
+    said = Output(process)
     try:
         job = wait_for_training_job(tmp_path)
         if how == "ctrl-c":  # the terminal signals the whole foreground process group
             os.killpg(process.pid, signal.SIGINT)
         else:
             process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=120)
+        output = stopped(process, said, 120)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
