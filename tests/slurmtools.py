@@ -133,6 +133,10 @@ class Output:
         return self.text()
 
 
+# Snakemake started as a terminal starts it, with SIGINT at its default whatever this test
+# process inherited: a shell without job control starts background commands with SIGINT ignored,
+# an ignored signal stays ignored across exec, and Ctrl-C would never reach Snakemake.
+AS_FROM_A_TERMINAL = ["env", "--default-signal=INT"]
 # A Snakefile's lines that have Snakemake print every thread's stack on SIGUSR1 (stopped()).
 STACKS_ON_SIGUSR1 = "import faulthandler, signal\nfaulthandler.register(signal.SIGUSR1)\n\n"
 

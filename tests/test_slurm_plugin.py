@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO
-from slurmtools import STACKS_ON_SIGUSR1, Output, local_slurm, run, stopped, unavailable
+from slurmtools import (
+    AS_FROM_A_TERMINAL,
+    STACKS_ON_SIGUSR1,
+    Output,
+    local_slurm,
+    run,
+    stopped,
+    unavailable,
+)
 from test_faults import node_of, restore, set_node
 from test_slurm_submit import wait_for
 from workflowtools import SNAKEMAKE, user_env
@@ -263,7 +271,7 @@ def test_stopping_snakemake_cancels_every_job_of_the_run(cluster, tmp_path, how)
         + STACKS_ON_SIGUSR1
         + snakefile.read_text()
     )
-    process = subprocess.Popen([SNAKEMAKE, *PLUGIN], cwd=tmp_path,
+    process = subprocess.Popen([*AS_FROM_A_TERMINAL, SNAKEMAKE, *PLUGIN], cwd=tmp_path,
                                env={**user_env(), "PYTHONUNBUFFERED": "1"},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)  # fmt: skip

@@ -12,7 +12,15 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
-from slurmtools import STACKS_ON_SIGUSR1, TERMINAL, Output, run, stopped, wait_sacct
+from slurmtools import (
+    AS_FROM_A_TERMINAL,
+    STACKS_ON_SIGUSR1,
+    TERMINAL,
+    Output,
+    run,
+    stopped,
+    wait_sacct,
+)
 from test_slurm_submit import wait_for
 from workflowtools import (
     SNAKEMAKE,
@@ -152,8 +160,8 @@ def test_stopping_snakemake_cancels_its_slurm_jobs_and_submits_none_again(cluste
     # the claim holds for the profile as shipped, which retries a failed rule once
     profile = yaml.safe_load((tmp_path / "profiles" / "slurm" / "config.yaml").read_text())
     assert profile["retries"] == 1
-    process = subprocess.Popen([SNAKEMAKE, "--profile", "profiles/slurm"], cwd=tmp_path,
-                               env={**user_env(), "PYTHONUNBUFFERED": "1"},
+    command = [*AS_FROM_A_TERMINAL, SNAKEMAKE, "--profile", "profiles/slurm"]
+    process = subprocess.Popen(command, cwd=tmp_path, env={**user_env(), "PYTHONUNBUFFERED": "1"},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                start_new_session=True)  # fmt: skip
     said = Output(process)

@@ -143,8 +143,9 @@ def test_cpu_rows_carry_their_pair_and_their_node_neighbours(
         assert "not a Slurm job" in row["neighbours_reason"]
     assert record["provenance"]["cpu_model"] and "slurm_node" in record["provenance"]
     # The direction of the pair: the variant with twice the work is slower than FP32 eager, and
-    # slower than eager paired with itself.
-    assert rows["twice"]["paired_speedup"] < 0.8 < rows["eager"]["paired_speedup"]
+    # slower than eager paired with itself (near 1 on a quiet machine; beside the other test
+    # worker's pipelines it strays, 0.62 with a range of 21 in one run, so no fixed bound on it).
+    assert rows["twice"]["paired_speedup"] < min(0.8, rows["eager"]["paired_speedup"])
     print(
         "paired speedups: eager (itself) {:.3f} (range {:.3f}), twice {:.3f} (range {:.3f})".format(
             rows["eager"]["paired_speedup"], rows["eager"]["paired_speedup_spread"],
