@@ -43,6 +43,15 @@ def run(args: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str
     return subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False)
 
 
+def message_timeout_s() -> int:
+    """slurm.conf's MessageTimeout: how long a client (squeue, sbatch) goes on trying to reach
+    slurmctld before it fails with "Unable to contact slurm controller"."""
+    shown = run(["scontrol", "show", "config"]).stdout
+    found = re.search(r"^MessageTimeout\s*=\s*(\d+)", shown, re.MULTILINE)
+    assert found, f"scontrol show config gives no MessageTimeout:\n{shown[:2000]}"
+    return int(found[1])
+
+
 def local_slurm(command: str) -> None:
     """Run `workflow/scripts/local_slurm.sh COMMAND` on the cluster that SLURM_CONF names."""
     state = Path(os.environ["SLURM_CONF"]).parents[1]  # <state dir>/etc/slurm.conf

@@ -17,6 +17,7 @@ from slurmtools import (
     STACKS_ON_SIGUSR1,
     Output,
     local_slurm,
+    message_timeout_s,
     run,
     stopped,
     unavailable,
@@ -167,9 +168,12 @@ def test_slurmctld_restarted_mid_run_loses_no_job_and_submits_none_twice(cluster
         try:
             # their commands run (past srun, which needs slurmctld), so they end while it is away
             wait_for(lambda: _started(tmp_path) == 4, 300, "the first 4 jobs' commands to start")
+            # With slurmctld away each client call tries for MessageTimeout before it fails: a
+            # status check under way, then the first sbatch, come before the retry is logged.
+            patience = 2 * message_timeout_s() + 60
             local_slurm("stop-ctld")
             # the running jobs end meanwhile; their successors cannot be submitted
-            wait_for(lambda: "submitting again in" in said.text(), 120, "a submission retried")
+            wait_for(lambda: "submitting again in" in said.text(), patience, "a submission retried")
             assert "checking again in" in said.text()
         finally:
             local_slurm("start-ctld")
