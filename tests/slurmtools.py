@@ -120,6 +120,32 @@ def wait_sacct(job: str, need: tuple[str, ...] = (), timeout: float = 30) -> dic
     pytest.fail(f"job {job} not finished after {timeout} s; sacct: {row}; squeue:\n{queue}")
 
 
+ACCOUNTED = ["JobID", "JobName", "Partition", "State", "Submit", "End", "AllocTRES", "Constraints",
+             "WorkDir"]  # fmt: skip
+
+
+def accounted(folder: Path, count: int, timeout: float = 120) -> list[dict[str, str]]:
+    """sacct's rows (fields ACCOUNTED, one per job) for the jobs submitted from `folder`, once at
+    least `count` are there and every one has ended: a terminal state, an end time and its
+    partition. Callers assert how many they expect, so a job submitted twice still fails them.
+    (sacct fills in the partition a few seconds after a fast job ends, and slurmdbd records a
+    job cancelled while pending a moment after the others: reading only the rows already there
+    once returned 3 of 5 cancelled jobs.)"""
+    rows: list[dict[str, str]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = run(["sacct", "-X", "-P", "-n", "-S", "now-2hours", "-o", ",".join(ACCOUNTED)]).stdout
+        rows = [dict(zip(ACCOUNTED, line.split("|"), strict=True)) for line in out.splitlines()]
+        rows = [row for row in rows if row["WorkDir"] == str(folder)]
+        if len(rows) >= count and all(
+            row["State"].split()[0] in TERMINAL and row["End"] not in ("", "Unknown")
+            and row["Partition"] for row in rows
+        ):  # fmt: skip
+            return rows
+        time.sleep(0.5)
+    pytest.fail(f"sacct does not show {count} ended jobs of {folder}: {rows}")
+
+
 class Output:
     """A process's stdout as it comes, so that a test can wait for a line while the process runs."""
 

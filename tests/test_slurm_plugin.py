@@ -16,6 +16,7 @@ from slurmtools import (
     AS_FROM_A_TERMINAL,
     STACKS_ON_SIGUSR1,
     Output,
+    accounted,
     local_slurm,
     message_timeout_s,
     run,
@@ -58,23 +59,6 @@ def plugin_run(folder: Path, *args: str, env=None) -> subprocess.CompletedProces
 
 def rpc_counts() -> dict[str, int]:
     return scale_benchmark().rpc_counts(["sdiag"])
-
-
-def accounted(folder: Path, count: int) -> list[dict[str, str]]:
-    """sacct's rows for the jobs submitted from `folder`, once at least `count` are there and
-    every one has ended. (slurmdbd records a job cancelled while pending a moment after the
-    others: waiting only for the rows already there once returned 3 of 5 cancelled jobs.)"""
-    fields = ["JobID", "State", "Submit", "End", "WorkDir"]
-    rows: list[dict[str, str]] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        out = run(["sacct", "-X", "-P", "-n", "-S", "now-2hours", "-o", ",".join(fields)]).stdout
-        rows = [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines()]
-        rows = [row for row in rows if row["WorkDir"] == str(folder)]
-        if len(rows) >= count and all(row["End"] not in ("", "Unknown") for row in rows):
-            return rows
-        time.sleep(1)
-    pytest.fail(f"sacct does not show {count} ended jobs of {folder}: {rows}")
 
 
 def test_200_jobs_in_flight_from_one_snakemake_with_status_calls_bounded_by_time(cluster, tmp_path):

@@ -132,12 +132,19 @@ def test_a_training_job_at_its_time_limit_resumes_and_matches_an_uninterrupted_r
     """A real time limit: once the first epoch's checkpoint exists, the job's limit is moved to
     40 to 90 s from now, so Slurm sends submitit's warning (USR2, signal_delay_s = 60 s before
     the end) at its next time-limit check, at most 30 s later; submitit checkpoints and requeues
-    the job, which resumes and ends with the weights of a run that was never stopped."""
-    config = {**TRAIN, "epochs": 45}  # still training when the warning comes (within ~40 s)
+    the job, which resumes and ends with the weights of a run that was never stopped.
+
+    On one CPU: an epoch takes about 1.4 s on one thread on an idle machine, so 45 epochs
+    outlast the warning even there (on two threads this small network trains up to twice as fast
+    for about the same CPU, and could end before its warning on a quiet machine)."""
+    # The warning comes at most ~40 s after the first checkpoint: about epoch 30 on an idle
+    # machine (epoch 15, 20 s after it, in one run beside another test).
+    config = {**TRAIN, "epochs": 45}
+    one_cpu = {**CPU, "cpus_per_task": 1}
     name = "qp-test-time-limit"
     files = {"data": str(pytest.cifar_dir), "model": str(tmp_path / "slurm" / "model.pt"),
              "metrics": str(tmp_path / "slurm" / "metrics.json"), "config": config}  # fmt: skip
-    process = submitter(tmp_path, "train", files, CPU, name, {"QUANTPIPE_PROGRESS_S": "2"})
+    process = submitter(tmp_path, "train", files, one_cpu, name, {"QUANTPIPE_PROGRESS_S": "2"})
     job = job_id_of(name)
     checkpoint = tmp_path / "slurm" / "checkpoints" / "last.pt"
     wait_for(checkpoint.exists, 300, "the first epoch checkpoint")
@@ -151,7 +158,7 @@ def test_a_training_job_at_its_time_limit_resumes_and_matches_an_uninterrupted_r
     assert run(["scontrol", "update", f"JobId={job}", f"TimeLimit={limit}"]).returncode == 0
     wait_for(lambda: restarts(job) >= 1, 240, "submitit's requeue at the time limit")
     # The next attempt gets the profile's limit back and runs to the end.
-    run(["scontrol", "update", f"JobId={job}", f"TimeLimit={CPU['runtime']}"])
+    run(["scontrol", "update", f"JobId={job}", f"TimeLimit={one_cpu['runtime']}"])
     output, _ = process.communicate(timeout=600)
     assert process.returncode == 0, output
     # While it waited, the submitter showed the job's state and its latest training line.
@@ -163,7 +170,7 @@ def test_a_training_job_at_its_time_limit_resumes_and_matches_an_uninterrupted_r
     assert record["resumed_from_epoch"] >= 1, "the requeued job should resume, not start over"
     assert record["provenance"]["slurm_job_id"] == job
     # The same training, uninterrupted, in this process with the job's thread count.
-    os.environ["SLURM_CPUS_PER_TASK"] = str(CPU["cpus_per_task"])
+    os.environ["SLURM_CPUS_PER_TASK"] = str(one_cpu["cpus_per_task"])
     try:
         straight_dir = tmp_path / "straight"
         paths = [str(straight_dir / "model.pt"), str(straight_dir / "metrics.json")]

@@ -1,7 +1,6 @@
 """`snakemake --profile slurm`, exactly as the README gives it, on the real local Slurm: the CIFAR
 DAG, two node classes, the EM DAG, and stopping a run."""
 
-import datetime
 import json
 import os
 import signal
@@ -15,8 +14,8 @@ from conftest import REPO
 from slurmtools import (
     AS_FROM_A_TERMINAL,
     STACKS_ON_SIGUSR1,
-    TERMINAL,
     Output,
+    accounted,
     run,
     stopped,
     wait_sacct,
@@ -35,34 +34,11 @@ from workflowtools import (
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
 
-def accounted_jobs(workdir, since: str, count: int) -> pd.DataFrame:
-    """sacct's record of the `count` jobs submitted from `workdir`, once every one has ended and
-    has its partition (which sacct fills in a few seconds after a fast job ends)."""
-    fields = ["JobID", "JobName", "Partition", "State", "AllocTRES", "Constraints", "WorkDir"]
-    deadline = time.monotonic() + 60
-    while True:
-        out = run(["sacct", "-X", "-P", "-n", "-S", since, "-o", ",".join(fields)]).stdout
-        rows = [dict(zip(fields, line.split("|"), strict=True)) for line in out.splitlines()]
-        jobs = pd.DataFrame(rows, columns=fields)
-        jobs = jobs[jobs["WorkDir"] == str(workdir)]
-        ended = jobs["State"].str.split().str[0].isin(TERMINAL) & (jobs["Partition"] != "")
-        if len(jobs) == count and ended.all():
-            return jobs
-        if time.monotonic() > deadline:
-            pytest.fail(f"sacct does not show {count} ended jobs from {workdir}:\n{jobs}")
-        time.sleep(0.5)
-
-
-def now() -> str:
-    """A start time for `sacct -S` that includes jobs submitted from now on."""
-    return (datetime.datetime.now() - datetime.timedelta(seconds=2)).strftime("%Y-%m-%dT%H:%M:%S")
-
-
 @pytest.fixture(scope="module")
 def slurm_run(cluster, tmp_path_factory):
     """The README's command, in a copy of the repository, for a user whose own profile named
     `slurm` is a broken link (a deleted checkout's): the copy's ./slurm must be the one used. The
-    profile selects the executor plugin quantpipe. Returns (workdir, start time)."""
+    profile selects the executor plugin quantpipe."""
     workdir = tmp_path_factory.mktemp("slurm_workflow")
     copy_repository(workdir)
     config = tiny_config(workdir)
@@ -71,18 +47,17 @@ def slurm_run(cluster, tmp_path_factory):
     config_home = tmp_path_factory.mktemp("config_home")
     (config_home / "snakemake").mkdir()
     (config_home / "snakemake" / "slurm").symlink_to(config_home / "deleted-checkout")
-    since = now()
     env = {**user_env(), "XDG_CONFIG_HOME": str(config_home)}
     done = subprocess.run([SNAKEMAKE, "--profile", "slurm"], cwd=workdir, env=env,
                           capture_output=True, text=True, timeout=1800)  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    return workdir, since
+    return workdir
 
 
 def test_every_stage_ran_as_a_slurm_job_where_asked(slurm_run):
-    workdir, since = slurm_run
+    workdir = slurm_run
     # train, quantize x2 (pt2e, eager), benchmark x6 (fp32-cpu, fp32/bf16/fp16-gpu, two INT8)
-    jobs = accounted_jobs(workdir, since, count=11).set_index("JobName")
+    jobs = pd.DataFrame(accounted(workdir, 11)).set_index("JobName")
     assert (jobs["State"] == "COMPLETED").all(), jobs
     stages = jobs.index.str.split("-").str[0]
     assert sorted(stages) == sorted(["train", "quantize", "quantize", *["benchmark"] * 6,
@@ -107,7 +82,7 @@ def test_every_stage_ran_as_a_slurm_job_where_asked(slurm_run):
 
 
 def test_only_stale_stages_rerun_on_slurm(slurm_run):
-    workdir, _ = slurm_run
+    workdir = slurm_run
     done = snakemake(workdir, profile="profiles/slurm")
     assert "Nothing to be done" in done.stdout + done.stderr
 
@@ -117,8 +92,8 @@ def test_a_second_node_class_runs_only_its_benchmarks_where_the_profile_sends_it
     local node advertises, mapped to partition gpu with that feature as constraint: only its CPU
     benchmarks run (and the report and summary), where the profile said (sacct); report.csv's
     rows carry each class, and summary.md tells what INT8 buys on each."""
-    workdir, since = slurm_run
-    earlier = set(accounted_jobs(workdir, since, count=11)["JobID"])
+    workdir = slurm_run
+    earlier = set(pd.DataFrame(accounted(workdir, 11))["JobID"])
     features = run(["sinfo", "-h", "-p", "cpu", "-o", "%f"]).stdout.split()[0]
     if features == "(null)":
         pytest.skip("the local Slurm's node advertises no CPU feature (local_slurm.sh: restart)")
@@ -126,7 +101,7 @@ def test_a_second_node_class_runs_only_its_benchmarks_where_the_profile_sends_it
     node_class_profile(workdir, {"any": ("cpu", ""), feature: ("gpu", feature)})
     snakemake(workdir, "--config", f"node_classes=[any,{feature}]", profile="profiles/slurm")
     # fp32-cpu, pt2e and eager on the new class, then report and summary
-    jobs = accounted_jobs(workdir, since, count=len(earlier) + 5)
+    jobs = pd.DataFrame(accounted(workdir, len(earlier) + 5))
     jobs = jobs[~jobs["JobID"].isin(earlier)].set_index("JobName")
     assert (jobs["State"] == "COMPLETED").all(), jobs
     benchmarks = jobs[jobs.index.str.startswith("benchmark-")]
@@ -218,12 +193,11 @@ def test_the_em_segment_stage_runs_as_a_slurm_job_array(cluster, tmp_path, isbi_
     config = yaml.safe_load((REPO / "tests" / "configs" / "tiny_em.yaml").read_text())
     config["methods"] = ["pt2e"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    since = now()
     segments = [f"results/segment/unet3d_aniso-w4-s0/{variant}/metrics.json"
                 for variant in ("fp32-cpu", "int8-cpu-pt2e-histogram-c8")]  # fmt: skip
     snakemake(tmp_path, *segments, profile="profiles/slurm")
     # train, quantize, segment x2 arrays of 3 tasks (em.array_tasks)
-    jobs = accounted_jobs(tmp_path, since, count=8)
+    jobs = pd.DataFrame(accounted(tmp_path, 8))
     assert (jobs["State"] == "COMPLETED").all(), jobs
     stages = jobs["JobName"].str.split("-").str[0]
     assert sorted(stages) == sorted(["train", "quantize", *["segment"] * 6])
