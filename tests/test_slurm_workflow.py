@@ -43,6 +43,9 @@ def slurm_run(cluster, tmp_path_factory):
     copy_repository(workdir)
     config = tiny_config(workdir)
     config["benchmark"]["gpu"] = True  # GPU jobs on the gpu partition, with a GPU each
+    # One INT8 method: where a job runs does not depend on the method (the local DAG tests run
+    # every method), and each more is two more Slurm jobs here and one per node class below.
+    config["methods"] = ["pt2e"]
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     config_home = tmp_path_factory.mktemp("config_home")
     (config_home / "snakemake").mkdir()
@@ -56,11 +59,11 @@ def slurm_run(cluster, tmp_path_factory):
 
 def test_every_stage_ran_as_a_slurm_job_where_asked(slurm_run):
     workdir = slurm_run
-    # train, quantize x2 (pt2e, eager), benchmark x6 (fp32-cpu, fp32/bf16/fp16-gpu, two INT8)
-    jobs = pd.DataFrame(accounted(workdir, 11)).set_index("JobName")
+    # train, quantize (pt2e), benchmark x5 (fp32-cpu, fp32/bf16/fp16-gpu, INT8 pt2e)
+    jobs = pd.DataFrame(accounted(workdir, 9)).set_index("JobName")
     assert (jobs["State"] == "COMPLETED").all(), jobs
     stages = jobs.index.str.split("-").str[0]
-    assert sorted(stages) == sorted(["train", "quantize", "quantize", *["benchmark"] * 6,
+    assert sorted(stages) == sorted(["train", "quantize", *["benchmark"] * 5,
                                      "report", "summary"])  # fmt: skip
     on_gpu = jobs.index.str.startswith("train-") | jobs.index.str.endswith("-gpu")
     assert on_gpu.sum() == 4 and (jobs.loc[on_gpu, "Partition"] == "gpu").all()
@@ -71,7 +74,7 @@ def test_every_stage_ran_as_a_slurm_job_where_asked(slurm_run):
     exclusive = ~on_gpu & jobs.index.str.startswith("benchmark-")
     node_cpus = subprocess.run(["sinfo", "-h", "-p", "cpu", "-o", "%c"], capture_output=True,
                                text=True, check=True).stdout.split()[0]  # fmt: skip
-    assert exclusive.sum() == 3
+    assert exclusive.sum() == 2
     assert jobs.loc[exclusive, "AllocTRES"].str.contains(f"cpu={node_cpus},").all()
     assert not jobs.loc[~on_gpu & ~exclusive, "AllocTRES"].str.contains("gres/gpu").any()
     report = pd.read_csv(workdir / "results" / "report.csv")
@@ -93,24 +96,24 @@ def test_a_second_node_class_runs_only_its_benchmarks_where_the_profile_sends_it
     benchmarks run (and the report and summary), where the profile said (sacct); report.csv's
     rows carry each class, and summary.md tells what INT8 buys on each."""
     workdir = slurm_run
-    earlier = set(pd.DataFrame(accounted(workdir, 11))["JobID"])
+    earlier = set(pd.DataFrame(accounted(workdir, 9))["JobID"])
     features = run(["sinfo", "-h", "-p", "cpu", "-o", "%f"]).stdout.split()[0]
     if features == "(null)":
         pytest.skip("the local Slurm's node advertises no CPU feature (local_slurm.sh: restart)")
     feature = features.split(",")[0]
     node_class_profile(workdir, {"any": ("cpu", ""), feature: ("gpu", feature)})
     snakemake(workdir, "--config", f"node_classes=[any,{feature}]", profile="profiles/slurm")
-    # fp32-cpu, pt2e and eager on the new class, then report and summary
-    jobs = pd.DataFrame(accounted(workdir, len(earlier) + 5))
+    # fp32-cpu and pt2e on the new class, then report and summary
+    jobs = pd.DataFrame(accounted(workdir, len(earlier) + 4))
     jobs = jobs[~jobs["JobID"].isin(earlier)].set_index("JobName")
     assert (jobs["State"] == "COMPLETED").all(), jobs
     benchmarks = jobs[jobs.index.str.startswith("benchmark-")]
-    assert len(benchmarks) == 3 and benchmarks.index.str.startswith(f"benchmark-{feature}-").all()
+    assert len(benchmarks) == 2 and benchmarks.index.str.startswith(f"benchmark-{feature}-").all()
     assert (benchmarks["Partition"] == "gpu").all() and (benchmarks["Constraints"] == feature).all()
     report = pd.read_csv(workdir / "results" / "report.csv")
     cpu = report[report["device"] == "cpu"]
     expected = {"any": "cpu", feature: "gpu"}
-    assert sorted(cpu["node_class"]) == sorted(["any"] * 4 + [feature] * 4)  # 2 FP32, 2 INT8
+    assert sorted(cpu["node_class"]) == sorted(["any"] * 3 + [feature] * 3)  # 2 FP32, 1 INT8
     for node_class, rows in cpu.groupby("node_class"):
         assert set(rows["slurm_partition"]) == {expected[node_class]}, rows
         assert (rows["baseline_node_class"] == node_class).all()
