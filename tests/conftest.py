@@ -67,7 +67,7 @@ def pytest_itemcollected(item):
 
 # The modules whose whole-DAG run takes longest (their module fixture's setup, in the full tier:
 # tests/run.sh --durations), longest first.
-LONGEST_MODULES = ("test_workflow", "test_em_workflow", "test_accuracy_control", "test_model_refs",
+LONGEST_MODULES = ("test_workflow", "test_em_workflow", "test_user_model_workflow",
                    "test_weights_workflow", "test_images_workflow")  # fmt: skip
 
 

@@ -1,18 +1,14 @@
 """Accuracy control (quantpipe.quantize.accuracy_control): per-layer sensitivity and INT8 within
 an accuracy budget, on real pt2e and eager quantization of a network with one layer made fragile
-on purpose; the stages' wiring in the whole DAG."""
+on purpose. The stages' wiring in the whole DAG: tests/test_user_model_workflow.py."""
 
-import pandas as pd
 import pytest
 import torch
-import yaml
 from quantpipe import configuration
-from quantpipe.models import references as model_refs
 from quantpipe.models.build import build_model
 from quantpipe.quantize import CONTROLLED, backend, requantizer, save
 from quantpipe.quantize import accuracy_control as control
 from quantpipe.tasks.base import TaskSpec
-from workflowtools import copy_repository, snakemake, tiny_config, with_userpkg
 
 # In quantpipe's ResNet18 this layer's input channel 0 is made dead (its batch norm and ReLU
 # give 0) and its weights on that channel 1000x the others: FP32 outputs do not change, INT8's
@@ -173,62 +169,3 @@ def test_accuracy_control_needs_a_method_and_a_task_that_take_it():
         configuration.check_accuracy_control(
             {**base, "methods": ["pt2e"], "sensitivity": {"enabled": True}}, without
         )
-
-
-# --- the whole DAG ------------------------------------------------------------------------------
-
-FRAGILE_NET = "usernets:make_fragile"
-
-
-@pytest.fixture(scope="module")
-def budgeted_run(tmp_path_factory, cifar_dir):
-    """The tiny DAG on the user's network with its fragile head, INT8 within 3 points by
-    quantpipe's search (pt2e) and by NNCF's (openvino)."""
-    workdir = tmp_path_factory.mktemp("budget")
-    copy_repository(workdir)
-    config = tiny_config(workdir)
-    config.pop("widths")
-    config.update(models=[FRAGILE_NET], methods=["pt2e", "openvino"], accuracy_budget=3.0,
-                  benchmark={**config["benchmark"], "gpu": False})  # fmt: skip
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", with_userpkg(workdir))
-        snakemake(workdir)
-    return workdir
-
-
-@pytest.mark.workflow
-@pytest.mark.slow
-@pytest.mark.timeout(2400)
-def test_the_dag_keeps_the_fragile_layer_in_fp32_within_the_budget(budgeted_run):
-    results = budgeted_run / "results"
-    folder = model_refs.run_folder(FRAGILE_NET, None, 0)
-    ranking = pd.read_csv(results / "sensitivity" / folder / "pt2e-histogram-c64" /
-                          "sensitivity.csv")  # fmt: skip
-    assert ranking["layer"].iloc[0] == "head.1" and len(ranking) == 8
-    assert ranking["recovery_points"].iloc[0] > 10 * ranking["recovery_points"].iloc[1:].abs().max()
-    record = yaml.safe_load((results / "quantize" / folder / "pt2e-histogram-c64-budget" /
-                             "metrics.json").read_text())["accuracy_control"]  # fmt: skip
-    assert record["fp32_layers"] == ["head.1"]
-    assert record["steps"][0]["drop_points"] > 3.0 >= record["drop_points"]
-    report = pd.read_csv(results / "report.csv")
-    cpu = report[report["device"] == "cpu"].set_index(["variant", "method"])
-    assert (cpu["status"] == "ok").all(), cpu[["reason"]]
-    plain, budget = cpu.loc[("int8-cpu", "pt2e")], cpu.loc[("int8-cpu", "pt2e-budget")]
-    fp32 = cpu.loc[("fp32-cpu", "eager")]
-    assert plain["fp32_layers"] == 0 and budget["fp32_layers"] == 1
-    assert budget["accuracy_budget"] == 3.0
-    # On the test split too: plain INT8 near chance, the budgeted one near FP32.
-    assert fp32["accuracy"] - plain["accuracy"] > 0.1
-    assert abs(fp32["accuracy"] - budget["accuracy"]) < 0.05
-    assert budget["speedup_vs_fp32_cpu_eager"] > 0
-    # NNCF's own search at the same budget, side by side.
-    nncf = yaml.safe_load((results / "quantize" / folder / "openvino-histogram-c64-budget" /
-                           "metrics.json").read_text())["accuracy_control"]  # fmt: skip
-    # Its outcome is NNCF's (the IR counts a layer called twice twice); ours is checked above.
-    assert nncf["search"] == "nncf" and len(nncf["fp32_layers"]) <= nncf["layers"]
-    assert cpu.loc[("int8-cpu", "openvino-budget"), "fp32_layers"] == len(nncf["fp32_layers"])
-    summary = (results / "summary.md").read_text()
-    assert "pt2e-budget" in summary and "openvino-budget" in summary
-    assert "## Per-layer sensitivity" in summary and "| 1 | head.1 | Linear |" in summary
-    assert (results / "summary" / "sensitivity.png").stat().st_size > 0

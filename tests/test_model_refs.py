@@ -1,15 +1,14 @@
 """Models by reference (quantpipe.models.references): torchvision.NAME and pkg.module:callable.
 
 The user's network is tests/userpkg/usernets.py, a package outside quantpipe. In-process tests put
-that folder on sys.path the way PYTHONPATH would (monkeypatch.syspath_prepend); the workflow test
-sets PYTHONPATH itself, as a user does, so that Snakemake and every job it starts import it.
+that folder on sys.path the way PYTHONPATH would (monkeypatch.syspath_prepend). A reference in
+the whole DAG, with PYTHONPATH set as a user does: tests/test_user_model_workflow.py.
 """
 
 import json
 import re
 import time
 
-import pandas as pd
 import pytest
 import torch
 import yaml
@@ -22,7 +21,6 @@ from quantpipe.models.references import ModelReferenceError
 from quantpipe.quantize import pt2e, readiness
 from quantpipe.stages import train
 from torch import nn
-from workflowtools import copy_repository, snakemake, tiny_config, with_userpkg
 
 USERPKG = REPO / "tests" / "userpkg"
 USERNET = "usernets:make_net"
@@ -317,58 +315,3 @@ def test_a_torchvision_model_trains_quantizes_and_benchmarks(tmp_path, cifar_dir
     assert row["status"] == "ok" and row["model"] == MOBILENET and row["width"] is None
     assert 0 <= row["accuracy"] <= 1 and row["images_per_s"] > 0
     assert row["size_bytes"] == quantized["size_bytes"]
-
-
-# --- the whole DAG --------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("references")
-    copy_repository(workdir)
-    config = tiny_config(workdir)
-    config.pop("widths")  # width is the built-ins' knob: references keep the default
-    config.update(models=[USERNET], methods=["pt2e"])
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    # The user's package comes from PYTHONPATH, as a user's would: Snakemake imports it to check
-    # the model before any job, and every job it starts inherits the variable.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", with_userpkg(workdir))
-        started = time.perf_counter()
-        snakemake(workdir)
-        print(f"the DAG for {config['models']} took {time.perf_counter() - started:.0f} s")
-        refused = snakemake(workdir, "--dry-run", "--config", "methods=[pt2e,eager]", check=False)
-    return workdir, config, refused
-
-
-@pytest.mark.workflow
-def test_references_go_through_the_whole_dag(reference_run):
-    workdir, config, refused = reference_run
-    results = workdir / "results"
-    report = pd.read_csv(results / "report.csv")
-    assert sorted(report["model"].unique()) == sorted(config["models"])
-    assert report["width"].isna().all()  # no width: the reference builds its own network
-    for model in config["models"]:
-        folder = model_refs.run_folder(model, None, 0)
-        checkpoint = torch.load(results / "train" / folder / "model.pt", weights_only=True)
-        assert checkpoint["architecture"] == {"name": model, "num_classes": 10}
-        rows = report[(report["model"] == model) & (report["device"] == "cpu")]
-        assert (rows["status"] == "ok").all(), rows[["variant", "method", "reason"]]
-        measured = set(zip(rows["variant"], rows["method"], strict=True))
-        assert measured == {("fp32-cpu", "eager"), ("fp32-cpu", "compiled"), ("int8-cpu", "pt2e")}
-        fp32 = rows[(rows["variant"] == "fp32-cpu") & (rows["method"] == "eager")].iloc[0]
-        int8 = rows[rows["variant"] == "int8-cpu"].iloc[0]
-        print(f"{model}: FP32 {fp32['accuracy']:.4f}, INT8 pt2e {int8['accuracy']:.4f}, "
-              f"speedup {int8['speedup_vs_fp32_cpu_eager']:.2f}, "
-              f"size ratio {int8['size_ratio']:.2f}")  # fmt: skip
-        assert (rows[["accuracy", "images_per_s", "size_mb"]] > 0).all().all()
-        assert fp32["accuracy"] > 0.15  # one short epoch, yet above chance (0.10)
-        assert int8["size_ratio"] > 1
-    markdown = (results / "summary.md").read_text()
-    for model in config["models"]:
-        assert f"## Table 1: {model}, node class any\n" in markdown
-    # eager for a model without fusion groups: refused before any job, with the fix.
-    assert refused.returncode != 0
-    output = refused.stdout + refused.stderr
-    assert "method 'eager' needs" in output and "Use method pt2e instead" in output
-    assert "Job stats" not in output
