@@ -17,6 +17,7 @@ from PIL import Image
 from quantpipe.models.build import build_model
 from quantpipe.stages.segment import create_output, run, run_as_array, split_blocks
 from quantpipe.submit import submit_array
+from quantpipe.submit.executor import local_shares
 from quantpipe.tasks.isbi2012_em.data import read_stack
 from slurmtools import run as slurm
 from slurmtools import wait_sacct
@@ -219,13 +220,19 @@ def sweep_array(volume, checkpoint, output, tasks, resources, folder, volumes=No
 
 
 @pytest.mark.slow
-def test_the_plugins_array_path_installs_what_one_run_writes(volume, checkpoint, tmp_path):
-    """prepare_array, one array of 2 local tasks tracked by a Sweep as one unit, finish_array:
-    the installed output equals a single run's, nothing staged is left."""
+def test_the_plugins_array_path_installs_what_one_run_writes(
+    volume, checkpoint, tmp_path, monkeypatch
+):
+    """prepare_array, one array of 3 local tasks tracked by a Sweep as one unit, finish_array:
+    each task runs on its share of the machine's CPUs, the installed output equals a single
+    run's, nothing staged is left."""
     output = str(tmp_path / "out" / "membrane.zarr")
-    outcome, flight, record = sweep_array(volume, checkpoint, output, 2, {}, str(tmp_path / "logs"))
+    outcome, flight, record = sweep_array(volume, checkpoint, output, 3, {}, str(tmp_path / "logs"))
     assert outcome == (True, ""), outcome
-    assert len(flight.results) == 2 and [task["blocks"] for task in record["tasks"]] == [6, 6]
+    assert len(flight.results) == 3 and [task["blocks"] for task in record["tasks"]] == [4, 4, 4]
+    shares = local_shares(3)
+    assert [task["threads"] for task in record["tasks"]] == [len(share) for share in shares]
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(len(shares[0])))  # bit for bit: same threads
     single = str(tmp_path / "single.zarr")
     run(volume, single, CONFIG, model=checkpoint, **QUIET)
     assert np.array_equal(zarr.open_array(output)[:], zarr.open_array(single)[:])

@@ -81,6 +81,15 @@ def test_unknown_stage_is_refused():
         StageCall("trian", {})
 
 
+@pytest.mark.parametrize(
+    "cpus,tasks,shares",
+    [({0, 1}, 3, [[0], [1], [0]]), ({0, 1, 2, 3}, 2, [[0, 2], [1, 3]]), ({4, 5}, 1, [[4, 5]])],
+)
+def test_local_array_tasks_split_the_machines_cpus(monkeypatch, cpus, tasks, shares):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: cpus)
+    assert executor.local_shares(tasks) == shares
+
+
 def test_local_job_runs_a_stage_and_returns_its_dict(tmp_path):
     run = {"model": "m", "width": 1, "seed": 0}
     row = {**run, "node_class": "any", "variant": "fp32-cpu", "method": "eager", "status": "ok",

@@ -9,6 +9,7 @@ import contextlib
 import glob
 import importlib
 import math
+import os
 import re
 import sys
 import time
@@ -51,13 +52,16 @@ class StageCall(submitit.helpers.Checkpointable):
     from its own checkpoints (training writes one per epoch), so requeueing the same call is right.
     """
 
-    def __init__(self, stage: str, kwargs: dict) -> None:
+    def __init__(self, stage: str, kwargs: dict, cpus: list[int] | None = None) -> None:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
         self.stage = stage
         self.kwargs = kwargs
+        self.cpus = cpus  # a local array task's share of the machine (local_shares)
 
     def __call__(self) -> dict:
+        if self.cpus:  # the stage sizes its threads by this (quantpipe.provenance.set_threads)
+            os.sched_setaffinity(0, self.cpus)
         # Before torch is imported: Inductor fixes some of its cache paths at import.
         with inductor_cache.private():
             module = importlib.import_module(f"quantpipe.stages.{self.stage}")
@@ -150,12 +154,24 @@ def start_array(stage: str, calls: list[dict], resources: Mapping, job_name: str
         parameters["slurm_array_parallelism"] = int(resources["array_parallelism"])
         executor.update_parameters(slurm_array_parallelism=parameters["slurm_array_parallelism"])
 
+    shares = local_shares(len(calls)) if cluster == "local" else [None] * len(calls)
+
     def submit_all():
         with executor.batch():
-            jobs = [executor.submit(StageCall(stage, kwargs)) for kwargs in calls]
+            jobs = [executor.submit(StageCall(stage, kwargs, cpus))
+                    for kwargs, cpus in zip(calls, shares, strict=True)]  # fmt: skip
         return jobs
 
     return _patiently(stage, cluster, parameters, submit_all), cluster, parameters
+
+
+def local_shares(tasks: int) -> list[list[int]]:
+    """The CPUs of each of `tasks` array tasks run at once on this machine: its CPUs split among
+    them, as Slurm gives each task its own, or one each in turn where the tasks outnumber them.
+    Each task taking every CPU would run threads several times over the cores, and OpenMP threads
+    that spin while they wait make that far slower than sharing."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return [cpus[task::tasks] or [cpus[task % len(cpus)]] for task in range(tasks)]
 
 
 def _executor(resources: Mapping, job_name: str, folder: str):
