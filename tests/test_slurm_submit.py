@@ -12,7 +12,6 @@ import time
 import pytest
 import torch
 from quantpipe.models.build import load_trained
-from quantpipe.stages.train import run as train_in_process
 from quantpipe.submit import submit
 from slurmtools import run, wait_sacct
 
@@ -128,7 +127,9 @@ def seconds_run(job: str) -> int:
     return ((int(days or 0) * 24 + int(hours)) * 60 + int(minutes)) * 60 + int(seconds)
 
 
-def test_a_training_job_at_its_time_limit_resumes_and_matches_an_uninterrupted_run(tmp_path):
+def test_a_training_job_at_its_time_limit_resumes_and_matches_an_uninterrupted_run(
+    tmp_path, request
+):
     """A real time limit: once the first epoch's checkpoint exists, the job's limit is moved to
     40 to 90 s from now, so Slurm sends submitit's warning (USR2, signal_delay_s = 60 s before
     the end) at its next time-limit check, at most 30 s later; submitit checkpoints and requeues
@@ -146,6 +147,17 @@ def test_a_training_job_at_its_time_limit_resumes_and_matches_an_uninterrupted_r
              "metrics": str(tmp_path / "slurm" / "metrics.json"), "config": config}  # fmt: skip
     process = submitter(tmp_path, "train", files, one_cpu, name, {"QUANTPIPE_PROGRESS_S": "2"})
     job = job_id_of(name)
+    # The same training, uninterrupted, with the job's thread count: beside the job, as this
+    # process would otherwise only wait on it.
+    straight = {**files, "model": str(tmp_path / "straight" / "model.pt"),
+                "metrics": str(tmp_path / "straight" / "metrics.json")}  # fmt: skip
+    twin = subprocess.Popen(
+        [sys.executable, "-c", "from quantpipe.stages.train import run\n"
+         f"run({straight['data']!r}, {straight['model']!r}, {straight['metrics']!r}, {config!r})"],
+        stdout=(tmp_path / "straight.log").open("w"), stderr=subprocess.STDOUT,
+        env={**os.environ, "SLURM_CPUS_PER_TASK": str(one_cpu["cpus_per_task"])},
+    )  # fmt: skip
+    request.addfinalizer(twin.kill)  # a failed test leaves no training behind
     checkpoint = tmp_path / "slurm" / "checkpoints" / "last.pt"
     wait_for(checkpoint.exists, 300, "the first epoch checkpoint")
     # Limits are whole minutes. A limit already passed would end the job (TIMEOUT) with no
@@ -169,18 +181,11 @@ def test_a_training_job_at_its_time_limit_resumes_and_matches_an_uninterrupted_r
     record = torch.load(tmp_path / "slurm" / "model.pt", weights_only=True)["record"]
     assert record["resumed_from_epoch"] >= 1, "the requeued job should resume, not start over"
     assert record["provenance"]["slurm_job_id"] == job
-    # The same training, uninterrupted, in this process with the job's thread count.
-    os.environ["SLURM_CPUS_PER_TASK"] = str(one_cpu["cpus_per_task"])
-    try:
-        straight_dir = tmp_path / "straight"
-        paths = [str(straight_dir / "model.pt"), str(straight_dir / "metrics.json")]
-        train_in_process(str(pytest.cifar_dir), *paths, config, log=lambda _: None)
-    finally:
-        del os.environ["SLURM_CPUS_PER_TASK"]
-    resumed, _ = load_trained(tmp_path / "slurm" / "model.pt")
-    straight, _ = load_trained(tmp_path / "straight" / "model.pt")
+    assert twin.wait(timeout=600) == 0, (tmp_path / "straight.log").read_text()[-3000:]
+    resumed, _ = load_trained(files["model"])
+    uninterrupted, _ = load_trained(straight["model"])
     for (key, a), (_, b) in zip(
-        resumed.state_dict().items(), straight.state_dict().items(), strict=True
+        resumed.state_dict().items(), uninterrupted.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), key
 
