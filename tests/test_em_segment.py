@@ -231,8 +231,8 @@ def test_the_plugins_array_path_installs_what_one_run_writes(
     assert outcome == (True, ""), outcome
     assert len(flight.results) == 3 and [task["blocks"] for task in record["tasks"]] == [4, 4, 4]
     shares = local_shares(3)
-    assert [task["threads"] for task in record["tasks"]] == [len(share) for share in shares]
-    monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(len(shares[0])))  # bit for bit: same threads
+    assert [task["threads"] for task in record["tasks"]] == shares
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(shares[0]))  # bit for bit: the same threads
     single = str(tmp_path / "single.zarr")
     run(volume, single, CONFIG, model=checkpoint, **QUIET)
     assert np.array_equal(zarr.open_array(output)[:], zarr.open_array(single)[:])

@@ -83,8 +83,9 @@ def test_unknown_stage_is_refused():
 
 @pytest.mark.parametrize(
     "cpus,tasks,shares",
-    [({0, 1}, 3, [[0], [1], [0]]), ({0, 1, 2, 3}, 2, [[0, 2], [1, 3]]), ({4, 5}, 1, [[4, 5]])],
-)
+    [({0, 1}, 3, [1, 1, 1]), ({0, 1, 2, 3}, 2, [2, 2]), ({0, 1, 2, 3, 4}, 2, [3, 2]),
+     ({4, 5}, 1, [2])],
+)  # fmt: skip
 def test_local_array_tasks_split_the_machines_cpus(monkeypatch, cpus, tasks, shares):
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: cpus)
     assert executor.local_shares(tasks) == shares

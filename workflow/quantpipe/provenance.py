@@ -21,9 +21,14 @@ SLURM_VARIABLES = {
 }
 
 
+# A local array task's share of this machine's CPUs (quantpipe.submit.executor.local_shares).
+LOCAL_SHARE = "QUANTPIPE_LOCAL_CPUS"
+
+
 def cpus_available() -> int:
-    """CPUs this job may use: Slurm's grant where there is one, else the process's affinity mask."""
-    granted = os.environ.get("SLURM_CPUS_PER_TASK")
+    """CPUs this job may use: Slurm's grant where there is one, else a local array task's share,
+    else the process's affinity mask."""
+    granted = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get(LOCAL_SHARE)
     return int(granted) if granted else len(os.sched_getaffinity(0))
 
 

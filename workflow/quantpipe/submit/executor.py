@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import submitit
 
-from quantpipe import inductor_cache
+from quantpipe import inductor_cache, provenance
 from quantpipe.submit.console import log
 from quantpipe.submit.signals import cancel_on_signal
 from quantpipe.submit.watch import wait, why_failed
@@ -52,7 +52,7 @@ class StageCall(submitit.helpers.Checkpointable):
     from its own checkpoints (training writes one per epoch), so requeueing the same call is right.
     """
 
-    def __init__(self, stage: str, kwargs: dict, cpus: list[int] | None = None) -> None:
+    def __init__(self, stage: str, kwargs: dict, cpus: int | None = None) -> None:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
         self.stage = stage
@@ -60,8 +60,8 @@ class StageCall(submitit.helpers.Checkpointable):
         self.cpus = cpus  # a local array task's share of the machine (local_shares)
 
     def __call__(self) -> dict:
-        if self.cpus:  # the stage sizes its threads by this (quantpipe.provenance.set_threads)
-            os.sched_setaffinity(0, self.cpus)
+        if self.cpus:  # the stage sizes its threads by it (quantpipe.provenance.set_threads)
+            os.environ[provenance.LOCAL_SHARE] = str(self.cpus)
         # Before torch is imported: Inductor fixes some of its cache paths at import.
         with inductor_cache.private():
             module = importlib.import_module(f"quantpipe.stages.{self.stage}")
@@ -165,13 +165,14 @@ def start_array(stage: str, calls: list[dict], resources: Mapping, job_name: str
     return _patiently(stage, cluster, parameters, submit_all), cluster, parameters
 
 
-def local_shares(tasks: int) -> list[list[int]]:
-    """The CPUs of each of `tasks` array tasks run at once on this machine: its CPUs split among
-    them, as Slurm gives each task its own, or one each in turn where the tasks outnumber them.
-    Each task taking every CPU would run threads several times over the cores, and OpenMP threads
-    that spin while they wait make that far slower than sharing."""
-    cpus = sorted(os.sched_getaffinity(0))
-    return [cpus[task::tasks] or [cpus[task % len(cpus)]] for task in range(tasks)]
+def local_shares(tasks: int) -> list[int]:
+    """How many CPUs each of `tasks` array tasks run at once on this machine may use: its CPUs
+    split among them, as Slurm gives each task its own (one each where the tasks outnumber them;
+    the scheduler shares the cores, as no task is pinned). Each task taking every CPU would run
+    threads several times over the cores, and OpenMP threads that spin while they wait make that
+    far slower than sharing."""
+    cpus = len(os.sched_getaffinity(0))
+    return [max(1, len(range(task, cpus, tasks))) for task in range(tasks)]
 
 
 def _executor(resources: Mapping, job_name: str, folder: str):
