@@ -19,9 +19,9 @@ case "${1:-}" in fast | full | gpu) tier=$1 && shift ;; esac
 bash workflow/scripts/bootstrap.sh
 # The two test workers share the cores, and so do the jobs they start. An OpenMP thread that spins
 # while it waits for work (libgomp's default) burns the CPU the other worker's job needs: two
-# 2-thread training loops at once took 17-19 s each spinning and 5-6 s each sleeping (alone: 2.5
-# and 3.7 s; workflow/scripts/thread_contention.py, docs/development.md). A pipeline run keeps the
-# default: its jobs run one at a time here, or on CPUs Slurm gave them.
+# 2-thread training loops at once took 17.4-18.5 s each spinning and 4.9-5.9 s each sleeping
+# (alone: 2.5 and 3.7 s; workflow/scripts/thread_contention.py, docs/development.md). A pipeline
+# run keeps the default: its jobs run one at a time here, or on CPUs Slurm gave them.
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 # The workflow tests find `snakemake` the way a user does.
 export PATH="$PWD/.venv/bin:$PATH"

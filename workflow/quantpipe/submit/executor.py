@@ -171,8 +171,8 @@ def local_shares(tasks: int) -> list[int]:
     the scheduler shares the cores, as no task is pinned). Each task taking every CPU would run
     threads several times over the cores, and OpenMP threads that spin while they wait make that
     far slower than sharing."""
-    cpus = len(os.sched_getaffinity(0))
-    return [max(1, len(range(task, cpus, tasks))) for task in range(tasks)]
+    per_task, left_over = divmod(len(os.sched_getaffinity(0)), tasks)
+    return [max(1, per_task + (task < left_over)) for task in range(tasks)]
 
 
 def _executor(resources: Mapping, job_name: str, folder: str):
